@@ -1,0 +1,215 @@
+"""Configuration objects for CleaR training: the method (``ClearConfig``) and the run (``TrainingConfig``).
+
+Both are plain dataclasses whose ``__post_init__`` raises ``ValueError`` quoting the bad
+value, in the manner of ``peft``'s tuner configs. They travel as one object each, are
+stored with every checkpoint and adapter (``to_dict`` / ``from_dict``), and never read
+the environment.
+
+Symbols used in the docstrings: N training rows, K classes, L routed layers, B batch size,
+E epochs, W warm-up epochs, c the routing cap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+METHODS = ("lora", "adapter", "prefix", "bitfit", "full")
+PEFT_METHODS = ("lora", "adapter", "prefix", "bitfit")
+INFERENCE_MODES = ("expected", "full")
+REPORT_SCORES = ("p_clean_mean", "p_clean_last", "loss_mean", "self_confidence_mean")
+DEFAULT_ROUTING_CAP = 0.85
+
+
+def _check_range(name: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
+    bad = value <= low if low_open else value < low
+    if bad or value > high:
+        interval = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
+        raise ValueError(f"{name}={value!r} is out of range: give a value in {interval}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not supported: choose one of {', '.join(choices)}")
+
+
+@dataclass
+class ClearConfig:
+    """The PEFT method, CleaR routing and noise-estimation settings of one run.
+
+    Routing follows Kim et al., "CleaR", ACL 2024 (arXiv 2411.00873): after ``warmup_epochs``
+    each PEFT module of layer l is on for row i with probability ``routing_cap * p_clean(i)``
+    (a Bernoulli gate per row and layer that multiplies only the PEFT delta); during warm-up
+    with probability ``routing_cap``. ``routed=False`` gives plain PEFT through the same code
+    (every gate is 1) and ``method="full"`` full fine-tuning.
+
+    Raises:
+        ValueError: on an unknown method, inference mode or report score, or a value out of
+            its range; the message quotes the value and the accepted range.
+    """
+
+    method: str = field(default="lora", metadata={"help": "PEFT method: lora, adapter, prefix, bitfit or full."})
+    routed: bool = field(default=True, metadata={"help": "CleaR routing on (True) or plain PEFT (False)."})
+    routing_cap: float = field(
+        default=DEFAULT_ROUTING_CAP,
+        metadata={"help": "c in (0, 1]: the gate probability of a surely clean row; warm-up gates use c."},
+    )
+    warmup_epochs: int = field(default=3, metadata={"help": "W >= 0 epochs of plain CE before p_clean is estimated."})
+    distill_weight: float = field(
+        default=1.0, metadata={"help": "lambda >= 0: weight of the soft-target CE toward the epoch's teacher."}
+    )
+    distill_ramp_epochs: int = field(
+        default=0,
+        metadata={"help": "Epochs over which lambda ramps linearly from 0 after warm-up (0 = full weight at once)."},
+    )
+    temperature: float = field(default=1.0, metadata={"help": "T > 0 of the soft-target CE."})
+    loss_ema: float = field(
+        default=0.0,
+        metadata={"help": "Momentum in [0, 1) of an EMA over epochs of each row's loss before the GMM (0 = off)."},
+    )
+    gmm_per_class: bool = field(
+        default=False, metadata={"help": "Fit one 2-component GMM per given class instead of one global GMM."}
+    )
+    inference: str | None = field(
+        default=None,
+        metadata={
+            "help": "Deterministic inference: 'expected' scales each delta by its expected gate c, 'full' "
+            "turns every delta fully on. None resolves to 'expected' (routed LoRA/adapter/BitFit) or 'full'."
+        },
+    )
+    report_score: str = field(
+        default="p_clean_mean",
+        metadata={"help": "Which training-dynamics signal becomes label_quality: " + ", ".join(REPORT_SCORES)},
+    )
+    flag_threshold: float = field(
+        default=0.5, metadata={"help": "A row is flagged when label_quality < flag_threshold, in (0, 1)."}
+    )
+    # method hyperparameters
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank r >= 1."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (scaling = alpha / r)."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA input, in [0, 1)."})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Module names LoRA wraps; None lets peft pick (query, value for BERT)."}
+    )
+    adapter_size: int = field(default=16, metadata={"help": "Bottleneck width of the adapter, >= 1."})
+    num_virtual_tokens: int = field(default=20, metadata={"help": "Prefix length of prefix tuning, >= 1."})
+
+    def __post_init__(self) -> None:
+        _check_choice("method", self.method, METHODS)
+        _check_range("routing_cap", float(self.routing_cap), 0.0, 1.0, low_open=True)
+        if int(self.warmup_epochs) != self.warmup_epochs or self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs={self.warmup_epochs!r} must be an integer >= 0")
+        if self.distill_weight < 0:
+            raise ValueError(f"distill_weight={self.distill_weight!r} must be >= 0")
+        if self.distill_ramp_epochs < 0:
+            raise ValueError(f"distill_ramp_epochs={self.distill_ramp_epochs!r} must be >= 0")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature={self.temperature!r} must be > 0")
+        if not 0.0 <= self.loss_ema < 1.0:
+            raise ValueError(f"loss_ema={self.loss_ema!r} is out of range: give a value in [0, 1)")
+        _check_choice("report_score", self.report_score, REPORT_SCORES)
+        if not 0.0 < self.flag_threshold < 1.0:
+            raise ValueError(f"flag_threshold={self.flag_threshold!r} is out of range: give a value in (0, 1)")
+        if self.lora_r < 1 or self.adapter_size < 1 or self.num_virtual_tokens < 1:
+            raise ValueError(
+                f"lora_r={self.lora_r!r}, adapter_size={self.adapter_size!r} and "
+                f"num_virtual_tokens={self.num_virtual_tokens!r} must all be >= 1"
+            )
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout={self.lora_dropout!r} is out of range: give a value in [0, 1)")
+        if self.method == "full" and self.routed:
+            # Full fine-tuning has no PEFT delta to gate: it is a baseline only.
+            self.routed = False
+        if self.inference is None:
+            self.inference = "expected" if self.routed and self.method in ("lora", "adapter", "bitfit") else "full"
+        _check_choice("inference", self.inference, INFERENCE_MODES)
+        if self.method == "prefix" and self.inference == "expected":
+            raise ValueError(
+                "inference='expected' is not available for prefix tuning: a prefix is masked in or out of "
+                "attention, so its expected gate has no exact deterministic form; use inference='full'"
+            )
+
+    @property
+    def inference_gate(self) -> float:
+        """The constant gate in [0, 1] every PEFT delta gets at inference (c or 1)."""
+        return float(self.routing_cap) if self.inference == "expected" and self.routed else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as a JSON-serialisable dict (resolved defaults included)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ClearConfig":
+        """Build from ``to_dict`` output; unknown keys raise ``ValueError`` naming them."""
+        return cls(**_known_fields(cls, data))
+
+
+@dataclass
+class TrainingConfig:
+    """Budget and optimisation settings of one run (the same for every method compared).
+
+    Raises:
+        ValueError: on a non-positive epoch count, batch size, learning rate or length, or
+            an unknown scheduler / precision.
+    """
+
+    epochs: int = field(default=6, metadata={"help": "E >= 1 training epochs."})
+    learning_rate: float = field(default=5e-4, metadata={"help": "AdamW peak learning rate, > 0."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay, >= 0."})
+    batch_size: int = field(default=32, metadata={"help": "Training batch size B >= 1."})
+    eval_batch_size: int = field(default=128, metadata={"help": "Batch size of no-grad passes, >= 1."})
+    max_length: int = field(default=128, metadata={"help": "Tokens per row after truncation, >= 8."})
+    seed: int = field(default=0, metadata={"help": "Seed of data order, gates, dropout and head init."})
+    lr_scheduler: str = field(default="linear", metadata={"help": "'linear' (warm-up then decay) or 'constant'."})
+    warmup_ratio: float = field(default=0.06, metadata={"help": "Fraction of steps of LR warm-up, in [0, 1)."})
+    max_grad_norm: float | None = field(default=1.0, metadata={"help": "Gradient clipping norm; None = off."})
+    keep: str = field(
+        default="last",
+        metadata={"help": "Weights kept at the end: 'last' epoch or 'best' epoch by held-out accuracy."},
+    )
+    checkpoint_every_steps: int = field(
+        default=0, metadata={"help": "Also checkpoint every n optimizer steps (0 = at epoch ends only)."}
+    )
+    device: str | None = field(default=None, metadata={"help": "'cpu', 'cuda', 'cuda:1'...; None picks CUDA if present."})
+    precision: str = field(
+        default="auto", metadata={"help": "'auto' (bf16 autocast on CUDA, fp32 on CPU), 'bf16' or 'fp32'."}
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            value = getattr(self, name)
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name}={value!r} must be an integer >= 1")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate={self.learning_rate!r} must be > 0")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay={self.weight_decay!r} must be >= 0")
+        if self.max_length < 8:
+            raise ValueError(f"max_length={self.max_length!r} must be >= 8 tokens")
+        _check_choice("lr_scheduler", self.lr_scheduler, ("linear", "constant"))
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio={self.warmup_ratio!r} is out of range: give a value in [0, 1)")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm={self.max_grad_norm!r} must be > 0 or None")
+        _check_choice("keep", self.keep, ("last", "best"))
+        if self.checkpoint_every_steps < 0:
+            raise ValueError(f"checkpoint_every_steps={self.checkpoint_every_steps!r} must be >= 0")
+        _check_choice("precision", self.precision, ("auto", "bf16", "fp32"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as a JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainingConfig":
+        """Build from ``to_dict`` output; unknown keys raise ``ValueError`` naming them."""
+        return cls(**_known_fields(cls, data))
+
+
+def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}: accepted fields are {sorted(names)}")
+    return dict(data)

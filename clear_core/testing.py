@@ -1,0 +1,96 @@
+"""Tiny, offline models for tests and smoke runs: a config-built BERT and a tokenizer trained locally.
+
+Nothing here downloads anything; the model is random (seeded) and small enough (hidden 32,
+2 layers, a few thousand word pieces) that a training step takes milliseconds on a CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+_DEFAULT_CORPUS = (
+    "the market rose as stocks and shares gained in early trading",
+    "the team won the match with a late goal in the final minute",
+    "scientists released new software for faster computer chips",
+    "the president met foreign leaders to discuss the peace talks",
+    "oil prices fell while the bank cut interest rates",
+    "the coach praised the players after the championship game",
+    "a new space telescope sent images of a distant galaxy",
+    "election results were announced by the government today",
+)
+
+
+def build_tiny_model(
+    directory: str | Path,
+    *,
+    corpus: Iterable[str] | None = None,
+    vocab_size: int = 600,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_labels: int = 2,
+    seed: int = 0,
+) -> Path:
+    """Write a tiny random BERT (``BertForSequenceClassification``) plus its tokenizer to ``directory``.
+
+    Args:
+        directory: Target folder; created if missing. Loadable afterwards with
+            ``AutoModelForSequenceClassification.from_pretrained(directory)`` and
+            ``AutoTokenizer.from_pretrained(directory)``, offline.
+        corpus: Texts to train the WordPiece vocabulary on; a small built-in news-like corpus
+            when None.
+        vocab_size: Upper bound on the WordPiece vocabulary, >= 50.
+        hidden_size, num_layers: Size of the encoder (4 heads; intermediate = 2 * hidden).
+        num_labels: Head size written into the config (callers may override when loading).
+        seed: Seed of the random weights.
+
+    Returns:
+        The directory as a ``Path``.
+
+    Raises:
+        ValueError: if ``vocab_size`` < 50 or ``hidden_size`` is not divisible by 4.
+    """
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+    if vocab_size < 50:
+        raise ValueError(f"vocab_size={vocab_size!r} is too small: give at least 50")
+    if hidden_size % 4:
+        raise ValueError(f"hidden_size={hidden_size!r} must be divisible by the 4 attention heads")
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    texts = list(corpus) if corpus is not None else list(_DEFAULT_CORPUS)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=512,
+    )
+    fast.save_pretrained(out)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        intermediate_size=hidden_size * 2,
+        max_position_embeddings=128,
+        num_labels=num_labels,
+    )
+    BertForSequenceClassification(config).save_pretrained(out)
+    return out
