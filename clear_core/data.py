@@ -1,0 +1,167 @@
+"""Training rows, label maps and tokenised batches.
+
+Symbols: N rows, K classes, B batch rows, T tokens of the longest row in a batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+
+@dataclass
+class TextClassificationData:
+    """Texts with their given (possibly wrong) labels.
+
+    Args:
+        texts: N non-empty strings.
+        labels: N given labels (str or int; stored as str). These are the labels trained on.
+        text_pairs: optional N second segments (sentence-pair tasks), non-empty strings.
+        ids: optional N caller row ids, echoed in the noise report.
+        gold_labels: optional N true labels, used only to *score* accuracy and noise detection,
+            never for training.
+
+    Raises:
+        ValueError: on empty data, length mismatches, empty/non-string texts or missing labels;
+            the message lists the first offending row indices.
+    """
+
+    texts: Sequence[str]
+    labels: Sequence[Any]
+    text_pairs: Sequence[str] | None = None
+    ids: Sequence[Any] | None = None
+    gold_labels: Sequence[Any] | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.texts)
+        if n == 0:
+            raise ValueError("the dataset has no rows: give at least one text with its label")
+        for name in ("labels", "text_pairs", "ids", "gold_labels"):
+            column = getattr(self, name)
+            if column is not None and len(column) != n:
+                raise ValueError(f"{name} has {len(column)} entries but texts has {n}: give one per text")
+        _check_texts("texts", self.texts)
+        if self.text_pairs is not None:
+            _check_texts("text_pairs", self.text_pairs)
+        missing = [i for i, y in enumerate(self.labels) if y is None or (isinstance(y, str) and not y.strip())]
+        if missing:
+            raise ValueError(f"rows {missing[:10]} have no label: every row needs a label")
+        self.labels = [_label_str(y) for y in self.labels]
+        if self.gold_labels is not None:
+            self.gold_labels = [_label_str(y) for y in self.gold_labels]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def _label_str(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def _check_texts(name: str, texts: Sequence[Any]) -> None:
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    if bad:
+        raise ValueError(f"{name} rows {bad[:10]} are empty or not strings: every row needs non-empty text")
+
+
+def build_label_names(labels: Sequence[str], label_names: Sequence[Any] | None = None) -> list[str]:
+    """The ordered class names: ``label_names`` if given, else the sorted distinct labels.
+
+    Integer-like labels sort numerically ("2" before "10"); others lexicographically.
+
+    Returns:
+        K class names; index k is logit column k.
+
+    Raises:
+        ValueError: if fewer than 2 classes, duplicate names, or a label outside ``label_names``.
+    """
+    if label_names is not None:
+        names = [_label_str(x) for x in label_names]
+        if len(set(names)) != len(names):
+            raise ValueError(f"label_names {names} has duplicates: give each class once")
+        unknown = sorted(set(labels) - set(names))
+        if unknown:
+            raise ValueError(f"labels {unknown[:10]} are not in label_names {names}: add them or fix the rows")
+    else:
+        distinct = set(labels)
+        numeric = all(_is_int(x) for x in distinct)
+        names = sorted(distinct, key=(lambda x: int(x)) if numeric else None)
+    if len(names) < 2:
+        raise ValueError(f"found {len(names)} class(es) {names}: classification needs at least 2 classes")
+    return names
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def encode_labels(labels: Sequence[str], label_names: Sequence[str]) -> np.ndarray:
+    """Map N label strings to ``(N,)`` int64 class indices.
+
+    Raises:
+        ValueError: naming the rows whose label is not in ``label_names``.
+    """
+    index = {name: k for k, name in enumerate(label_names)}
+    bad = [i for i, y in enumerate(labels) if y not in index]
+    if bad:
+        raise ValueError(
+            f"rows {bad[:10]} have labels {[labels[i] for i in bad[:10]]} not in the label map {list(label_names)}"
+        )
+    return np.array([index[y] for y in labels], dtype=np.int64)
+
+
+class TokenizedTexts:
+    """Token ids of N rows, tokenised once, padded per batch (dynamic padding).
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        texts, text_pairs: as in :class:`TextClassificationData`.
+        max_length: truncation length in tokens (>= 8).
+    """
+
+    def __init__(self, tokenizer: Any, texts: Sequence[str], text_pairs: Sequence[str] | None, max_length: int):
+        enc = tokenizer(
+            list(texts),
+            list(text_pairs) if text_pairs is not None else None,
+            truncation=True,
+            max_length=max_length,
+            return_attention_mask=False,
+        )
+        self.input_ids: list[list[int]] = enc["input_ids"]
+        self.token_type_ids: list[list[int]] | None = enc.get("token_type_ids")
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.lengths = np.array([len(x) for x in self.input_ids])
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def batch(self, indices: Sequence[int], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """Padded tensors ``input_ids``, ``attention_mask`` (and ``token_type_ids``), each ``(B, T)``."""
+        rows = [self.input_ids[i] for i in indices]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, r in enumerate(rows):
+            ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[j, : len(r)] = 1
+        out = {"input_ids": ids, "attention_mask": mask}
+        if self.token_type_ids is not None:
+            tt = torch.zeros((len(rows), width), dtype=torch.long)
+            for j, i in enumerate(indices):
+                tt[j, : len(self.token_type_ids[i])] = torch.tensor(self.token_type_ids[i], dtype=torch.long)
+            out["token_type_ids"] = tt
+        return {k: v.to(device) for k, v in out.items()}
+
+    def length_sorted_batches(self, batch_size: int) -> list[np.ndarray]:
+        """Index batches of rows sorted by length, for no-grad passes (less padding)."""
+        order = np.argsort(self.lengths, kind="stable")
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]

