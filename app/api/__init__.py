@@ -1,0 +1,1 @@
+"""HTTP layer: routers per resource, dependencies and the one error handler."""

@@ -1,0 +1,52 @@
+"""``/v1/jobs``: create, list, get, cancel, and the event log."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from app.api.deps import CursorQuery, EnqueueDep, LimitQuery, SessionDep, SettingsDep
+from app.schemas import ErrorResponse, EventPublic, EventsPublic, JobCreate, JobPublic, JobsPublic
+from app.services import jobs as service
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"],
+                   responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
+
+
+@router.post("", status_code=201, response_model=JobPublic,
+             responses={409: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+def create_job(session: SessionDep, settings: SettingsDep, enqueue: EnqueueDep, body: JobCreate) -> JobPublic:
+    """Submit a fine-tuning job; the answer echoes every resolved setting."""
+    job = service.create_job(session, body.model_dump(), settings=settings, enqueue=enqueue)
+    return JobPublic.from_job(job)
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(session: SessionDep, limit: LimitQuery = 50, cursor: CursorQuery = None,
+              status: Annotated[str | None, Query(description="Only jobs in this state.")] = None) -> JobsPublic:
+    """Jobs, newest first, optionally filtered by state."""
+    page = service.list_jobs(session, status=status, limit=limit, cursor=cursor)
+    return JobsPublic(data=[JobPublic.from_job(j) for j in page.items], count=page.count,
+                      next_cursor=page.next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(session: SessionDep, job_id: str) -> JobPublic:
+    """A job: state, attempt, progress (0-1, epoch, step), latest metrics, error."""
+    return JobPublic.from_job(service.get_job(session, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic, responses={409: {"model": ErrorResponse}})
+def cancel_job(session: SessionDep, job_id: str) -> JobPublic:
+    """Cancel a job: queued ones stop at once, running ones within a training step."""
+    return JobPublic.from_job(service.cancel_job(session, job_id))
+
+
+@router.get("/{job_id}/events", response_model=EventsPublic)
+def list_events(session: SessionDep, job_id: str, limit: LimitQuery = 100,
+                cursor: CursorQuery = None) -> EventsPublic:
+    """The job's events, oldest first; pass ``next_cursor`` back to get only newer ones."""
+    page = service.list_events(session, job_id, limit=limit, cursor=cursor)
+    return EventsPublic(data=[EventPublic.model_validate(e) for e in page.items], count=page.count,
+                        next_cursor=page.next_cursor, has_more=bool(page.has_more))

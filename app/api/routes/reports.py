@@ -1,0 +1,79 @@
+"""A job's results: the noise report (paged JSON, CSV and JSONL streams) and the adapter archive."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+
+from app.api.deps import CursorQuery, LimitQuery, SessionDep, StoreDep
+from app.errors import Conflict
+from app.schemas import ErrorResponse, NoiseReportPublic, NoiseRowPublic
+from app.services import reports as service
+from app.services.jobs import get_job
+
+router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["results"],
+                   responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
+FlaggedQuery = Annotated[bool | None, Query(description="Only flagged (true) or unflagged (false) rows.")]
+LabelQuery = Annotated[str | None, Query()]
+
+
+def _filters(flagged: bool | None, given_label: str | None, predicted_label: str | None) -> dict[str, Any]:
+    return {"flagged": flagged, "given_label": given_label, "predicted_label": predicted_label}
+
+
+@router.get("/noise-report", response_model=NoiseReportPublic)
+def noise_report(session: SessionDep, job_id: str, limit: LimitQuery = 100, cursor: CursorQuery = None,
+                 flagged: FlaggedQuery = None, given_label: LabelQuery = None,
+                 predicted_label: LabelQuery = None) -> NoiseReportPublic:
+    """The noise report, likeliest-wrong rows first (``label_quality`` ascending), with its summary."""
+    filters = _filters(flagged, given_label, predicted_label)
+    page = service.report_page(session, job_id, filters=filters, limit=limit, cursor=cursor)
+    summary = service.report_job(session, job_id).report_summary or {}
+    return NoiseReportPublic(data=[NoiseRowPublic(**r) for r in page.items], count=page.count,
+                             next_cursor=page.next_cursor, summary=summary)
+
+
+def _stream(request: Request, session: SessionDep, job_id: str, kind: str, filters: dict[str, Any]):
+    summary = service.report_job(session, job_id).report_summary or {}
+    rows = service.iter_report(request.app.state.session_factory, job_id, filters)
+    body = service.csv_lines(rows) if kind == "csv" else service.jsonl_lines(summary, rows)
+    media = "text/csv" if kind == "csv" else "application/x-ndjson"
+    headers = {"Content-Disposition": f'attachment; filename="{job_id}-noise-report.{kind}"',
+               "X-Noise-Report-Summary": json.dumps(summary, separators=(",", ":"))}
+    return StreamingResponse(body, media_type=media, headers=headers)
+
+
+@router.get("/noise-report.csv", response_class=StreamingResponse)
+def noise_report_csv(request: Request, session: SessionDep, job_id: str, flagged: FlaggedQuery = None,
+                     given_label: LabelQuery = None, predicted_label: LabelQuery = None) -> StreamingResponse:
+    """The whole report as CSV, streamed; the summary is in the ``X-Noise-Report-Summary`` header."""
+    return _stream(request, session, job_id, "csv", _filters(flagged, given_label, predicted_label))
+
+
+@router.get("/noise-report.jsonl", response_class=StreamingResponse)
+def noise_report_jsonl(request: Request, session: SessionDep, job_id: str, flagged: FlaggedQuery = None,
+                       given_label: LabelQuery = None, predicted_label: LabelQuery = None) -> StreamingResponse:
+    """The whole report as JSON lines, streamed: a ``{"summary": ...}`` line, then one line per row."""
+    return _stream(request, session, job_id, "jsonl", _filters(flagged, given_label, predicted_label))
+
+
+@router.get("/adapter", response_class=StreamingResponse)
+def adapter(session: SessionDep, store: StoreDep, job_id: str) -> StreamingResponse:
+    """The trained adapter as a .tar.gz (peft files, label map, CleaR config, tokenizer)."""
+    job = get_job(session, job_id)
+    if job.status != "succeeded" or not job.adapter_uri:
+        raise Conflict(f"job {job_id!r} is {job.status}: its adapter exists once it has succeeded",
+                       param="job_id", code="adapter_not_ready")
+    key = job.adapter_uri
+
+    def chunks():
+        with store.open(key) as fh:
+            while chunk := fh.read(1 << 20):
+                yield chunk
+
+    headers = {"Content-Disposition": f'attachment; filename="{job_id}-adapter.tar.gz"',
+               "Content-Length": str(store.size(key))}
+    return StreamingResponse(chunks(), media_type="application/gzip", headers=headers)

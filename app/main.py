@@ -1,0 +1,67 @@
+"""The FastAPI application factory; ``app.main:app`` is the instance uvicorn serves."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.api.handlers import envelope, install_error_handlers
+from app.api.routes import datasets, jobs, reports
+from app.db import session_factory
+from app.queue import CeleryEnqueuer
+from app.services.jobs import Enqueue
+from app.settings import Settings, get_settings
+from app.storage import ArtifactStore
+
+MULTIPART_SLACK = 64 * 1024  # form fields and boundaries around the file
+
+
+class UploadLimit:
+    """Refuse (413) a request whose declared body is larger than the upload limit, before reading it."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check ``Content-Length`` of HTTP requests, pass everything else through."""
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length")
+            if length and length.isdigit() and int(length) > self.max_bytes + MULTIPART_SLACK:
+                response = envelope(413, "payload_too_large",
+                                    f"the request body is larger than the limit of {self.max_bytes} bytes",
+                                    "file")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = None) -> FastAPI:
+    """Build the API for ``settings`` (default: the environment); ``enqueue`` defaults to Celery."""
+    settings = settings or get_settings()
+    app = FastAPI(title="CleaR fine-tuning service", version="0.1.0",
+                  description="Fine-tune text classifiers on noisily labelled data with CleaR; get an adapter "
+                              "and a ranked noise report.")
+    app.state.settings = settings
+    app.state.session_factory = session_factory(settings.database_url)
+    app.state.store = ArtifactStore(settings.artifact_url)
+    app.state.enqueue = enqueue or CeleryEnqueuer(settings)
+    install_error_handlers(app)
+    for module in (datasets, jobs, reports):
+        app.include_router(module.router)
+    app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    return app
+
+
+def __getattr__(name: str):
+    # ``uvicorn app.main:app`` builds the app from the environment on first access only,
+    # so importing this module (tests, tools) reads no settings.
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

@@ -1,0 +1,134 @@
+"""Database tables (SQLAlchemy 2 declarative); created only by the Alembic migrations.
+
+Datasets and their rows, jobs, the append-only job event log, and the per-row noise report.
+Ids of datasets and jobs are opaque strings (``ds_...``, ``job_...``); events have an
+increasing integer id that serves as their cursor.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite autoincrements only an INTEGER PRIMARY KEY; Postgres gets a BIGINT identity.
+BigIntId = BigInteger().with_variant(Integer(), "sqlite")
+
+DATASET_STATUSES = ("processing", "ready", "failed")
+JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(timezone.utc)
+
+
+def new_id(prefix: str) -> str:
+    """A random opaque id such as ``job_3f2a...`` (24 hex digits after the prefix)."""
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class Dataset(Base):
+    """An uploaded, validated labelled dataset."""
+
+    __tablename__ = "datasets"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ds"))
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20), default="ready")
+    format: Mapped[str] = mapped_column(String(10))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    row_count: Mapped[int] = mapped_column(Integer)
+    label_names: Mapped[list[Any]] = mapped_column(JSON)
+    class_histogram: Mapped[dict[str, Any]] = mapped_column(JSON)
+    columns: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DatasetRow(Base):
+    """One row of a dataset; ``gold_label`` only scores reports and is never trained on."""
+
+    __tablename__ = "dataset_rows"
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True)
+    row_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    row_id: Mapped[str | None] = mapped_column(String(200))
+    text: Mapped[str] = mapped_column(Text)
+    text_pair: Mapped[str | None] = mapped_column(Text)
+    label: Mapped[str] = mapped_column(String(200))
+    gold_label: Mapped[str | None] = mapped_column(String(200))
+
+
+class Job(Base):
+    """A fine-tuning job with its resolved configuration, state, progress and results."""
+
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("job"))
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    validation_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))
+    validation_fraction: Mapped[float | None] = mapped_column(Float)
+    base_model: Mapped[str] = mapped_column(String(300))
+    method: Mapped[str] = mapped_column(String(20))
+    routed: Mapped[bool] = mapped_column(Boolean)
+    clear_config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    training_config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    epoch: Mapped[int | None] = mapped_column(Integer)
+    global_step: Mapped[int] = mapped_column(Integer, default=0)
+    max_steps: Mapped[int | None] = mapped_column(Integer)
+    phase: Mapped[str | None] = mapped_column(String(20))
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    report_summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    adapter_uri: Mapped[str | None] = mapped_column(String(500))
+    error_code: Mapped[str | None] = mapped_column(String(50))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
+
+    __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),)
+
+
+class JobEvent(Base):
+    """One append-only event of a job: a state change, an epoch's metrics or a message."""
+
+    __tablename__ = "job_events"
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    type: Mapped[str] = mapped_column(String(20))
+    message: Mapped[str | None] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class NoiseRow(Base):
+    """One training row's entry in a job's noise report (low ``label_quality`` = likely wrong)."""
+
+    __tablename__ = "noise_rows"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    row_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    row_id: Mapped[str | None] = mapped_column(String(200))
+    given_label: Mapped[str] = mapped_column(String(200))
+    predicted_label: Mapped[str] = mapped_column(String(200))
+    suggested_label: Mapped[str] = mapped_column(String(200))
+    suggested_confidence: Mapped[float] = mapped_column(Float)
+    p_clean: Mapped[float | None] = mapped_column(Float)
+    p_clean_history: Mapped[list[Any]] = mapped_column(JSON)
+    label_quality: Mapped[float] = mapped_column(Float)
+    flagged: Mapped[bool] = mapped_column(Boolean)
+    flag_threshold: Mapped[float] = mapped_column(Float)
+    rank: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_noise_rows_job_quality", "job_id", "label_quality", "row_index"),)

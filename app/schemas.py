@@ -1,0 +1,166 @@
+"""Request and response bodies: ``XCreate`` in, ``XPublic`` out, ``XsPublic{data, count, next_cursor}`` for lists."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+# SQLite hands back naive datetimes: every stored time is UTC, so say so.
+UtcDatetime = Annotated[datetime, AfterValidator(lambda d: d if d.tzinfo else d.replace(tzinfo=timezone.utc))]
+
+
+class ErrorBody(BaseModel):
+    """The content of the error envelope."""
+
+    code: str
+    message: str
+    param: str | None = None
+    details: list[dict[str, Any]] | None = None
+
+
+class ErrorResponse(BaseModel):
+    """``{"error": {...}}``: every 4xx and 5xx answer."""
+
+    error: ErrorBody
+
+
+class DatasetPublic(BaseModel):
+    """A stored dataset: its status, size, label names and class histogram."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    name: str
+    status: str
+    format: str
+    sha256: str
+    size_bytes: int
+    row_count: int
+    label_names: list[str]
+    class_histogram: dict[str, int]
+    columns: dict[str, str]
+    created_at: UtcDatetime
+
+
+class DatasetsPublic(BaseModel):
+    """A page of datasets, newest first."""
+
+    data: list[DatasetPublic]
+    count: int
+    next_cursor: str | None = None
+
+
+class JobCreate(BaseModel):
+    """What a job trains on and how; omitted settings take ``clear_core``'s defaults, echoed back."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset_id: str
+    validation_dataset_id: str | None = Field(None, description="A held-out dataset scored each epoch.")
+    validation_fraction: float | None = Field(None, gt=0, le=0.5,
+                                              description="Or hold out this fraction of the training rows.")
+    base_model: str | None = Field(None, description="A model name from the server's model list.")
+    method: Literal["lora", "adapter", "prefix", "bitfit", "full"] = "lora"
+    routed: bool = Field(True, description="CleaR routing (True) or plain PEFT (False).")
+    clear: dict[str, Any] = Field(default_factory=dict, description="ClearConfig fields, e.g. routing_cap.")
+    training: dict[str, Any] = Field(default_factory=dict, description="TrainingConfig fields, e.g. epochs.")
+
+
+class JobError(BaseModel):
+    """Why a job failed."""
+
+    code: str
+    message: str | None = None
+
+
+class JobPublic(BaseModel):
+    """A job with every resolved setting, its state, progress and latest metrics."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    dataset_id: str
+    validation_dataset_id: str | None
+    validation_fraction: float | None
+    base_model: str
+    method: str
+    routed: bool
+    clear: dict[str, Any] = Field(validation_alias="clear_config")
+    training: dict[str, Any] = Field(validation_alias="training_config")
+    status: str
+    attempt: int
+    progress: float
+    epoch: int | None
+    global_step: int
+    max_steps: int | None
+    phase: str | None
+    metrics: dict[str, Any] | None
+    report_summary: dict[str, Any] | None
+    error: JobError | None = None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+
+    @classmethod
+    def from_job(cls, job: Any) -> "JobPublic":
+        """Build from a ``Job`` row (the error fields become one ``error`` object)."""
+        public = cls.model_validate(job)
+        if job.error_code:
+            public.error = JobError(code=job.error_code, message=job.error_message)
+        return public
+
+
+class JobsPublic(BaseModel):
+    """A page of jobs, newest first."""
+
+    data: list[JobPublic]
+    count: int
+    next_cursor: str | None = None
+
+
+class EventPublic(BaseModel):
+    """One entry of a job's append-only log: ``state``, ``epoch`` (metrics) or ``message``."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    job_id: str
+    type: str
+    message: str | None
+    data: dict[str, Any] | None
+    created_at: UtcDatetime
+
+
+class EventsPublic(BaseModel):
+    """Events oldest first; ``next_cursor`` resumes after the last one returned."""
+
+    data: list[EventPublic]
+    count: int
+    next_cursor: str | None = None
+    has_more: bool = False
+
+
+class NoiseRowPublic(BaseModel):
+    """One training row of the noise report (low ``label_quality`` = label likely wrong)."""
+
+    rank: int
+    row_index: int
+    id: str | None
+    text: str
+    text_pair: str | None
+    given_label: str
+    predicted_label: str
+    suggested_label: str
+    suggested_confidence: float
+    p_clean: float | None
+    p_clean_history: list[float]
+    label_quality: float
+    flagged: bool
+    flag_threshold: float
+
+
+class NoiseReportPublic(BaseModel):
+    """A page of the noise report plus its summary (rows, flagged, per-class noise estimate)."""
+
+    data: list[NoiseRowPublic]
+    count: int
+    next_cursor: str | None = None
+    summary: dict[str, Any]

@@ -1,0 +1,1 @@
+"""Business logic called by the routes; raises ``app.errors`` domain errors, knows nothing of HTTP."""

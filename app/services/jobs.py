@@ -1,0 +1,116 @@
+"""Jobs: create (validated, committed, then enqueued), list, get, cancel, and their event log."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.errors import Conflict, InvalidInput, NotFound, Unavailable
+from app.models import JOB_STATUSES, Dataset, Job, JobEvent
+from app.services.configs import resolve_base_model, resolve_configs
+from app.services.datasets import get_dataset
+from app.services.pagination import Page, decode_cursor, encode_cursor, newest_first
+from app.services.transitions import add_event, transition
+from app.settings import Settings
+
+Enqueue = Callable[[str], None]
+
+
+def _ready_dataset(session: Session, dataset_id: str, param: str) -> Dataset:
+    dataset = get_dataset(session, dataset_id, param=param)
+    if dataset.status != "ready":
+        raise Conflict(f"dataset {dataset_id!r} is {dataset.status}, not ready: wait until it is ready or upload "
+                       "it again", param=param, code="dataset_not_ready")
+    return dataset
+
+
+def _check_validation(session: Session, train: Dataset, spec: dict[str, Any]) -> None:
+    if spec.get("validation_dataset_id") and spec.get("validation_fraction"):
+        raise InvalidInput("give validation_dataset_id or validation_fraction, not both", param="validation_fraction")
+    if spec.get("validation_dataset_id"):
+        held_out = _ready_dataset(session, spec["validation_dataset_id"], "validation_dataset_id")
+        unknown = sorted(set(held_out.label_names) - set(train.label_names))
+        if unknown:
+            raise InvalidInput(f"the validation dataset has labels {unknown} that the training dataset lacks",
+                               param="validation_dataset_id")
+
+
+def create_job(session: Session, spec: dict[str, Any], *, settings: Settings, enqueue: Enqueue) -> Job:
+    """Validate ``spec`` (a ``JobCreate`` dump), store the job as ``queued``, commit, then enqueue it.
+
+    Raises:
+        NotFound: an unknown dataset. Conflict: a dataset that is not ready.
+        InvalidInput: a bad setting (``param`` names it). Unavailable: the broker refused the job.
+    """
+    train = _ready_dataset(session, spec["dataset_id"], "dataset_id")
+    _check_validation(session, train, spec)
+    clear, training = resolve_configs(spec["method"], spec["routed"], spec.get("clear") or {},
+                                      spec.get("training") or {})
+    job = Job(dataset_id=train.id, validation_dataset_id=spec.get("validation_dataset_id"),
+              validation_fraction=spec.get("validation_fraction"),
+              base_model=resolve_base_model(spec.get("base_model"), settings), method=clear["method"],
+              routed=clear["routed"], clear_config=clear, training_config=training, status="queued",
+              attempt=0, progress=0.0, global_step=0)
+    session.add(job)
+    session.flush()
+    add_event(session, job.id, "state", data={"status": "queued"})
+    session.commit()
+    try:
+        enqueue(job.id)  # only after the commit: a worker must find the row
+    except Exception as exc:  # the broker is down: the job must not wait forever as queued
+        transition(session, job.id, ("queued",), "failed", message=f"could not enqueue: {exc}",
+                   error_code="enqueue_failed", error_message=str(exc))
+        raise Unavailable(f"the job queue is unavailable ({exc}); submit the job again later") from exc
+    return job
+
+
+def get_job(session: Session, job_id: str) -> Job:
+    """The job with this id; raises ``NotFound`` otherwise."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job with id {job_id!r}", param="job_id")
+    return job
+
+
+def list_jobs(session: Session, *, status: str | None, limit: int, cursor: str | None) -> Page:
+    """Jobs newest first, optionally only those in ``status``."""
+    if status is not None and status not in JOB_STATUSES:
+        raise InvalidInput(f"status={status!r} is not a job state: use one of {', '.join(JOB_STATUSES)}",
+                           param="status")
+    conditions = [Job.status == status] if status else []
+    return newest_first(session, Job, conditions=conditions, limit=limit, cursor=cursor)
+
+
+def cancel_job(session: Session, job_id: str) -> Job:
+    """Cancel: a queued job becomes ``cancelled`` at once, a running one ``cancelling`` (the worker stops it).
+
+    Raises:
+        NotFound: unknown job. Conflict: the job already succeeded or failed.
+    """
+    job = get_job(session, job_id)
+    if not transition(session, job_id, ("queued",), "cancelled", message="cancelled before it started"):
+        transition(session, job_id, ("running",), "cancelling", message="cancel requested")
+    session.refresh(job)
+    if job.status in ("succeeded", "failed"):
+        raise Conflict(f"job {job_id!r} already {job.status}; it cannot be cancelled", param="job_id",
+                       code="job_finished")
+    return job
+
+
+def list_events(session: Session, job_id: str, *, limit: int, cursor: str | None) -> Page:
+    """The job's events oldest first, after the event id held in ``cursor``."""
+    get_job(session, job_id)
+    after = decode_cursor(cursor, 1)[0] if cursor else 0
+    if not isinstance(after, int):
+        raise InvalidInput(f"cursor={cursor!r} is not an events cursor", param="cursor")
+    query = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after).order_by(JobEvent.id)
+    items = list(session.scalars(query.limit(limit + 1)))
+    count = session.scalar(select(func.count()).select_from(JobEvent).where(JobEvent.job_id == job_id)) or 0
+    more = len(items) > limit
+    items = items[:limit]
+    # The cursor always points after the last event seen, so a poller can resume from it.
+    last = items[-1].id if items else after
+    return Page(items, count, encode_cursor([last]), has_more=more)

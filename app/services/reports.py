@@ -1,0 +1,116 @@
+"""Noise reports: paged and filtered queries ranked by ``label_quality`` (ascending: likeliest wrong
+first), and CSV/JSONL streams read in batches so a large report never sits in memory."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.errors import Conflict, InvalidInput
+from app.models import DatasetRow, Job, NoiseRow
+from app.services.jobs import get_job
+from app.services.pagination import Page, decode_cursor, encode_cursor
+
+REPORT_FIELDS = ("rank", "row_index", "id", "text", "text_pair", "given_label", "predicted_label",
+                 "suggested_label", "suggested_confidence", "p_clean", "p_clean_history", "label_quality",
+                 "flagged", "flag_threshold")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def report_job(session: Session, job_id: str) -> Job:
+    """The job, which must have finished with a report; ``NotFound`` / ``Conflict`` otherwise."""
+    job = get_job(session, job_id)
+    if job.status != "succeeded" or job.report_summary is None:
+        raise Conflict(f"job {job_id!r} is {job.status}: its noise report exists once it has succeeded",
+                       param="job_id", code="report_not_ready")
+    return job
+
+
+def _query(job: Job, filters: dict[str, Any]):
+    query = (select(NoiseRow, DatasetRow.text, DatasetRow.text_pair)
+             .join(DatasetRow, and_(DatasetRow.dataset_id == job.dataset_id,
+                                    DatasetRow.row_index == NoiseRow.row_index))
+             .where(NoiseRow.job_id == job.id))
+    if filters.get("flagged") is not None:
+        query = query.where(NoiseRow.flagged == filters["flagged"])
+    for name in ("given_label", "predicted_label"):
+        if filters.get(name) is not None:
+            query = query.where(getattr(NoiseRow, name) == filters[name])
+    return query
+
+
+def _after(query, cursor: str | None):
+    if not cursor:
+        return query
+    quality, row_index = decode_cursor(cursor, 2)
+    if not isinstance(quality, (int, float)) or not isinstance(row_index, int):
+        raise InvalidInput(f"cursor={cursor!r} is not a noise-report cursor", param="cursor")
+    return query.where(or_(NoiseRow.label_quality > quality,
+                           and_(NoiseRow.label_quality == quality, NoiseRow.row_index > row_index)))
+
+
+def _record(noise: NoiseRow, text: str, text_pair: str | None) -> dict[str, Any]:
+    record = {name: getattr(noise, name) for name in REPORT_FIELDS if hasattr(NoiseRow, name)}
+    record.update(id=noise.row_id, text=text, text_pair=text_pair)
+    return {name: record[name] for name in REPORT_FIELDS}
+
+
+def report_page(session: Session, job_id: str, *, filters: dict[str, Any], limit: int, cursor: str | None) -> Page:
+    """One page of the report, ``label_quality`` ascending then ``row_index``, after ``cursor``."""
+    job = report_job(session, job_id)
+    base = _query(job, filters)
+    ordered = _after(base, cursor).order_by(NoiseRow.label_quality, NoiseRow.row_index).limit(limit + 1)
+    rows = [_record(*row) for row in session.execute(ordered)]
+    count = session.scalar(select(func.count()).select_from(base.subquery())) or 0
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(rows, count, encode_cursor([rows[-1]["label_quality"], rows[-1]["row_index"]]) if more else None)
+
+
+def iter_report(factory: sessionmaker[Session], job_id: str, filters: dict[str, Any],
+                batch: int = 2000) -> Iterator[dict[str, Any]]:
+    """Every matching report row in rank order, fetched ``batch`` rows at a time in its own session."""
+    cursor = None
+    while True:
+        with factory() as session:
+            page = report_page(session, job_id, filters=filters, limit=batch, cursor=cursor)
+        yield from page.items
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
+
+
+def _safe_cell(value: Any) -> Any:
+    # A spreadsheet runs a cell that starts with = + - @ as a formula: quote it.
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    if isinstance(value, list):
+        return json.dumps(value)
+    return value
+
+
+def csv_lines(rows: Iterator[dict[str, Any]]) -> Iterator[str]:
+    """The report as CSV text chunks, header first, formula-like cells neutralised."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=REPORT_FIELDS)
+    writer.writeheader()
+    for i, row in enumerate(rows, start=1):
+        writer.writerow({k: _safe_cell(v) for k, v in row.items()})
+        if i % 500 == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+def jsonl_lines(summary: dict[str, Any], rows: Iterator[dict[str, Any]]) -> Iterator[str]:
+    """The report as JSON lines: first ``{"summary": {...}}``, then one object per row."""
+    yield json.dumps({"summary": summary}) + "\n"
+    for row in rows:
+        yield json.dumps(row) + "\n"

@@ -1,0 +1,39 @@
+"""Job state changes: a conditional UPDATE plus an event row, in one transaction.
+
+Shared by the API (create, cancel) and the worker (claim, progress, finish) so that every
+transition is atomic, race-free (it only happens from the expected states) and logged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import insert, update
+from sqlalchemy.orm import Session
+
+from app.models import Job, JobEvent, utcnow
+
+
+def add_event(session: Session, job_id: str, type_: str, *, message: str | None = None,
+              data: dict[str, Any] | None = None) -> None:
+    """Append one event to the job's log (not committed)."""
+    session.execute(insert(JobEvent).values(job_id=job_id, type=type_, message=message, data=data,
+                                            created_at=utcnow()))
+
+
+def transition(session: Session, job_id: str, from_statuses: tuple[str, ...], to_status: str, *,
+               message: str | None = None, **fields: Any) -> bool:
+    """Move the job to ``to_status`` if it is in one of ``from_statuses``, log a ``state`` event, commit.
+
+    Returns:
+        True if the job moved; False (nothing written) if it was in another state.
+    """
+    values = {"status": to_status, **fields}
+    result = session.execute(update(Job).where(Job.id == job_id, Job.status.in_(from_statuses)).values(**values)
+                             .returning(Job.status))
+    if result.first() is None:
+        session.rollback()
+        return False
+    add_event(session, job_id, "state", message=message, data={"status": to_status})
+    session.commit()
+    return True

@@ -1,0 +1,57 @@
+"""One validated settings object, read from the environment (prefix ``CLEAR_``) at the edges only.
+
+The defaults give the embedded mode: a SQLite database, kombu's SQLAlchemy transport on a
+second SQLite file as broker and a local artifact directory, all under ``data_dir``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+class Settings(BaseSettings):
+    """Service settings; every field can be set as ``CLEAR_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="CLEAR_", env_file=None, extra="ignore")
+
+    data_dir: Path = Field(Path("var"), description="Folder of the embedded database, broker and artifacts.")
+    database_url: str = Field("", description="SQLAlchemy URL; default sqlite:///<data_dir>/clear.db.")
+    broker_url: str = Field("", description="Celery broker URL; default sqla+sqlite:///<data_dir>/broker.db.")
+    artifact_url: str = Field("", description="fsspec URL of the artifact store; default <data_dir>/artifacts.")
+    model_dir: Path | None = Field(None, description="Folder whose sub-folders are selectable base models.")
+    default_base_model: str = Field(DEFAULT_MODEL, description="Base model of a job that names none.")
+    max_upload_bytes: int = Field(50 * 1024 * 1024, gt=0, description="Largest accepted upload (413 above).")
+    max_rows: int = Field(1_000_000, gt=0, description="Most rows in one dataset.")
+    min_rows_per_class: int = Field(2, ge=1, description="Fewest rows a class needs in a dataset.")
+    max_errors_listed: int = Field(100, ge=1, description="Row errors listed in one 422 response.")
+    max_job_seconds: int = Field(24 * 3600, gt=0, description="Longest a job may run; the broker waits longer.")
+    worker_device: str | None = Field(None, description="Device the worker trains on (None: CUDA if present).")
+    page_size_max: int = Field(1000, gt=0, description="Largest page a list route returns.")
+
+    @model_validator(mode="after")
+    def _derive_urls(self) -> "Settings":
+        base = self.data_dir.resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{base / 'clear.db'}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{base / 'broker.db'}"
+        if not self.artifact_url:
+            self.artifact_url = str(base / "artifacts")
+        return self
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when the database is a SQLite file (the one-machine mode)."""
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

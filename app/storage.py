@@ -1,0 +1,48 @@
+"""The artifact store: adapters (and later checkpoints) under keys, in any fsspec file system.
+
+A local folder by default; an object store URL (``s3://bucket/prefix``) when workers run
+on other machines.
+"""
+
+from __future__ import annotations
+
+from typing import BinaryIO
+
+import fsspec
+
+
+class ArtifactStore:
+    """Files addressed by keys such as ``jobs/<id>/adapter.tar.gz`` below the root URL."""
+
+    def __init__(self, url: str) -> None:
+        self.fs, self.root = fsspec.core.url_to_fs(url)
+        self.url = url
+
+    def _path(self, key: str) -> str:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"artifact key {key!r} must be relative and stay below the store root")
+        return f"{self.root.rstrip('/')}/{key}"
+
+    def put_file(self, local_path: str, key: str) -> str:
+        """Copy a local file to ``key`` and return its key."""
+        path = self._path(key)
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        self.fs.put_file(local_path, path)
+        return key
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` holds a file."""
+        return self.fs.exists(self._path(key))
+
+    def size(self, key: str) -> int:
+        """Size of the file at ``key`` in bytes."""
+        return int(self.fs.size(self._path(key)))
+
+    def open(self, key: str) -> BinaryIO:
+        """The file at ``key`` opened for binary reading (the caller closes it)."""
+        return self.fs.open(self._path(key), "rb")
+
+
+def adapter_key(job_id: str) -> str:
+    """Where a job's adapter archive is stored."""
+    return f"jobs/{job_id}/adapter.tar.gz"

@@ -1,0 +1,49 @@
+"""The Celery application and its one settings dict (no torch here: the API imports it to enqueue).
+
+Start a worker with ``celery -A worker.celery_app worker --concurrency 1``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from app.settings import Settings, get_settings
+
+VISIBILITY_MARGIN_S = 3600
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Settings of a reliable long-job queue: ack after the work, one job per worker process at a time,
+    requeue when the worker dies, and a visibility timeout longer than the longest job."""
+    return {
+        "broker_url": settings.broker_url,
+        "task_acks_late": True,
+        "worker_prefetch_multiplier": 1,
+        "task_reject_on_worker_lost": True,
+        "task_ignore_result": True,
+        "task_default_queue": "jobs",
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {"visibility_timeout": settings.max_job_seconds + VISIBILITY_MARGIN_S},
+        "worker_hijack_root_logger": False,
+        "imports": ["worker.tasks"],
+    }
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app configured for ``settings``."""
+    app = Celery("clear")
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    # ``celery -A worker.celery_app`` looks up ``celery``/``app``: build it from the environment then.
+    if name in ("celery", "app"):
+        global celery
+        celery = make_celery(get_settings())
+        return celery
+    raise AttributeError(name)
