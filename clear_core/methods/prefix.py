@@ -3,7 +3,9 @@
 peft 0.21 refuses BERT-style backbones under transformers 5 (its forward looks for a
 ``past_key_values`` argument that BERT renamed to ``cache``), so :func:`prefix_forward`
 runs the same computation as ``peft``'s own ``_prefix_tuning_forward``: prompt cache from
-``get_prompt``, an all-ones mask over the prefix, the backbone, dropout, the head.
+``get_prompt``, an all-ones mask over the prefix, the backbone, dropout, the head; with one
+difference: token positions are passed explicitly as 0..T-1, so that with every prefix gated
+off the model is exactly the pretrained backbone (peft leaves BERT to number them from P).
 Gating follows CleaR (Kim et al. 2024): per row and layer the prefix keys are removed from
 the attention mask, never a second copy of the layer (REFERENCE_CODE.md, Sec. 1.3).
 """
@@ -102,6 +104,9 @@ def prefix_forward(peft_model: nn.Module, batch: dict[str, torch.Tensor]) -> tor
     cache = peft_model.get_prompt(batch_size=b)
     prefix_mask = torch.ones((b, num_prefix), dtype=batch["attention_mask"].dtype, device=input_ids.device)
     kwargs = {k: v for k, v in batch.items() if k != "attention_mask"}
+    # Explicit positions 0..T-1: a prefix has no position, and the tokens must keep the
+    # positions the backbone was pretrained with (BERT would otherwise start them at P).
+    kwargs.setdefault("position_ids", torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0))
     base = peft_model.base_model
     backbone = base.get_submodule(peft_model.transformer_backbone_name)
     outputs = backbone(

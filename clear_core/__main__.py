@@ -1,0 +1,7 @@
+"""Allows ``python -m clear_core``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
