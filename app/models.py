@@ -88,6 +88,7 @@ class Job(Base):
     global_step: Mapped[int] = mapped_column(Integer, default=0)
     max_steps: Mapped[int | None] = mapped_column(Integer)
     phase: Mapped[str | None] = mapped_column(String(20))
+    loss: Mapped[float | None] = mapped_column(Float)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     report_summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     adapter_uri: Mapped[str | None] = mapped_column(String(500))

@@ -93,6 +93,7 @@ class JobPublic(BaseModel):
     global_step: int
     max_steps: int | None
     phase: str | None
+    loss: float | None = Field(None, description="Training loss of the last step reported.")
     metrics: dict[str, Any] | None
     report_summary: dict[str, Any] | None
     error: JobError | None = None

@@ -27,10 +27,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {"visibility_timeout": settings.max_job_seconds + VISIBILITY_MARGIN_S},
+        "broker_transport_options": transport_options(settings.broker_url, settings.max_job_seconds),
         "worker_hijack_root_logger": False,
         "imports": ["worker.tasks"],
     }
+
+
+def transport_options(broker_url: str, max_job_seconds: int) -> dict[str, Any]:
+    """Broker options: brokers that redeliver unacked messages after a visibility timeout (Redis, SQS)
+    get one longer than the longest job, so a running job is never handed to a second worker."""
+    if broker_url.split(":", 1)[0] in ("redis", "rediss", "sqs", "sentinel"):
+        return {"visibility_timeout": max_job_seconds + VISIBILITY_MARGIN_S}
+    return {}  # kombu's SQLAlchemy transport passes its options to create_engine
 
 
 def make_celery(settings: Settings) -> Celery:

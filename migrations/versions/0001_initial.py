@@ -60,6 +60,7 @@ def upgrade() -> None:
     sa.Column('global_step', sa.Integer(), nullable=False),
     sa.Column('max_steps', sa.Integer(), nullable=True),
     sa.Column('phase', sa.String(length=20), nullable=True),
+    sa.Column('loss', sa.Float(), nullable=True),
     sa.Column('metrics', sa.JSON(), nullable=True),
     sa.Column('report_summary', sa.JSON(), nullable=True),
     sa.Column('adapter_uri', sa.String(length=500), nullable=True),
