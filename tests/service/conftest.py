@@ -1,0 +1,95 @@
+"""Service fixtures: a fresh Postgres database migrated with Alembic, a Redis broker database,
+settings pointing at them, and an API client whose enqueue step is recorded."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from app.db import get_engine
+from app.settings import Settings
+
+PG_ADMIN = os.environ.get("CLEAR_TEST_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+REDIS_URL = os.environ.get("CLEAR_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
+TABLES = ("noise_rows", "job_events", "jobs", "dataset_rows", "datasets")
+
+
+def run_alembic(url: str, *args: str) -> None:
+    """``alembic upgrade head`` (or other args) against ``url``, as the scripts run it."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(str(Path(__file__).resolve().parents[2] / "alembic.ini"))
+    config.set_main_option("sqlalchemy.url", url)
+    config.attributes["configure_logger"] = False
+    getattr(command, args[0])(config, *args[1:])
+
+
+def create_pg_database() -> tuple[str, str]:
+    """A new empty Postgres database; returns (name, SQLAlchemy URL)."""
+    name = f"clear_test_{secrets.token_hex(4)}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name, PG_URL.format(name=name)
+
+
+def drop_pg_database(name: str, url: str) -> None:
+    """Drop a database made by ``create_pg_database`` (closing this process's pooled connections)."""
+    get_engine(url).dispose()
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """A migrated Postgres database for the whole session."""
+    name, url = create_pg_database()
+    run_alembic(url, "upgrade", "head")
+    yield url
+    drop_pg_database(name, url)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, tiny_model_dir):
+    """A model folder holding the tiny BERT as base model ``tiny-bert``."""
+    folder = tmp_path_factory.mktemp("models")
+    (folder / "tiny-bert").symlink_to(tiny_model_dir, target_is_directory=True)
+    return folder
+
+
+@pytest.fixture
+def settings(pg_url, tmp_path, model_dir):
+    """Settings on the session database (emptied after each test), Redis and a fresh artifact folder."""
+    yield Settings(data_dir=tmp_path, database_url=pg_url, broker_url=REDIS_URL,
+                   artifact_url=str(tmp_path / "artifacts"), model_dir=model_dir)
+    with get_engine(pg_url).begin() as conn:
+        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
+
+
+@pytest.fixture
+def enqueued():
+    """Job ids the API handed to the queue, in order."""
+    return []
+
+
+@pytest.fixture
+def client(settings, enqueued):
+    """An API client whose queue only records job ids."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    with TestClient(create_app(settings, enqueue=enqueued.append)) as test_client:
+        yield test_client
+
+
+def table_counts(url: str) -> dict[str, int]:
+    """Rows in every service table."""
+    with get_engine(url).connect() as conn:
+        return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in TABLES}

@@ -1,0 +1,47 @@
+"""Builders for test datasets and uploads."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tests.conftest import toy_texts
+
+
+def toy_frame(n: int = 60, *, num_classes: int = 3, noise: float = 0.2, seed: int = 0) -> pd.DataFrame:
+    """A separable topic task with a known fraction of flipped labels: columns id, text, label, gold."""
+    texts, gold = toy_texts(n, num_classes=num_classes, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    label = gold.copy()
+    flip = rng.choice(n, int(noise * n), replace=False)
+    label[flip] = (gold[flip] + 1) % num_classes
+    return pd.DataFrame({"id": [f"r{i}" for i in range(n)], "text": texts, "label": label, "gold": gold})
+
+
+def to_bytes(frame: pd.DataFrame, fmt: str) -> bytes:
+    """The frame written as csv, jsonl or parquet."""
+    if fmt == "csv":
+        return frame.to_csv(index=False).encode()
+    if fmt == "jsonl":
+        return frame.to_json(orient="records", lines=True).encode()
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def upload(client, content: bytes, filename: str = "data.csv", **form: Any):
+    """POST a dataset file with form fields; returns the response."""
+    return client.post("/v1/datasets", files={"file": (filename, content)},
+                       data={k: v for k, v in form.items() if v is not None})
+
+
+def upload_frame(client, frame: pd.DataFrame, fmt: str = "csv", **form: Any) -> dict[str, Any]:
+    """Upload ``frame`` (gold column mapped) and return the created dataset, asserting a 201."""
+    form.setdefault("gold_label_column", "gold" if "gold" in frame else None)
+    form.setdefault("id_column", "id" if "id" in frame else None)
+    response = upload(client, to_bytes(frame, fmt), f"data.{fmt}", **form)
+    assert response.status_code == 201, response.text
+    return response.json()

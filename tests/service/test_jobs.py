@@ -1,0 +1,156 @@
+"""Jobs API: resolved defaults echoed, bad settings as 422 with param, 404/409, pagination,
+status filter, cancel, the append-only event log, and enqueue only after commit."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from app.db import get_engine, session_factory
+from app.main import create_app
+from app.models import Job
+from app.services.configs import ClearConfig, TrainingConfig
+from app.services.transitions import transition
+from tests.service.conftest import table_counts
+from tests.service.helpers import toy_frame, upload_frame
+
+
+@pytest.fixture
+def dataset(client):
+    """A ready toy dataset."""
+    return upload_frame(client, toy_frame(30))
+
+
+def _create(client, dataset_id, **body):
+    return client.post("/v1/jobs", json={"dataset_id": dataset_id, "base_model": "tiny-bert", **body})
+
+
+def test_create_echoes_every_resolved_default(client, dataset, enqueued):
+    response = _create(client, dataset["id"], clear={"routing_cap": 0.7}, training={"epochs": 2})
+    assert response.status_code == 201, response.text
+    job = response.json()
+    assert job["status"] == "queued" and job["attempt"] == 0 and job["progress"] == 0.0
+    assert job["clear"] == ClearConfig(method="lora", routed=True, routing_cap=0.7).to_dict()
+    assert job["training"] == TrainingConfig(epochs=2).to_dict()
+    assert job["base_model"] == "tiny-bert" and enqueued == [job["id"]]
+    assert client.get(f"/v1/jobs/{job['id']}").json() == job
+
+
+def test_enqueue_happens_after_the_commit(settings, dataset):
+    seen = []
+
+    def enqueue(job_id):  # a worker in another process must already find the row
+        with session_factory(settings.database_url)() as other:
+            seen.append(other.get(Job, job_id).status)
+
+    with TestClient(create_app(settings, enqueue=enqueue)) as client:
+        assert _create(client, dataset["id"]).status_code == 201
+    assert seen == ["queued"]
+
+
+BAD_JOBS = [
+    ({"clear": {"routing_cap": 2}}, "clear.routing_cap"),
+    ({"clear": {"warmup_epochs": -1}}, "clear.warmup_epochs"),
+    ({"clear": {"no_such_field": 1}}, "clear.no_such_field"),
+    ({"clear": {"method": "lora"}}, "clear.method"),
+    ({"training": {"epochs": 0}}, "training.epochs"),
+    ({"training": {"keep": "sometimes"}}, "training.keep"),
+    ({"method": "dropout"}, "method"),
+    ({"base_model": "../etc"}, "base_model"),
+    ({"validation_fraction": 0.9}, "validation_fraction"),
+    ({"validation_fraction": 0.1, "validation_dataset_id": "ds_x"}, "validation_fraction"),
+    ({"surprise": True}, "surprise"),
+]
+
+
+@pytest.mark.parametrize("body,param", BAD_JOBS, ids=[p for _, p in BAD_JOBS])
+def test_bad_settings_are_422_naming_the_field_and_store_nothing(client, settings, dataset, enqueued, body, param):
+    response = _create(client, dataset["id"], **body)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and error["message"]
+    assert table_counts(settings.database_url)["jobs"] == 0 and enqueued == []
+
+
+def test_unknown_dataset_is_404_and_unready_dataset_is_409(client, settings, dataset):
+    error = _create(client, "ds_missing").json()["error"]
+    assert (error["code"], error["param"]) == ("not_found", "dataset_id")
+    with get_engine(settings.database_url).begin() as conn:
+        conn.execute(text("UPDATE datasets SET status = 'processing'"))
+    response = _create(client, dataset["id"])
+    assert response.status_code == 409 and response.json()["error"]["code"] == "dataset_not_ready"
+    assert table_counts(settings.database_url)["jobs"] == 0
+
+
+def test_unknown_job_is_404_on_every_route(client):
+    for method, path in [("get", ""), ("post", "/cancel"), ("get", "/events"), ("get", "/noise-report"),
+                         ("get", "/noise-report.csv"), ("get", "/noise-report.jsonl"), ("get", "/adapter")]:
+        response = getattr(client, method)(f"/v1/jobs/job_missing{path}")
+        assert response.status_code == 404, path
+        assert response.json()["error"] == {"code": "not_found", "message": "no job with id 'job_missing'",
+                                            "param": "job_id"}
+
+
+def test_list_pages_and_filters_by_status(client, dataset):
+    ids = [_create(client, dataset["id"]).json()["id"] for _ in range(5)]
+    client.post(f"/v1/jobs/{ids[1]}/cancel")
+    seen, cursor = [], None
+    while True:
+        page = client.get("/v1/jobs", params={"limit": 2, **({"cursor": cursor} if cursor else {})}).json()
+        seen += [j["id"] for j in page["data"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids[::-1]
+    cancelled = client.get("/v1/jobs", params={"status": "cancelled"}).json()
+    assert cancelled["count"] == 1 and [j["id"] for j in cancelled["data"]] == [ids[1]]
+    assert client.get("/v1/jobs", params={"status": "queued"}).json()["count"] == 4
+    assert client.get("/v1/jobs", params={"status": "done"}).json()["error"]["param"] == "status"
+
+
+def test_cancel_queued_running_and_finished(client, settings, dataset):
+    queued = _create(client, dataset["id"]).json()["id"]
+    assert client.post(f"/v1/jobs/{queued}/cancel").json()["status"] == "cancelled"
+    assert client.post(f"/v1/jobs/{queued}/cancel").status_code == 200  # idempotent
+    running = _create(client, dataset["id"]).json()["id"]
+    factory = session_factory(settings.database_url)
+    with factory() as session:
+        assert transition(session, running, ("queued",), "running")
+    assert client.post(f"/v1/jobs/{running}/cancel").json()["status"] == "cancelling"
+    with factory() as session:
+        assert transition(session, running, ("cancelling",), "failed")
+    response = client.post(f"/v1/jobs/{running}/cancel")
+    assert response.status_code == 409 and response.json()["error"]["code"] == "job_finished"
+    states = [e["data"]["status"] for e in client.get(f"/v1/jobs/{running}/events").json()["data"]]
+    assert states == ["queued", "running", "cancelling", "failed"]
+
+
+def test_events_page_with_a_resumable_cursor(client, dataset):
+    job_id = _create(client, dataset["id"]).json()["id"]
+    client.post(f"/v1/jobs/{job_id}/cancel")
+    first = client.get(f"/v1/jobs/{job_id}/events", params={"limit": 1}).json()
+    assert first["count"] == 2 and first["has_more"] and first["data"][0]["data"] == {"status": "queued"}
+    second = client.get(f"/v1/jobs/{job_id}/events", params={"cursor": first["next_cursor"]}).json()
+    assert [e["data"]["status"] for e in second["data"]] == ["cancelled"] and not second["has_more"]
+    empty = client.get(f"/v1/jobs/{job_id}/events", params={"cursor": second["next_cursor"]}).json()
+    assert empty["data"] == [] and empty["next_cursor"] == second["next_cursor"]
+
+
+def test_broker_down_gives_503_and_a_failed_job(settings, dataset):
+    def enqueue(_job_id):
+        raise ConnectionError("broker unreachable")
+
+    with TestClient(create_app(settings, enqueue=enqueue)) as client:
+        response = _create(client, dataset["id"])
+        assert response.status_code == 503 and response.json()["error"]["code"] == "unavailable"
+        job = client.get("/v1/jobs").json()["data"][0]
+    assert job["status"] == "failed" and job["error"]["code"] == "enqueue_failed"
+
+
+def test_results_of_an_unfinished_job_are_409(client, dataset):
+    job_id = _create(client, dataset["id"]).json()["id"]
+    for path in ("noise-report", "noise-report.csv", "adapter"):
+        response = client.get(f"/v1/jobs/{job_id}/{path}")
+        assert response.status_code == 409, path
+        assert response.json()["error"]["code"] in ("report_not_ready", "adapter_not_ready")
