@@ -129,13 +129,24 @@ class NoiseReport:
         }
 
     def write_csv(self, path: str | Path) -> Path:
-        """Write the report sorted by rank to a CSV file (history as ';'-joined floats)."""
+        """Write the report sorted by rank to a CSV file (history as ';'-joined floats).
+
+        Text cells that a spreadsheet would run as a formula (leading ``= + - @``, tab, CR)
+        are prefixed with ``'`` (OWASP CSV injection guidance).
+        """
         records = sorted(self.to_records(), key=lambda r: r["rank"])
         path = Path(path)
         with path.open("w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(records[0]))
             writer.writeheader()
             for rec in records:
-                rec = dict(rec, p_clean_history=";".join(f"{x:.4f}" for x in rec["p_clean_history"]))
+                rec = {k: _csv_safe(v) for k, v in rec.items()}
+                rec["p_clean_history"] = ";".join(f"{x:.4f}" for x in rec["p_clean_history"])
                 writer.writerow(rec)
         return path
+
+
+def _csv_safe(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value

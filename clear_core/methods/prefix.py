@@ -12,6 +12,8 @@ the attention mask, never a second copy of the layer (REFERENCE_CODE.md, Sec. 1.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -109,8 +111,10 @@ def prefix_forward(peft_model: nn.Module, batch: dict[str, torch.Tensor]) -> tor
     kwargs.setdefault("position_ids", torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0))
     base = peft_model.base_model
     backbone = base.get_submodule(peft_model.transformer_backbone_name)
+    # transformers 5 names the argument `cache`; older releases `past_key_values`.
+    cache_arg = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
     outputs = backbone(
-        attention_mask=torch.cat([prefix_mask, batch["attention_mask"]], dim=1), past_key_values=cache, **kwargs
+        attention_mask=torch.cat([prefix_mask, batch["attention_mask"]], dim=1), **{cache_arg: cache}, **kwargs
     )
     pooled = outputs[1] if len(outputs) > 1 and outputs[1] is not None else outputs[0][:, 0]
     if hasattr(base, "dropout"):
