@@ -1,0 +1,108 @@
+"""The worker's plain pipeline on the tiny model against Postgres: success with a full report and a
+verified adapter, held-out splits, cancellation mid-training, failures recorded, no double runs."""
+
+from __future__ import annotations
+
+import tarfile
+import threading
+import time
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from app.db import session_factory
+from app.models import Job, NoiseRow
+from tests.service.helpers import toy_frame, upload_frame
+from worker.pipeline import execute_job
+
+FAST = {"epochs": 3, "batch_size": 16, "max_length": 16, "eval_batch_size": 64}
+
+
+def _job(client, dataset_id, **body):
+    body.setdefault("training", FAST)
+    body.setdefault("clear", {"warmup_epochs": 1})
+    response = client.post("/v1/jobs", json={"dataset_id": dataset_id, "base_model": "tiny-bert", **body})
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def _noise_rows(settings, job_id):
+    with session_factory(settings.database_url)() as session:
+        return session.scalar(select(func.count()).select_from(NoiseRow).where(NoiseRow.job_id == job_id))
+
+
+def test_job_succeeds_with_one_report_row_per_training_row_and_a_loading_adapter(client, settings, tmp_path):
+    from clear_core import load_adapter
+
+    train = upload_frame(client, toy_frame(90, noise=0.2))
+    held = upload_frame(client, toy_frame(30, noise=0.0, seed=7))
+    job_id = _job(client, train["id"], validation_dataset_id=held["id"])
+    assert execute_job(job_id, settings=settings, progress_interval_s=0) == "succeeded"
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert (job["status"], job["attempt"], job["progress"], job["epoch"]) == ("succeeded", 1, 1.0, 3)
+    assert 0.0 <= job["metrics"]["eval_accuracy"] <= 1.0 and "noise_precision" in job["metrics"]
+    events = client.get(f"/v1/jobs/{job_id}/events").json()["data"]
+    assert [e["data"]["status"] for e in events if e["type"] == "state"] == ["queued", "running", "succeeded"]
+    assert [e["data"]["epoch"] for e in events if e["type"] == "epoch"] == [1, 2, 3]
+    assert _noise_rows(settings, job_id) == 90 == job["report_summary"]["rows"]
+    flagged = client.get(f"/v1/jobs/{job_id}/noise-report", params={"flagged": "true"}).json()["count"]
+    assert flagged == job["report_summary"]["flagged"]
+    archive = tmp_path / "adapter.tar.gz"
+    archive.write_bytes(client.get(f"/v1/jobs/{job_id}/adapter").content)
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "adapter", filter="data")
+    model = load_adapter(tmp_path / "adapter", model_path=settings.model_dir / "tiny-bert")
+    logits = model.predict_logits(["market stocks bank", "team match goal"])
+    assert logits.shape == (2, 3) and np.isfinite(logits).all() and model.label_names == ["0", "1", "2"]
+
+
+def test_validation_fraction_holds_rows_out_of_the_report(client, settings):
+    dataset = upload_frame(client, toy_frame(60))
+    job_id = _job(client, dataset["id"], validation_fraction=0.25, method="bitfit", routed=False,
+                  training={**FAST, "epochs": 1}, clear={})
+    assert execute_job(job_id, settings=settings) == "succeeded"
+    assert _noise_rows(settings, job_id) == 45
+    assert "eval_accuracy" in client.get(f"/v1/jobs/{job_id}").json()["metrics"]
+
+
+def test_cancel_stops_a_running_job_within_steps(client, settings):
+    dataset = upload_frame(client, toy_frame(60))
+    job_id = _job(client, dataset["id"], training={**FAST, "epochs": 500})
+    outcome = []
+    runner = threading.Thread(target=lambda: outcome.append(
+        execute_job(job_id, settings=settings, progress_interval_s=0)))
+    runner.start()
+    factory = session_factory(settings.database_url)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with factory() as session:
+            if session.get(Job, job_id).global_step > 0:
+                break
+        time.sleep(0.2)
+    assert client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelling"
+    runner.join(120)
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert outcome == ["cancelled"] and job["status"] == "cancelled" and job["progress"] < 0.5
+    states = [e["data"]["status"] for e in client.get(f"/v1/jobs/{job_id}/events").json()["data"]
+              if e["type"] == "state"]
+    assert states == ["queued", "running", "cancelling", "cancelled"]
+    assert _noise_rows(settings, job_id) == 0
+
+
+def test_a_failing_job_ends_failed_with_its_error(client, settings):
+    (settings.model_dir / "not-a-model").mkdir(exist_ok=True)  # no config.json inside
+    dataset = upload_frame(client, toy_frame(30))
+    job_id = _job(client, dataset["id"], base_model="not-a-model")
+    assert execute_job(job_id, settings=settings) == "failed"
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "failed" and job["error"]["code"] == "invalid_input"
+    assert "config.json" in job["error"]["message"] and _noise_rows(settings, job_id) == 0
+
+
+def test_a_job_that_is_not_queued_is_not_run_again(client, settings):
+    dataset = upload_frame(client, toy_frame(30))
+    job_id = _job(client, dataset["id"])
+    client.post(f"/v1/jobs/{job_id}/cancel")
+    assert execute_job(job_id, settings=settings) == "skipped"
+    assert client.get(f"/v1/jobs/{job_id}").json()["attempt"] == 0
