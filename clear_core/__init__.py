@@ -6,13 +6,44 @@ noise reports, synthetic noise and metrics. It imports no web, database or queue
 and never reads the environment.
 """
 
-from .callbacks import TrainerCallback, TrainerControl, TrainerState, TrainingCancelled
-from .config import ClearConfig, TrainingConfig
-from .data import TextClassificationData
-from .io import load_adapter, read_adapter_config, save_adapter
-from .model import ClearModel, resolve_model_path
-from .report import NoiseReport
-from .trainer import TrainResult, train
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Names are imported lazily (PEP 562), so `import clear_core.config` stays free of torch:
+# the API validates job settings with the same config classes without loading torch.
+_EXPORTS = {
+    "ClearConfig": "config",
+    "TrainingConfig": "config",
+    "ClearModel": "model",
+    "resolve_model_path": "model",
+    "NoiseReport": "report",
+    "TextClassificationData": "data",
+    "TrainResult": "trainer",
+    "train": "trainer",
+    "TrainerCallback": "callbacks",
+    "TrainerControl": "callbacks",
+    "TrainerState": "callbacks",
+    "TrainingCancelled": "callbacks",
+    "load_adapter": "io",
+    "read_adapter_config": "io",
+    "save_adapter": "io",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'clear_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))
+
 
 __version__ = "0.1.0"
 

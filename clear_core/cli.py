@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--method", default="lora", choices=METHODS)
     t.add_argument("--plain", action="store_true", help="plain PEFT: no CleaR routing")
     t.add_argument("--epochs", type=int, default=6)
-    t.add_argument("--lr", type=float, default=5e-4)
+    t.add_argument("--lr", type=float, help="AdamW learning rate (default: the method's, see DEFAULT_LEARNING_RATES)")
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--max-length", type=int, default=128)
     t.add_argument("--seed", type=int, default=0)

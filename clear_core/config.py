@@ -20,6 +20,10 @@ PEFT_METHODS = ("lora", "adapter", "prefix", "bitfit")
 INFERENCE_MODES = ("expected", "full")
 REPORT_SCORES = ("p_clean_mean", "p_clean_last", "loss_mean", "self_confidence_mean")
 DEFAULT_ROUTING_CAP = 0.85
+# AdamW learning rates per method when the caller gives none: LoRA's from the measured
+# minimal run (DESIGN.md), the others from common practice for each method on BERT-size
+# encoders (adapters and BitFit ~1e-3, prefix tuning ~1e-2, full fine-tuning ~3e-5).
+DEFAULT_LEARNING_RATES = {"lora": 5e-4, "adapter": 1e-3, "prefix": 1e-2, "bitfit": 1e-3, "full": 3e-5}
 
 
 def _check_range(name: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
@@ -155,7 +159,10 @@ class TrainingConfig:
     """
 
     epochs: int = field(default=6, metadata={"help": "E >= 1 training epochs."})
-    learning_rate: float = field(default=5e-4, metadata={"help": "AdamW peak learning rate, > 0."})
+    learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "AdamW peak learning rate, > 0; None = the method's default (DEFAULT_LEARNING_RATES)."},
+    )
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay, >= 0."})
     batch_size: int = field(default=32, metadata={"help": "Training batch size B >= 1."})
     eval_batch_size: int = field(default=128, metadata={"help": "Batch size of no-grad passes, >= 1."})
@@ -181,7 +188,7 @@ class TrainingConfig:
             value = getattr(self, name)
             if int(value) != value or value < 1:
                 raise ValueError(f"{name}={value!r} must be an integer >= 1")
-        if self.learning_rate <= 0:
+        if self.learning_rate is not None and self.learning_rate <= 0:
             raise ValueError(f"learning_rate={self.learning_rate!r} must be > 0")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay={self.weight_decay!r} must be >= 0")
@@ -200,6 +207,12 @@ class TrainingConfig:
     def to_dict(self) -> dict[str, Any]:
         """All fields as a JSON-serialisable dict."""
         return dataclasses.asdict(self)
+
+    def resolved(self, clear: ClearConfig) -> "TrainingConfig":
+        """A copy with ``learning_rate`` filled from ``DEFAULT_LEARNING_RATES[clear.method]`` if None."""
+        if self.learning_rate is not None:
+            return dataclasses.replace(self)
+        return dataclasses.replace(self, learning_rate=DEFAULT_LEARNING_RATES[clear.method])
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainingConfig":

@@ -91,8 +91,9 @@ def train(
         TypeError: a backbone without a transformer layer stack.
         TrainingCancelled: a callback asked training to stop.
     """
+    clear = clear or ClearConfig()
     return _Trainer(
-        train_data, clear or ClearConfig(), training or TrainingConfig(), model_path, eval_data, label_names,
+        train_data, clear, (training or TrainingConfig()).resolved(clear), model_path, eval_data, label_names,
         list(callbacks), checkpoint_dir,
     ).run(resume_from)
 

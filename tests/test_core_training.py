@@ -195,3 +195,15 @@ def test_clear_core_imports_no_web_db_or_queue_package():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_config_module_imports_without_torch():
+    code = "import sys, clear_core.config; sys.exit(1 if 'torch' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_learning_rate_defaults_per_method():
+    from clear_core.config import DEFAULT_LEARNING_RATES
+
+    assert TrainingConfig().resolved(ClearConfig(method="full")).learning_rate == DEFAULT_LEARNING_RATES["full"]
+    assert TrainingConfig(learning_rate=0.1).resolved(ClearConfig(method="full")).learning_rate == 0.1
