@@ -8,7 +8,6 @@ import tempfile
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from clear_core import ClearConfig, TextClassificationData, TrainingCancelled, TrainingConfig, train
@@ -20,7 +19,7 @@ from app.models import Dataset, DatasetRow, Job, utcnow
 from app.services.transitions import transition
 from app.settings import DEFAULT_MODEL, Settings
 from app.storage import ArtifactStore
-from worker.progress import JobProgress
+from worker.progress import JobProgress, json_safe
 from worker.results import package_adapter, write_noise_rows
 
 logger = logging.getLogger(__name__)
@@ -120,18 +119,10 @@ def _train_and_finish(job_id: str, inputs: JobInputs, factory: sessionmaker[Sess
                        callbacks=[JobProgress(factory, job_id, min_interval_s=progress_interval_s)],
                        checkpoint_dir=Path(tmp) / "checkpoints")
         key = package_adapter(result, job_id, inputs, Path(tmp), store)
-        metrics = _finite(dict(result.metrics, wall_time_s=result.wall_time_s))
+        metrics = json_safe(dict(result.metrics, wall_time_s=result.wall_time_s))
         with factory() as session:
             write_noise_rows(session, job_id, result.report.to_records(), inputs.row_indices)
             done = transition(session, job_id, ("running", "cancelling"), "succeeded", progress=1.0,
                               metrics=metrics, report_summary=result.report.summary(), adapter_uri=key,
                               finished_at=utcnow(), message="adapter and noise report stored")
     return "succeeded" if done else "skipped"
-
-
-def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in metrics.items():
-        value = value.item() if hasattr(value, "item") else value
-        out[key] = None if isinstance(value, float) and not np.isfinite(value) else value
-    return out

@@ -3,6 +3,7 @@ turns a ``cancelling`` job into a stop request, between steps."""
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable
 
@@ -16,11 +17,13 @@ from app.services.transitions import add_event
 ACTIVE = ("running", "cancelling")
 
 
-def _json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
+def json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metrics as JSON values: numpy scalars unwrapped, NaN/inf as None, anything else as text."""
     out = {}
     for key, value in metrics.items():
-        if hasattr(value, "item"):
-            value = value.item()
+        value = value.item() if hasattr(value, "item") else value
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None
         out[key] = value if isinstance(value, (int, float, str, bool, list, dict, type(None))) else str(value)
     return out
 
@@ -67,6 +70,6 @@ class JobProgress(TrainerCallback):
     def on_evaluate(self, state: TrainerState, control: TrainerControl, metrics: dict[str, Any],
                     model: Any = None) -> None:
         """Append the epoch's metrics as an ``epoch`` event and keep them as the job's latest metrics."""
-        clean = _json_safe(metrics)
+        clean = json_safe(metrics)
         self._write(state, control, metrics=clean,
                     event={"type_": "epoch", "message": f"epoch {state.epoch} of {state.num_epochs}", "data": clean})

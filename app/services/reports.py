@@ -61,9 +61,8 @@ def _record(noise: NoiseRow, text: str, text_pair: str | None) -> dict[str, Any]
     return {name: record[name] for name in REPORT_FIELDS}
 
 
-def report_page(session: Session, job_id: str, *, filters: dict[str, Any], limit: int, cursor: str | None) -> Page:
-    """One page of the report, ``label_quality`` ascending then ``row_index``, after ``cursor``."""
-    job = report_job(session, job_id)
+def report_page(session: Session, job: Job, *, filters: dict[str, Any], limit: int, cursor: str | None) -> Page:
+    """One page of ``job``'s report, ``label_quality`` ascending then ``row_index``, after ``cursor``."""
     base = _query(job, filters)
     ordered = _after(base, cursor).order_by(NoiseRow.label_quality, NoiseRow.row_index).limit(limit + 1)
     rows = [_record(*row) for row in session.execute(ordered)]
@@ -73,13 +72,14 @@ def report_page(session: Session, job_id: str, *, filters: dict[str, Any], limit
     return Page(rows, count, encode_cursor([rows[-1]["label_quality"], rows[-1]["row_index"]]) if more else None)
 
 
-def iter_report(factory: sessionmaker[Session], job_id: str, filters: dict[str, Any],
+def iter_report(factory: sessionmaker[Session], job: Job, filters: dict[str, Any],
                 batch: int = 2000) -> Iterator[dict[str, Any]]:
-    """Every matching report row in rank order, fetched ``batch`` rows at a time in its own session."""
+    """Every matching report row in rank order, fetched ``batch`` rows at a time, each batch in its own
+    session (a streamed response outlives the request's session)."""
     cursor = None
     while True:
         with factory() as session:
-            page = report_page(session, job_id, filters=filters, limit=batch, cursor=cursor)
+            page = report_page(session, job, filters=filters, limit=batch, cursor=cursor)
         yield from page.items
         if page.next_cursor is None:
             return

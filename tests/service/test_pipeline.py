@@ -8,7 +8,6 @@ import threading
 import time
 
 import numpy as np
-import pytest
 from sqlalchemy import func, select
 
 from app.db import session_factory

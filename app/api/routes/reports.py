@@ -29,16 +29,17 @@ def noise_report(session: SessionDep, job_id: str, limit: LimitQuery = 100, curs
                  flagged: FlaggedQuery = None, given_label: LabelQuery = None,
                  predicted_label: LabelQuery = None) -> NoiseReportPublic:
     """The noise report, likeliest-wrong rows first (``label_quality`` ascending), with its summary."""
-    filters = _filters(flagged, given_label, predicted_label)
-    page = service.report_page(session, job_id, filters=filters, limit=limit, cursor=cursor)
-    summary = service.report_job(session, job_id).report_summary or {}
+    job = service.report_job(session, job_id)
+    page = service.report_page(session, job, filters=_filters(flagged, given_label, predicted_label), limit=limit,
+                               cursor=cursor)
     return NoiseReportPublic(data=[NoiseRowPublic(**r) for r in page.items], count=page.count,
-                             next_cursor=page.next_cursor, summary=summary)
+                             next_cursor=page.next_cursor, summary=job.report_summary or {})
 
 
 def _stream(request: Request, session: SessionDep, job_id: str, kind: str, filters: dict[str, Any]):
-    summary = service.report_job(session, job_id).report_summary or {}
-    rows = service.iter_report(request.app.state.session_factory, job_id, filters)
+    job = service.report_job(session, job_id)
+    summary = job.report_summary or {}
+    rows = service.iter_report(request.app.state.session_factory, job, filters)
     body = service.csv_lines(rows) if kind == "csv" else service.jsonl_lines(summary, rows)
     media = "text/csv" if kind == "csv" else "application/x-ndjson"
     headers = {"Content-Disposition": f'attachment; filename="{job_id}-noise-report.{kind}"',
