@@ -6,38 +6,14 @@ values the worker will train with; their ``ValueError`` becomes a 422 naming the
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
-from types import ModuleType
 from typing import Any
+
+from clear_core.config import ClearConfig, TrainingConfig  # plain dataclasses: no torch behind them
 
 from app.errors import InvalidInput
 from app.settings import DEFAULT_MODEL, Settings
 
-
-
-def _clear_core_config() -> ModuleType:
-    """``clear_core.config`` without running ``clear_core/__init__`` (which imports torch).
-
-    The module is registered under its real name, so a later ``import clear_core`` (in the
-    worker) reuses it and the config classes stay the same objects.
-    """
-    if "clear_core.config" in sys.modules:
-        return sys.modules["clear_core.config"]
-    package = importlib.util.find_spec("clear_core")  # finds, does not execute, a top-level package
-    if package is None or not package.submodule_search_locations:
-        raise ImportError("clear_core is not installed: pip install -e . from the repository root")
-    location = f"{list(package.submodule_search_locations)[0]}/config.py"
-    spec = importlib.util.spec_from_file_location("clear_core.config", location)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["clear_core.config"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_config = _clear_core_config()
-ClearConfig, TrainingConfig = _config.ClearConfig, _config.TrainingConfig
 _FIELD = re.compile(r"^(\w+)=")
 _UNKNOWN = re.compile(r"unknown \w+ field\(s\) \['([^']+)'")
 
@@ -57,16 +33,18 @@ def resolve_configs(method: str, routed: bool, clear: dict[str, Any], training: 
     for key in ("method", "routed"):
         if key in clear:
             raise InvalidInput(f"set {key} at the top level of the job, not inside clear", param=f"clear.{key}")
-    resolved = []
-    for prefix, cls, values in (("clear", ClearConfig, {**clear, "method": method, "routed": routed}),
-                                ("training", TrainingConfig, training)):
-        try:
-            resolved.append(cls.from_dict(values).to_dict())
-        except ValueError as exc:
-            raise InvalidInput(str(exc), param=_param(prefix, str(exc))) from exc
-        except TypeError as exc:
-            raise InvalidInput(f"a {prefix} setting has a value of the wrong type: {exc}", param=prefix) from exc
-    return resolved[0], resolved[1]
+    clear_config = _build("clear", ClearConfig, {**clear, "method": method, "routed": routed})
+    training_config = _build("training", TrainingConfig, training).resolved(clear_config)
+    return clear_config.to_dict(), training_config.to_dict()
+
+
+def _build(prefix: str, cls: type, values: dict[str, Any]) -> Any:
+    try:
+        return cls.from_dict(values)
+    except ValueError as exc:
+        raise InvalidInput(str(exc), param=_param(prefix, str(exc))) from exc
+    except TypeError as exc:
+        raise InvalidInput(f"a {prefix} setting has a value of the wrong type: {exc}", param=prefix) from exc
 
 
 def available_models(settings: Settings) -> list[str]:

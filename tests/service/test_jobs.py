@@ -10,7 +10,7 @@ from sqlalchemy import text
 from app.db import get_engine, session_factory
 from app.main import create_app
 from app.models import Job
-from app.services.configs import ClearConfig, TrainingConfig
+from clear_core.config import ClearConfig, TrainingConfig
 from app.services.transitions import transition
 from tests.service.conftest import table_counts
 from tests.service.helpers import toy_frame, upload_frame
@@ -31,8 +31,10 @@ def test_create_echoes_every_resolved_default(client, dataset, enqueued):
     assert response.status_code == 201, response.text
     job = response.json()
     assert job["status"] == "queued" and job["attempt"] == 0 and job["progress"] == 0.0
-    assert job["clear"] == ClearConfig(method="lora", routed=True, routing_cap=0.7).to_dict()
-    assert job["training"] == TrainingConfig(epochs=2).to_dict()
+    clear = ClearConfig(method="lora", routed=True, routing_cap=0.7)
+    assert job["clear"] == clear.to_dict()
+    assert job["training"] == TrainingConfig(epochs=2).resolved(clear).to_dict()
+    assert job["training"]["learning_rate"] is not None  # every default resolved, none left open
     assert job["base_model"] == "tiny-bert" and enqueued == [job["id"]]
     assert client.get(f"/v1/jobs/{job['id']}").json() == job
 
