@@ -39,8 +39,9 @@ def gmm_p_clean(losses: np.ndarray, *, groups: np.ndarray | None = None, seed: i
 
     Losses are min-max normalised and fit with ``GaussianMixture(2, reg_covar=5e-4)`` as in
     DivideMix (Li et al. 2020, Sec. 3.1); the clean component is the one with the lower mean.
-    The posterior is then made non-increasing in the loss (a row never looks cleaner for
-    losing more), which removes the wide component's spurious mass at very small losses.
+    The posterior's tails are clamped (below the clean mean at least the posterior at that
+    mean, above the noisy mean at most the posterior there), which removes the wide
+    component's spurious mass far from its mean.
     With ``groups`` (e.g. the given class), one mixture per group of at least
     ``MIN_ROWS_PER_GROUP`` rows; smaller groups use the global fit.
 
@@ -72,13 +73,17 @@ def _fit_one(losses: np.ndarray, seed: int) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         gmm.fit(x)
-    clean = int(np.argmin(gmm.means_.ravel()))
+    means = gmm.means_.ravel()
+    clean, noisy = int(np.argmin(means)), int(np.argmax(means))
     post = gmm.predict_proba(x)[:, clean]
-    order = np.argsort(losses, kind="stable")
-    post_sorted = np.maximum.accumulate(post[order][::-1])[::-1]
-    out = np.empty_like(post)
-    out[order] = post_sorted
-    return out
+    # Clamp the tails: unequal variances can give the wide component spurious mass far
+    # from its mean; a row below the clean mean is at least as clean as the mean, and
+    # a row above the noisy mean at most as clean as that mean.
+    at_means = gmm.predict_proba(means[[clean, noisy]].reshape(-1, 1))[:, clean]
+    x1 = x.ravel()
+    post = np.where(x1 <= means[clean], np.maximum(post, at_means[0]), post)
+    post = np.where(x1 >= means[noisy], np.minimum(post, at_means[1]), post)
+    return post
 
 
 class NoiseTracker:
