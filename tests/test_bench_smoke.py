@@ -1,0 +1,112 @@
+"""The benchmark scripts run end to end on a tiny model and tiny data, so they cannot rot.
+
+Each script's ``main`` trains for one or two epochs of a few steps, prints its markdown
+tables and writes its JSON; the tests check the JSON's keys and the tables, not the numbers
+(timing and quality belong to the benchmarks themselves).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from .conftest import toy_texts
+
+
+@pytest.fixture(scope="module")
+def bench_data(tmp_path_factory):
+    """A folder with train.csv (3 classes, about 15 % flipped labels) and test.csv."""
+    folder = tmp_path_factory.mktemp("bench-data")
+    texts, gt = toy_texts(72, num_classes=3, seed=0)
+    label = gt.copy()
+    label[::7] = (label[::7] + 1) % 3
+    pd.DataFrame({"label": label, "gt": gt, "text": texts}).to_csv(folder / "train.csv", index=False)
+    test_texts, test_gt = toy_texts(24, num_classes=3, seed=1)
+    pd.DataFrame({"label": test_gt, "gt": test_gt, "text": test_texts}).to_csv(folder / "test.csv", index=False)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: a tiny model's steps are dominated by thread sync on a busy CPU; restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def _common(bench_data, tiny_model_dir, out):
+    return ["--data", str(bench_data), "--model", str(tiny_model_dir), "--out", str(out), "--max-length", "16",
+            "--batch-size", "32", "--learning-rate", "1e-2", "--heldout-frac", "0.2", "--threads", "1"]
+
+
+def _is_table(text: str) -> bool:
+    return "| --- |" in text
+
+
+def test_robustness_grid_writes_curves_and_tables(bench_data, tiny_model_dir, tmp_path, capsys):
+    from bench import robustness
+
+    out = tmp_path / "robustness.json"
+    robustness.main(_common(bench_data, tiny_model_dir, out) + [
+        "--methods", "lora", "--noise", "sym40", "--seeds", "0", "--epochs", "2", "--clear", "warmup_epochs=1",
+        "--variant", "gmm_per_class=true"])
+    payload = json.loads(out.read_text())
+    assert {"settings", "data", "environment", "runs", "tables", "wall_time_s"} <= set(payload)
+    arms = {(r["noise"], r["arm"], r["variant"]) for r in payload["runs"]}
+    assert ("gt", "ceiling", "-") in arms and ("sym40", "full", "-") in arms
+    assert ("sym40", "routed", "gmm_per_class=True") in arms and ("sym40", "plain", "-") in arms
+    run = payload["runs"][0]
+    assert {"curves", "last", "best", "report", "train_time_s", "clear", "training"} <= set(run)
+    assert len(run["curves"]) == 2 and {"test_accuracy", "eval_accuracy"} <= set(run["curves"][0])
+    printed = capsys.readouterr().out
+    assert _is_table(printed) and payload["tables"]["results"] in printed and "routed − plain" in printed
+
+
+def test_detection_compares_detectors_and_scoring_rules(bench_data, tiny_model_dir, tmp_path, capsys):
+    from bench import detection
+
+    out = tmp_path / "detection.json"
+    detection.main(_common(bench_data, tiny_model_dir, out) + ["--epochs", "2", "--folds", "2",
+                                                               "--clear", "warmup_epochs=1"])
+    payload = json.loads(out.read_text())
+    assert {"detectors", "rules", "runs", "tables", "environment"} <= set(payload)
+    assert len(payload["detectors"]) == 3
+    report = payload["detectors"][0]
+    assert {"precision", "recall", "f1", "auroc", "average_precision", "recall_at_k", "train_time_s"} <= set(report)
+    assert "skipped" in payload["detectors"][2] or payload["detectors"][2]["runs"] == 2
+    assert {r["rule"] for r in payload["rules"]} >= {"p_clean_last", "p_clean_mean", "loss_mean",
+                                                     "self_confidence_mean", "p_clean_best_epoch"}
+    assert payload["runs"]["routed"]["rebuild_max_abs_diff"] < 1e-4
+    assert _is_table(capsys.readouterr().out)
+
+
+def test_detection_skips_cleanlab_when_it_is_missing(bench_data, tiny_model_dir, tmp_path, monkeypatch):
+    from bench import detection
+
+    monkeypatch.setattr(detection, "_import_cleanlab", lambda: None)
+    out = tmp_path / "detection.json"
+    detection.main(_common(bench_data, tiny_model_dir, out) + ["--epochs", "1", "--clear", "warmup_epochs=1",
+                                                               "--train-rows", "40"])
+    row = json.loads(out.read_text())["detectors"][2]
+    assert "not installed" in row["skipped"]
+
+
+def test_cost_measures_every_variant_in_one_process(bench_data, tiny_model_dir, tmp_path, capsys):
+    from bench import cost
+
+    out = tmp_path / "cost.json"
+    cost.main(_common(bench_data, tiny_model_dir, out) + ["--methods", "lora,prefix", "--rows", "40", "--steps", "1",
+                                                          "--repeats", "2", "--device", "cpu"])
+    payload = json.loads(out.read_text())
+    assert {"steps", "clean_pass", "memory_measure", "tables", "environment"} <= set(payload)
+    variants = {(r["method"], r["variant"]) for r in payload["steps"]}
+    assert {("lora", "unrouted"), ("lora", "stock peft"), ("lora", "routed"), ("lora", "frozen copy (reference)"),
+            ("prefix", "routed warm-up")} <= variants
+    assert all(r["rows_per_s"] > 0 and np.isfinite(r["step_ratio"]) for r in payload["steps"])
+    assert {r["variant"] for r in payload["clean_pass"]} == {"routed", "frozen copy (reference)"}
+    assert _is_table(capsys.readouterr().out)
