@@ -34,7 +34,9 @@ class NoiseReport:
         flag_threshold: the threshold in (0, 1).
         score: the rule that produced label_quality (``ClearConfig.report_score``).
         ids: optional N caller ids.
-        pass_epochs: E' epoch numbers (0-based) at whose start each pass ran; -1 = after training.
+        pass_epochs: E' epoch numbers (0-based) at whose start each pass ran; E = after training.
+        mean_loss: ``(N,)`` the given label's cross-entropy averaged over the passes (>= 0),
+            which breaks ties of label_quality in ``rank`` (p_clean saturates at 0 and 1).
     """
 
     label_names: list[str]
@@ -50,6 +52,7 @@ class NoiseReport:
     score: str
     ids: list[Any] | None = None
     pass_epochs: list[int] | None = None
+    mean_loss: np.ndarray | None = None
 
     @classmethod
     def from_tracker(
@@ -79,12 +82,15 @@ class NoiseReport:
             score=score,
             ids=list(ids) if ids is not None else None,
             pass_epochs=list(tracker.epochs),
+            mean_loss=np.mean(tracker.loss_history, axis=0),
         )
 
     @property
     def rank(self) -> np.ndarray:
-        """``(N,)`` 1-based ranks: ascending label_quality, ties by row index."""
-        order = np.lexsort((np.arange(len(self.label_quality)), self.label_quality))
+        """``(N,)`` 1-based ranks: ascending label_quality, ties by larger mean loss, then row index."""
+        n = len(self.label_quality)
+        loss = self.mean_loss if self.mean_loss is not None else np.zeros(n)
+        order = np.lexsort((np.arange(n), -loss, self.label_quality))
         ranks = np.empty(len(order), dtype=np.int64)
         ranks[order] = np.arange(1, len(order) + 1)
         return ranks

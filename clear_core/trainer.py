@@ -44,6 +44,8 @@ class TrainResult:
         report: the :class:`NoiseReport` of the training rows.
         state: the final :class:`TrainerState`.
         wall_time_s: seconds spent in this call.
+        dynamics: the :class:`NoiseTracker` with every pass's losses, p_clean, given-label
+            confidence and the mean softmax (for comparing scoring rules).
     """
 
     model: ClearModel
@@ -53,6 +55,7 @@ class TrainResult:
     report: NoiseReport
     state: TrainerState
     wall_time_s: float
+    dynamics: NoiseTracker
 
 
 def train(
@@ -160,14 +163,16 @@ class _Trainer:
         metrics.update(self._gold_metrics(report))
         self.callbacks.fire("on_train_end", self.state)
         return TrainResult(self.model, self.names, list(self.state.log_history), metrics, report, self.state,
-                           time.perf_counter() - start)
+                           time.perf_counter() - start, self.tracker)
 
     def _post_warmup(self, epoch: int) -> bool:
         return epoch >= self.clear.warmup_epochs
 
     def _run_epoch(self) -> None:
         e = self.state.epoch
-        if self._post_warmup(e) and (not self.tracker.epochs or self.tracker.epochs[-1] != e):
+        # Plain PEFT uses no p_clean while training: only the final pass runs for its report.
+        needs_pass = self.clear.routed and self._post_warmup(e)
+        if needs_pass and (not self.tracker.epochs or self.tracker.epochs[-1] != e):
             self._clean_pass(e)
         self.state.phase = "plain" if not self.clear.routed else ("routed" if self._post_warmup(e) else "warmup")
         self.callbacks.fire("on_epoch_begin", self.state)
@@ -261,7 +266,7 @@ class _Trainer:
         from .metrics import classification_metrics, detection_metrics
 
         noisy = self.gold != self.given
-        det = detection_metrics(noisy, report.flagged, 1.0 - report.label_quality)
+        det = detection_metrics(noisy, report.flagged, -report.rank.astype(np.float64))
         out = {f"noise_{k}": v for k, v in det.items()}
         cls = classification_metrics(self.gold, report.predicted, num_classes=len(self.names))
         out["train_gold_accuracy"] = cls["accuracy"]

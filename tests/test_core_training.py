@@ -210,3 +210,18 @@ def test_learning_rate_defaults_per_method():
 
     assert TrainingConfig().resolved(ClearConfig(method="full")).learning_rate == DEFAULT_LEARNING_RATES["full"]
     assert TrainingConfig(learning_rate=0.1).resolved(ClearConfig(method="full")).learning_rate == 0.1
+
+
+def test_rank_breaks_label_quality_ties_by_loss():
+    from clear_core.noise import NoiseTracker
+    from clear_core.report import NoiseReport
+
+    given = np.array([0, 0, 1, 1])
+    logits = np.array([[5.0, 0.0], [0.0, 3.0], [0.0, 5.0], [4.0, 0.0]])
+    tracker = NoiseTracker(given)
+    tracker.update(logits, epoch=0)
+    tracker.p_clean_history[-1] = np.array([1.0, 0.0, 1.0, 0.0], dtype=np.float32)  # saturated ties
+    report = NoiseReport.from_tracker(tracker, logits, ["a", "b"], score="p_clean_last", flag_threshold=0.5)
+    assert report.rank.tolist() == [3, 2, 4, 1]  # row 3 (loss ~4) before row 1 (loss ~3); rows 0, 2 tie fully
+    assert report.flagged.tolist() == [False, True, False, True]
+    assert report.suggested.tolist() == [0, 1, 1, 0]
