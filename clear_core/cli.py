@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--distill-weight", type=float, default=1.0)
     t.add_argument("--temperature", type=float, default=1.0)
     t.add_argument("--loss-ema", type=float, default=0.0)
-    t.add_argument("--gmm-per-class", action="store_true")
+    t.add_argument("--global-gmm", action="store_true", help="one GMM for all classes instead of one per class")
     t.add_argument("--lora-r", type=int, default=8)
     t.add_argument("--device")
     return parser
@@ -134,7 +134,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     clear = ClearConfig(
         method=args.method, routed=not args.plain, routing_cap=args.routing_cap, warmup_epochs=args.warmup_epochs,
         distill_weight=args.distill_weight, temperature=args.temperature, loss_ema=args.loss_ema,
-        gmm_per_class=args.gmm_per_class, lora_r=args.lora_r,
+        gmm_per_class=not args.global_gmm, lora_r=args.lora_r,
     )
     training = TrainingConfig(
         epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, max_length=args.max_length,

@@ -73,7 +73,11 @@ class ClearConfig:
         metadata={"help": "Momentum in [0, 1) of an EMA over epochs of each row's loss before the GMM (0 = off)."},
     )
     gmm_per_class: bool = field(
-        default=False, metadata={"help": "Fit one 2-component GMM per given class instead of one global GMM."}
+        default=True,
+        metadata={
+            "help": "Fit one 2-component GMM per given class (default) instead of one global GMM; a global fit "
+            "calls a whole not-yet-learned class noisy, routes it off and collapses it (docs/method.md)."
+        },
     )
     inference: str | None = field(
         default=None,
