@@ -132,4 +132,4 @@ class NoiseRow(Base):
     flag_threshold: Mapped[float] = mapped_column(Float)
     rank: Mapped[int] = mapped_column(Integer)
 
-    __table_args__ = (Index("ix_noise_rows_job_quality", "job_id", "label_quality", "row_index"),)
+    __table_args__ = (Index("ix_noise_rows_job_quality", "job_id", "label_quality", "rank"),)

@@ -48,11 +48,11 @@ def _query(job: Job, filters: dict[str, Any]):
 def _after(query, cursor: str | None):
     if not cursor:
         return query
-    quality, row_index = decode_cursor(cursor, 2)
-    if not isinstance(quality, (int, float)) or not isinstance(row_index, int):
+    quality, rank, row_index = decode_cursor(cursor, 3)
+    if not isinstance(quality, (int, float)) or not isinstance(rank, int) or not isinstance(row_index, int):
         raise InvalidInput(f"cursor={cursor!r} is not a noise-report cursor", param="cursor")
-    return query.where(or_(NoiseRow.label_quality > quality,
-                           and_(NoiseRow.label_quality == quality, NoiseRow.row_index > row_index)))
+    after_tie = or_(NoiseRow.rank > rank, and_(NoiseRow.rank == rank, NoiseRow.row_index > row_index))
+    return query.where(or_(NoiseRow.label_quality > quality, and_(NoiseRow.label_quality == quality, after_tie)))
 
 
 def _record(noise: NoiseRow, text: str, text_pair: str | None) -> dict[str, Any]:
@@ -62,14 +62,16 @@ def _record(noise: NoiseRow, text: str, text_pair: str | None) -> dict[str, Any]
 
 
 def report_page(session: Session, job: Job, *, filters: dict[str, Any], limit: int, cursor: str | None) -> Page:
-    """One page of ``job``'s report, ``label_quality`` ascending then ``row_index``, after ``cursor``."""
+    """One page of ``job``'s report, ``label_quality`` ascending (ties in ``clear_core``'s ``rank`` order,
+    then by ``row_index``), after ``cursor``."""
     base = _query(job, filters)
-    ordered = _after(base, cursor).order_by(NoiseRow.label_quality, NoiseRow.row_index).limit(limit + 1)
-    rows = [_record(*row) for row in session.execute(ordered)]
+    ordered = _after(base, cursor).order_by(NoiseRow.label_quality, NoiseRow.rank, NoiseRow.row_index)
+    rows = [_record(*row) for row in session.execute(ordered.limit(limit + 1))]
     count = session.scalar(select(func.count()).select_from(base.subquery())) or 0
     more = len(rows) > limit
     rows = rows[:limit]
-    return Page(rows, count, encode_cursor([rows[-1]["label_quality"], rows[-1]["row_index"]]) if more else None)
+    last = rows[-1] if rows else None
+    return Page(rows, count, encode_cursor([last["label_quality"], last["rank"], last["row_index"]]) if more else None)
 
 
 def iter_report(factory: sessionmaker[Session], job: Job, filters: dict[str, Any],

@@ -104,7 +104,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('job_id', 'row_index')
     )
-    op.create_index('ix_noise_rows_job_quality', 'noise_rows', ['job_id', 'label_quality', 'row_index'])
+    op.create_index('ix_noise_rows_job_quality', 'noise_rows', ['job_id', 'label_quality', 'rank'])
 
 
 def downgrade() -> None:

@@ -30,6 +30,8 @@ def finished_job(client, settings, tmp_path):
                  predicted_label=str((i % 3)), suggested_label=str(i % 3), suggested_confidence=0.9,
                  p_clean=(i * 7 % N) / N, p_clean_history=[0.5, (i * 7 % N) / N], label_quality=(i * 7 % N) / N,
                  flagged=i % 3 == 0, flag_threshold=0.5, rank=0) for i in range(N)]
+    for rank, row in enumerate(sorted(rows, key=lambda r: (r["label_quality"], r["row_index"])), start=1):
+        row["rank"] = rank
     archive = tmp_path / "adapter.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         info = tarfile.TarInfo("clear_config.json")
@@ -60,7 +62,7 @@ def test_pages_are_sorted_by_label_quality_and_complete(client, finished_job):
     rows, last = _all_pages(client, finished_job, limit=7)
     assert len(rows) == N == last["count"] and len({r["row_index"] for r in rows}) == N
     qualities = [r["label_quality"] for r in rows]
-    assert qualities == sorted(qualities)
+    assert qualities == sorted(qualities) and [r["rank"] for r in rows] == list(range(1, N + 1))
     assert last["summary"]["rows"] == N and rows[0]["text"] and rows[0]["id"].startswith("r")
 
 
