@@ -1,4 +1,7 @@
-"""End to end from the command line with the real all-MiniLM-L6-v2 (minutes on CPU; marked slow)."""
+"""End to end from the command line with the real all-MiniLM-L6-v2 on 500 real noisy rows (about a minute on CPU; marked slow).
+
+The 1,000-row, 2-epoch run of issue 2 is the same command with `--limit 1000`; its output is reported in the notes.
+"""
 
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ def test_cli_trains_routed_lora_on_real_noisy_data(tmp_path):
         pytest.skip("no NoisyAG-News data (../shared/data or examples/)")
     out = tmp_path / "out"
     cmd = [
-        sys.executable, "-m", "clear_core", "train", "--train", str(train_file), "--limit", "1000",
+        sys.executable, "-m", "clear_core", "train", "--train", str(train_file), "--limit", "500",
         "--gold-column", "gt", "--method", "lora", "--epochs", "2", "--warmup-epochs", "1",
         "--max-length", "64", "--lr", "1e-3", "--output", str(out),
     ]
@@ -38,9 +41,9 @@ def test_cli_trains_routed_lora_on_real_noisy_data(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "epoch" in done.stderr and "phase" in done.stderr  # the progress bar and per-epoch lines
     summary = json.loads((out / "metrics.json").read_text())
-    assert summary["report"]["rows"] == 1000
+    assert summary["report"]["rows"] == 500
     report = pd.read_csv(out / "noise_report.csv")
-    assert len(report) == 1000 and report["rank"].tolist() == list(range(1, 1001))
+    assert len(report) == 500 and report["rank"].tolist() == list(range(1, 501))
     assert summary["report"]["flagged"] == int(report["flagged"].sum())
     assert (out / "adapter" / "adapter_config.json").is_file()
     assert summary["metrics"]["noise_auroc"] > 0.55  # better than chance after 2 short epochs
