@@ -11,7 +11,7 @@ import secrets
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # SQLite autoincrements only an INTEGER PRIMARY KEY; Postgres gets a BIGINT identity.
@@ -98,6 +98,13 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
     heartbeat_at: Mapped[datetime | None] = mapped_column()
+    # leases, resume and limits (issue 4): the attempt number fences every write of a worker
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    enqueued_at: Mapped[datetime | None] = mapped_column()
+    checkpoint_uri: Mapped[str | None] = mapped_column(String(500))
+    checkpoint_step: Mapped[int | None] = mapped_column(Integer)
+    time_limit_s: Mapped[int | None] = mapped_column(Integer)
+    soft_time_limit_s: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),)
 
@@ -133,3 +140,17 @@ class NoiseRow(Base):
     rank: Mapped[int] = mapped_column(Integer)
 
     __table_args__ = (Index("ix_noise_rows_job_quality", "job_id", "label_quality", "rank"),)
+
+
+class IdempotencyKey(Base):
+    """A POST's ``Idempotency-Key``: the request's fingerprint and, once answered, its response."""
+
+    __tablename__ = "idempotency_keys"
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(20))  # in_progress | done
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    response_headers: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    response_body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    locked_until: Mapped[datetime] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
