@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.handlers import envelope, install_error_handlers
-from app.api.routes import datasets, jobs, reports
+from app.api.routes import datasets, jobs, ops, report_stats, reports, stream, ui
 from app.db import session_factory
+from app.ops.logs import configure_from_env
+from app.ops.metrics import RequestMetrics, make_registry
 from app.queue import CeleryEnqueuer
 from app.services.jobs import Enqueue
 from app.settings import Settings, get_settings
@@ -46,16 +49,13 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
     app.state.session_factory = session_factory(settings.database_url)
     app.state.store = ArtifactStore(settings.artifact_url)
     app.state.enqueue = enqueue or CeleryEnqueuer(settings)
+    app.state.metrics_registry, latency = make_registry(app.state.session_factory)
     install_error_handlers(app)
-    for module in (datasets, jobs, reports):
+    for module in (datasets, jobs, stream, reports, report_stats, ops, ui):
         app.include_router(module.router)
+    app.mount(ui.STATIC_URL, StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
-
-    @app.get("/healthz", tags=["health"])
-    def healthz() -> dict[str, str]:
-        """Liveness: the process answers."""
-        return {"status": "ok"}
-
+    app.add_middleware(RequestMetrics, latency=latency)
     return app
 
 
@@ -63,5 +63,6 @@ def __getattr__(name: str):
     # ``uvicorn app.main:app`` builds the app from the environment on first access only,
     # so importing this module (tests, tools) reads no settings.
     if name == "app":
+        configure_from_env()
         return create_app()
     raise AttributeError(name)

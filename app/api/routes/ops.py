@@ -1,0 +1,37 @@
+"""Operations routes: ``/healthz`` (the process answers), ``/readyz`` (database and broker reachable)
+and ``/metrics`` (Prometheus text format)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.api.handlers import envelope
+from app.ops.health import readiness
+from app.schemas import ErrorResponse
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"model": ErrorResponse}})
+def readyz(request: Request):
+    """Readiness: 200 if the database and the broker can be reached, else 503 naming what cannot."""
+    checks = readiness(request.app.state.session_factory, request.app.state.settings.broker_url)
+    failing = sorted(name for name, result in checks.items() if result != "ok")
+    if failing:
+        return envelope(503, "not_ready", f"cannot reach the {' and the '.join(failing)}", None,
+                        details=[{"check": name, "error": checks[name]} for name in failing])
+    return {"status": "ready", "checks": checks}
+
+
+@router.get("/metrics", response_class=Response,
+            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}})
+def metrics(request: Request) -> Response:
+    """Jobs by state, queue depth, job durations and API latency, in Prometheus' text format."""
+    return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,1 @@
+"""Operations: JSON logs carrying the job id, Prometheus metrics and the health checks."""

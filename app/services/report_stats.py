@@ -1,0 +1,66 @@
+"""Statistics of a finished job's noise report, computed in the database and numpy: the histogram of
+p_clean split by flagged rows, each given class's estimated noise rate, and the given-vs-predicted
+confusion matrix. N rows; K classes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+
+from app.models import Dataset, Job, NoiseRow
+
+DEFAULT_BINS = 20
+
+
+def _labels(session: Session, job: Job, seen: set[str]) -> list[str]:
+    declared = list(session.get(Dataset, job.dataset_id).label_names)
+    return declared + sorted(seen - set(declared))
+
+
+def confusion_and_classes(session: Session, job: Job) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ``(K, K)`` count matrix (rows given, columns predicted) and per given class: rows, flagged and
+    the estimated noise rate (flagged / rows, as in the report's summary)."""
+    flagged = func.sum(case((NoiseRow.flagged.is_(True), 1), else_=0))
+    cells = session.execute(select(NoiseRow.given_label, NoiseRow.predicted_label, func.count(), flagged)
+                            .where(NoiseRow.job_id == job.id)
+                            .group_by(NoiseRow.given_label, NoiseRow.predicted_label)).all()
+    labels = _labels(session, job, {c[0] for c in cells} | {c[1] for c in cells})
+    where = {name: k for k, name in enumerate(labels)}
+    matrix = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    flagged_by_class = np.zeros(len(labels), dtype=np.int64)
+    for given, predicted, count, n_flagged in cells:
+        matrix[where[given], where[predicted]] += count
+        flagged_by_class[where[given]] += n_flagged or 0
+    rows = matrix.sum(axis=1)
+    classes = [{"label": name, "rows": int(rows[k]), "flagged": int(flagged_by_class[k]),
+                "estimated_noise_rate": float(flagged_by_class[k] / rows[k]) if rows[k] else 0.0}
+               for k, name in enumerate(labels)]
+    return {"labels": labels, "matrix": matrix.tolist()}, classes
+
+
+def histogram(session: Session, job: Job, *, bins: int = DEFAULT_BINS) -> dict[str, Any]:
+    """Counts per bin of p_clean over [0, 1] (``bins`` equal bins), unflagged and flagged rows apart;
+    label_quality instead when no row has a p_clean (unrouted runs)."""
+    rows = session.execute(select(NoiseRow.p_clean, NoiseRow.label_quality, NoiseRow.flagged)
+                           .where(NoiseRow.job_id == job.id)).all()
+    use_p_clean = any(r[0] is not None for r in rows)
+    pairs = [(r[0] if use_p_clean else r[1], r[2]) for r in rows if (r[0] if use_p_clean else r[1]) is not None]
+    values = np.clip(np.array([v for v, _ in pairs], dtype=np.float64), 0.0, 1.0)
+    is_flagged = np.array([bool(f) for _, f in pairs], dtype=bool)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    flagged_counts, _ = np.histogram(values[is_flagged], bins=edges)
+    unflagged_counts, _ = np.histogram(values[~is_flagged], bins=edges)
+    return {"field": "p_clean" if use_p_clean else "label_quality", "edges": edges.round(6).tolist(),
+            "unflagged": unflagged_counts.tolist(), "flagged": flagged_counts.tolist()}
+
+
+def report_stats(session: Session, job: Job, *, bins: int = DEFAULT_BINS) -> dict[str, Any]:
+    """Everything the dashboard plots about ``job``'s report (a ``ReportStatsPublic``)."""
+    confusion, classes = confusion_and_classes(session, job)
+    summary = job.report_summary or {}
+    return {"rows": sum(c["rows"] for c in classes), "flagged": sum(c["flagged"] for c in classes),
+            "flag_threshold": summary.get("flag_threshold"), "histogram": histogram(session, job, bins=bins),
+            "per_class": classes, "confusion": confusion}

@@ -1,0 +1,100 @@
+"""The live routes: the Server-Sent Events stream (resume after Last-Event-ID, follow a running job to
+its end) and the noise report's statistics."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+from app.db import session_factory
+from app.services.transitions import add_event, transition
+from tests.service.fake_results import make_finished_job
+from tests.service.helpers import toy_frame, upload_frame
+
+
+def read_sse(client, job_id: str, **headers: str) -> list[dict]:
+    """Every event of one stream until the server closes it, as {event, id, data} dicts."""
+    events, current = [], {}
+    with client.stream("GET", f"/v1/jobs/{job_id}/events/stream", headers=headers) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if not line:
+                if "event" in current:
+                    events.append(current)
+                current = {}
+            elif not line.startswith((":", "retry:")):
+                field, _, value = line.partition(": ")
+                current[field] = json.loads(value) if field == "data" else value
+    return events
+
+
+def test_the_stream_replays_a_finished_job_and_resumes_after_last_event_id(client, settings):
+    job_id, _ = make_finished_job(client, settings)
+    events = read_sse(client, job_id)
+    logged = [e for e in events if "id" in e]
+    assert [e["event"] for e in logged] == ["state", "state", "epoch", "epoch", "state"]
+    assert [e["data"]["data"]["status"] for e in logged if e["event"] == "state"] == ["queued", "running", "succeeded"]
+    assert events[-1] == {"event": "end", "data": {"status": "succeeded"}}
+    progress = [e["data"] for e in events if e["event"] == "progress"]
+    assert progress[-1]["progress"] == 1.0 and progress[-1]["num_epochs"] == 2
+    resumed = read_sse(client, job_id, **{"Last-Event-ID": logged[2]["id"]})
+    assert [e["id"] for e in resumed if "id" in e] == [e["id"] for e in logged[3:]]
+
+
+def test_the_stream_follows_a_running_job_until_it_ends(client, settings):
+    dataset = upload_frame(client, toy_frame(30))
+    job_id = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "base_model": "tiny-bert"}).json()["id"]
+
+    def worker() -> None:
+        time.sleep(0.8)
+        with session_factory(settings.database_url)() as session:
+            transition(session, job_id, ("queued",), "running", global_step=0, max_steps=4)
+            time.sleep(0.8)
+            add_event(session, job_id, "epoch", data={"epoch": 1, "train_loss": 0.5})
+            transition(session, job_id, ("running",), "succeeded", progress=1.0, global_step=4)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    events = read_sse(client, job_id)
+    thread.join()
+    names = [e["event"] for e in events]
+    assert names[0] == "state" and names[-1] == "end" and "epoch" in names
+    statuses = [e["data"]["status"] for e in events if e["event"] == "progress"]
+    assert statuses[0] == "queued" and "running" in statuses and statuses[-1] == "succeeded"
+
+
+def test_the_stream_refuses_unknown_jobs_and_bad_ids(client, settings):
+    missing = client.get("/v1/jobs/job_nope/events/stream")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    job_id, _ = make_finished_job(client, settings)
+    bad = client.get(f"/v1/jobs/{job_id}/events/stream", headers={"Last-Event-ID": "abc"})
+    assert bad.status_code == 422 and bad.json()["error"]["param"] == "Last-Event-ID"
+
+
+def test_report_stats_count_every_row_once(client, settings):
+    job_id, rows = make_finished_job(client, settings, n=30)
+    stats = client.get(f"/v1/jobs/{job_id}/noise-report/stats", params={"bins": 10}).json()
+    flagged = sum(r["flagged"] for r in rows)
+    assert stats["rows"] == 30 and stats["flagged"] == flagged and stats["flag_threshold"] == 0.5
+    hist = stats["histogram"]
+    assert hist["field"] == "p_clean" and len(hist["edges"]) == 11
+    assert sum(hist["flagged"]) == flagged and sum(hist["unflagged"]) == 30 - flagged
+    assert stats["confusion"]["labels"] == ["0", "1", "2"]
+    matrix = stats["confusion"]["matrix"]
+    for k, label in enumerate(stats["confusion"]["labels"]):
+        given = [r for r in rows if r["given_label"] == label]
+        assert sum(matrix[k]) == len(given)
+        assert matrix[k][1] == sum(r["predicted_label"] == "1" for r in given)
+        per_class = stats["per_class"][k]
+        assert per_class["flagged"] == sum(r["flagged"] for r in given)
+        assert abs(per_class["estimated_noise_rate"] - per_class["flagged"] / len(given)) < 1e-9
+
+
+def test_report_stats_need_a_finished_job(client, settings):
+    dataset = upload_frame(client, toy_frame(30))
+    job_id = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "base_model": "tiny-bert"}).json()["id"]
+    assert client.get(f"/v1/jobs/{job_id}/noise-report/stats").status_code == 409
+    assert client.get("/v1/jobs/job_nope/noise-report/stats").status_code == 404
+    assert client.get(f"/v1/jobs/{job_id}/noise-report/stats", params={"bins": 1}).status_code == 422
