@@ -7,6 +7,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.handlers import envelope, install_error_handlers
+from app.api.limits import install_request_guards
 from app.api.routes import datasets, jobs, ops, report_stats, reports, stream, ui
 from app.db import session_factory
 from app.ops.logs import configure_from_env
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
     for module in (datasets, jobs, stream, reports, report_stats, ops, ui):
         app.include_router(module.router)
     app.mount(ui.STATIC_URL, StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
+    install_request_guards(app, settings)  # streaming body cap and Idempotency-Key, inside UploadLimit
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestMetrics, latency=latency)
     return app

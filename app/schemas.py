@@ -64,6 +64,11 @@ class JobCreate(BaseModel):
     routed: bool = Field(True, description="CleaR routing (True) or plain PEFT (False).")
     clear: dict[str, Any] = Field(default_factory=dict, description="ClearConfig fields, e.g. routing_cap.")
     training: dict[str, Any] = Field(default_factory=dict, description="TrainingConfig fields, e.g. epochs.")
+    time_limit_s: int | None = Field(None, ge=1, description="Hard limit in seconds from the first start "
+                                     "(default and maximum: the server's CLEAR_MAX_JOB_SECONDS); past it the job "
+                                     "fails with code time_limit.")
+    soft_time_limit_s: int | None = Field(None, ge=1, description="Past this the trainer stops between steps and "
+                                          "the job fails with code time_limit (default: 95% of time_limit_s).")
 
 
 class JobError(BaseModel):
@@ -86,6 +91,8 @@ class JobPublic(BaseModel):
     routed: bool
     clear: dict[str, Any] = Field(validation_alias="clear_config")
     training: dict[str, Any] = Field(validation_alias="training_config")
+    time_limit_s: int | None = None
+    soft_time_limit_s: int | None = None
     status: str
     attempt: int
     progress: float

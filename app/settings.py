@@ -33,6 +33,22 @@ class Settings(BaseSettings):
     max_job_seconds: int = Field(24 * 3600, gt=0, description="Longest a job may run; the broker waits longer.")
     worker_device: str | None = Field(None, description="Device the worker trains on (None: CUDA if present).")
     page_size_max: int = Field(1000, gt=0, description="Largest page a list route returns.")
+    # uploads
+    max_text_chars: int = Field(20_000, gt=0, description="Longest text (or text pair) cell, in characters.")
+    max_uncompressed_bytes: int = Field(512 * 1024 * 1024, gt=0,
+                                        description="Most bytes a gzip or Parquet upload may expand to (413 above).")
+    # leases, retries, resume, time limits
+    max_attempts: int = Field(3, ge=1, description="Attempts of a job whose worker died before it is failed.")
+    heartbeat_interval_s: float = Field(10.0, gt=0, description="How often a running job's heartbeat is renewed.")
+    lease_timeout_s: float = Field(120.0, gt=0, description="A heartbeat older than this means the worker is gone.")
+    reaper_interval_s: float = Field(30.0, gt=0, description="How often each worker looks for stale jobs.")
+    redispatch_after_s: float = Field(600.0, gt=0, description="Resend a job queued this long (a lost message).")
+    checkpoint_every_steps: int = Field(200, ge=0, description="Default mid-epoch checkpoint interval of a job.")
+    progress_interval_s: float = Field(1.0, ge=0, description="Least time between progress writes of a job.")
+    max_transient_retries: int = Field(5, ge=0, description="Retries of a job task after a database/broker fault.")
+    worker_torch_threads: int | None = Field(None, ge=1, description="torch threads per worker process.")
+    retry_after_s: int = Field(5, ge=1, description="Retry-After of a 503 while the database or broker is down.")
+    idempotency_ttl_s: int = Field(24 * 3600, gt=0, description="How long an Idempotency-Key is remembered.")
 
     @model_validator(mode="after")
     def _derive_urls(self) -> "Settings":

@@ -6,9 +6,12 @@ on other machines.
 
 from __future__ import annotations
 
+import os
+import uuid
 from typing import BinaryIO
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 
 class ArtifactStore:
@@ -24,11 +27,33 @@ class ArtifactStore:
         return f"{self.root.rstrip('/')}/{key}"
 
     def put_file(self, local_path: str, key: str) -> str:
-        """Copy a local file to ``key`` and return its key."""
+        """Copy a local file to ``key`` and return its key. On a local disk the copy goes to a temporary
+        name first and is renamed, so a reader never sees half a file (object stores are atomic per put)."""
         path = self._path(key)
         self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        self.fs.put_file(local_path, path)
+        if not isinstance(self.fs, LocalFileSystem):
+            self.fs.put_file(local_path, path)
+            return key
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        self.fs.put_file(local_path, tmp)
+        os.replace(tmp, path)
         return key
+
+    def get_file(self, key: str, local_path: str) -> None:
+        """Copy the file at ``key`` to ``local_path``."""
+        self.fs.get_file(self._path(key), local_path)
+
+    def delete(self, key: str) -> None:
+        """Remove the file at ``key`` if it exists."""
+        path = self._path(key)
+        if self.fs.exists(path):
+            self.fs.rm_file(path)
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove everything below ``prefix`` (a folder-like key)."""
+        path = self._path(prefix)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` holds a file."""

@@ -12,6 +12,7 @@ from celery import Celery
 from app.settings import Settings, get_settings
 
 VISIBILITY_MARGIN_S = 3600
+HARD_LIMIT_MARGIN_S = 600
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -22,6 +23,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "worker_prefetch_multiplier": 1,
         "task_reject_on_worker_lost": True,
+        # a job's own limits are enforced by the worker (soft) and the reaper (hard); this kills a
+        # worker process stuck past the longest allowed job, still well inside the visibility timeout
+        "task_time_limit": settings.max_job_seconds + HARD_LIMIT_MARGIN_S,
+        # a running job survives a broker restart: it needs only the database, and a redelivered
+        # copy of its message is refused by the conditional claim
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "task_ignore_result": True,
         "task_default_queue": "jobs",
         "task_serializer": "json",
@@ -29,7 +36,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": transport_options(settings.broker_url, settings.max_job_seconds),
         "worker_hijack_root_logger": False,
-        "imports": ["worker.tasks"],
+        "imports": ["worker.tasks", "worker.reaper"],
     }
 
 

@@ -1,11 +1,17 @@
-"""Run one job end to end, with no Celery in sight: claim it, load its rows, train with
-``clear_core``, write the noise report and the adapter, and finish it. Tests call this directly."""
+"""Run one job attempt end to end, with no Celery in sight: claim it (a lease), load its rows, train
+with ``clear_core`` (resuming from the previous attempt's checkpoint), write the noise report and the
+adapter, and finish it. Tests call this directly.
+
+Outcomes: ``succeeded``; ``failed`` (bad input, out of memory, time limit: never retried);
+``cancelled``; ``skipped`` (another delivery or attempt holds the job); ``lost`` (the reaper took
+the job away mid-run: nothing written); a transient database/store fault gives the job back to the
+queue and raises ``TransientJobError`` for the Celery task to retry with backoff."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import tempfile
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +21,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import session_factory
+from app.faults import TransientJobError, is_transient, retry_transient
 from app.models import Dataset, DatasetRow, Job, utcnow
+from app.services.leases import claim, hard_deadline, record_event, release, soft_deadline
 from app.services.transitions import transition
 from app.settings import DEFAULT_MODEL, Settings
 from app.storage import ArtifactStore
+from worker.checkpoints import CheckpointSync, delete_checkpoints, restore
+from worker.lease import Lease, worker_identity
 from worker.progress import JobProgress, json_safe
 from worker.results import package_adapter, write_noise_rows
 
@@ -75,54 +85,141 @@ def load_inputs(session: Session, job: Job, settings: Settings) -> JobInputs:
                      clear=ClearConfig.from_dict(job.clear_config), training=training, model_path=model_path)
 
 
-def _error_code(exc: BaseException) -> str:
-    text = str(exc).lower()
-    if "out of memory" in text:
+def error_code(exc: BaseException) -> str:
+    """The job's error code for a non-transient failure: out_of_memory, invalid_input or internal_error."""
+    if "out of memory" in str(exc).lower():
         return "out_of_memory"
     return "invalid_input" if isinstance(exc, ValueError) else "internal_error"
 
 
 def execute_job(job_id: str, *, settings: Settings, factory: sessionmaker[Session] | None = None,
-                store: ArtifactStore | None = None, progress_interval_s: float = 1.0) -> str:
-    """Run job ``job_id`` if it is queued; returns its final status, or ``"skipped"`` if it was not queued."""
+                store: ArtifactStore | None = None, progress_interval_s: float | None = None) -> str:
+    """Run one attempt of job ``job_id`` if it is queued; returns the outcome (see the module docstring).
+
+    Raises:
+        TransientJobError: the database or the store failed for a while; the job is queued again.
+    """
     factory = factory or session_factory(settings.database_url)
-    store = store or ArtifactStore(settings.artifact_url)
-    with factory() as session:
-        claimed = transition(session, job_id, ("queued",), "running", attempt=Job.attempt + 1,
-                             started_at=utcnow(), heartbeat_at=utcnow())
-        if not claimed:
-            return "skipped"
     try:
         with factory() as session:
-            inputs = load_inputs(session, session.get(Job, job_id), settings)
-        return _train_and_finish(job_id, inputs, factory, store, progress_interval_s)
-    except TrainingCancelled:
-        with factory() as session:
-            transition(session, job_id, ("running", "cancelling"), "cancelled", message="stopped on request",
-                       finished_at=utcnow())
-        return "cancelled"
-    except Exception as exc:  # every failure ends the job visibly; nothing is swallowed
-        logger.exception("job %s failed", job_id)
-        with factory() as session:
-            transition(session, job_id, ("running", "cancelling"), "failed", message=str(exc)[:2000],
-                       error_code=_error_code(exc), error_message=f"{type(exc).__name__}: {exc}"[:4000],
-                       finished_at=utcnow())
-        logger.debug("traceback: %s", traceback.format_exc())
-        return "failed"
+            job = claim(session, job_id, worker_identity())
+    except Exception as exc:
+        if is_transient(exc):
+            raise TransientJobError(f"could not claim job {job_id}: {exc}") from exc
+        raise
+    if job is None:
+        return "skipped"
+    interval = settings.progress_interval_s if progress_interval_s is None else progress_interval_s
+    with Lease(factory, job_id, job.attempt, interval_s=settings.heartbeat_interval_s) as lease:
+        attempt = Attempt(job, lease, settings, store or ArtifactStore(settings.artifact_url), interval)
+        try:
+            return attempt.run()
+        finally:
+            del attempt
+            _free_device()
 
 
-def _train_and_finish(job_id: str, inputs: JobInputs, factory: sessionmaker[Session], store: ArtifactStore,
-                      progress_interval_s: float) -> str:
-    with tempfile.TemporaryDirectory(prefix=f"{job_id}-") as tmp:
-        result = train(inputs.data, clear=inputs.clear, training=inputs.training, model_path=inputs.model_path,
-                       eval_data=inputs.eval_data, label_names=inputs.label_names,
-                       callbacks=[JobProgress(factory, job_id, min_interval_s=progress_interval_s)],
-                       checkpoint_dir=Path(tmp) / "checkpoints")
-        key = package_adapter(result, job_id, inputs, Path(tmp), store)
-        metrics = json_safe(dict(result.metrics, wall_time_s=result.wall_time_s))
-        with factory() as session:
-            write_noise_rows(session, job_id, result.report.to_records(), inputs.row_indices)
-            done = transition(session, job_id, ("running", "cancelling"), "succeeded", progress=1.0,
-                              metrics=metrics, report_summary=result.report.summary(), adapter_uri=key,
-                              finished_at=utcnow(), message="adapter and noise report stored")
-    return "succeeded" if done else "skipped"
+def _free_device() -> None:
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class Attempt:
+    """One claimed attempt of a job: trains, then ends the job (every write fenced by the attempt)."""
+
+    def __init__(self, job: Job, lease: Lease, settings: Settings, store: ArtifactStore, interval_s: float) -> None:
+        self.job, self.lease, self.settings, self.store = job, lease, settings, store
+        self.factory, self.id, self.number = lease.factory, job.id, job.attempt
+        self.progress = JobProgress(lease, min_interval_s=interval_s, soft_deadline=soft_deadline(job))
+
+    def run(self) -> str:
+        """Train and finish; map every way out of training to the job's end state."""
+        deadline = hard_deadline(self.job)
+        if deadline and utcnow() > deadline:
+            return self._fail("time_limit", f"the job passed its time limit of {self.job.time_limit_s} s "
+                              "before this attempt started")
+        try:
+            return self._train_and_finish()
+        except TrainingCancelled as stop:
+            return self._stopped(stop.state.global_step)
+        except Exception as exc:  # every failure ends the job visibly; nothing is swallowed
+            if is_transient(exc):
+                return self._release(exc)
+            logger.exception("job %s failed", self.id)
+            return self._fail(error_code(exc), f"{type(exc).__name__}: {exc}")
+
+    def _train_and_finish(self) -> str:
+        with self.factory() as session:
+            inputs = load_inputs(session, self.job, self.settings)
+        with tempfile.TemporaryDirectory(prefix=f"{self.id}-") as tmp:
+            resume = self._resume_from(Path(tmp) / "resume")
+            result = train(inputs.data, clear=inputs.clear, training=inputs.training, model_path=inputs.model_path,
+                           eval_data=inputs.eval_data, label_names=inputs.label_names,
+                           callbacks=[self.progress, CheckpointSync(self.lease, self.store)],
+                           checkpoint_dir=Path(tmp) / "checkpoints", resume_from=resume)
+            if self.lease.lost.is_set():
+                return self._lost()
+            key = package_adapter(result, self.id, inputs, Path(tmp), self.store)
+            metrics = json_safe(dict(result.metrics, wall_time_s=result.wall_time_s))
+            records, summary = result.report.to_records(), result.report.summary()
+        del result
+        done = retry_transient(lambda: self._succeed(records, inputs.row_indices, metrics, summary, key))
+        if not done:
+            return self._lost()
+        delete_checkpoints(self.store, self.id)
+        return "succeeded"
+
+    def _resume_from(self, directory: Path) -> Path | None:
+        if not self.job.checkpoint_uri or self.job.checkpoint_step is None:
+            return None
+        folder = restore(self.store, self.job.checkpoint_uri, self.job.checkpoint_step, directory)
+        with self.factory() as session:
+            record_event(session, self.id, self.number, "message",
+                         f"attempt {self.number} resumes from the checkpoint at step {self.job.checkpoint_step}",
+                         {"attempt": self.number, "checkpoint_step": self.job.checkpoint_step})
+        return folder
+
+    def _succeed(self, records, row_indices, metrics, summary, key) -> bool:
+        with self.factory() as session:
+            write_noise_rows(session, self.id, records, row_indices)
+            return transition(session, self.id, ("running", "cancelling"), "succeeded", on_attempt=self.number,
+                              progress=1.0, metrics=metrics, report_summary=summary, adapter_uri=key,
+                              finished_at=utcnow(), lease_owner=None, message="adapter and noise report stored")
+
+    def _stopped(self, step: int) -> str:
+        reason = self.progress.stop_reason
+        if reason == "lost" or self.lease.lost.is_set():
+            return self._lost()
+        if reason == "time_limit":
+            limit = self.job.soft_time_limit_s or self.job.time_limit_s
+            return self._fail("time_limit", f"the job passed its soft time limit of {limit} s; stopped at step {step}")
+        done = retry_transient(lambda: self._end("cancelled", "stopped on request", {"global_step": step}))
+        delete_checkpoints(self.store, self.id)
+        return "cancelled" if done else self._lost()
+
+    def _end(self, status: str, message: str, event_data: dict | None = None, **fields) -> bool:
+        with self.factory() as session:
+            return transition(session, self.id, ("running", "cancelling"), status, on_attempt=self.number,
+                              message=message[:2000], event_data=event_data, finished_at=utcnow(),
+                              lease_owner=None, **fields)
+
+    def _fail(self, code: str, message: str) -> str:
+        done = retry_transient(lambda: self._end("failed", message, error_code=code, error_message=message[:4000]))
+        delete_checkpoints(self.store, self.id)
+        return "failed" if done else self._lost()
+
+    def _release(self, exc: BaseException) -> str:
+        logger.warning("job %s: transient fault (%s); giving it back to the queue", self.id, exc)
+        try:
+            with self.factory() as session:
+                release(session, self.id, self.number, f"transient fault in attempt {self.number}: {exc}"[:500])
+        except Exception:  # still down: the reaper requeues it once the heartbeat is stale
+            logger.warning("could not requeue job %s; the reaper will", self.id, exc_info=True)
+        raise TransientJobError(f"job {self.id} attempt {self.number}: {exc}") from exc
+
+    def _lost(self) -> str:
+        logger.warning("job %s: attempt %s lost its lease; wrote nothing more", self.id, self.number)
+        return "lost"

@@ -1,20 +1,23 @@
-"""A trainer callback that writes a job's progress and per-epoch metrics to the database and
-turns a ``cancelling`` job into a stop request, between steps."""
+"""A trainer callback that writes a job's progress and per-epoch metrics to the database and asks the
+trainer to stop, between steps, when the job is cancelling, past its soft time limit, or no longer
+this attempt's (its lease was lost). Every write is fenced by the attempt number."""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+from datetime import datetime
 from typing import Any, Callable
 
 from clear_core import TrainerCallback, TrainerControl, TrainerState
-from sqlalchemy import update
-from sqlalchemy.orm import Session, sessionmaker
 
-from app.models import Job, utcnow
-from app.services.transitions import add_event
+from app.faults import is_transient
+from app.models import utcnow
+from app.services.leases import record_event
+from worker.lease import Lease
 
-ACTIVE = ("running", "cancelling")
+logger = logging.getLogger(__name__)
 
 
 def json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -29,47 +32,69 @@ def json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 class JobProgress(TrainerCallback):
-    """Reports to job ``job_id``: progress at most every ``min_interval_s`` seconds (and at every epoch
-    boundary), an ``epoch`` event per evaluated epoch, and a stop request once the job is cancelling."""
+    """Reports to the job held by ``lease``: progress at most every ``min_interval_s`` seconds (and at every
+    epoch boundary), an ``epoch`` event per evaluated epoch; after every step it reads the job's status
+    (one primary-key query) so a cancel stops training within one step.
 
-    def __init__(self, factory: sessionmaker[Session], job_id: str, *, min_interval_s: float = 1.0,
+    ``stop_reason`` says why it stopped training: ``"cancel"``, ``"lost"`` or ``"time_limit"``.
+    """
+
+    def __init__(self, lease: Lease, *, min_interval_s: float = 1.0, soft_deadline: datetime | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.factory, self.job_id = factory, job_id
-        self.min_interval_s, self.clock = min_interval_s, clock
+        self.lease, self.min_interval_s, self.clock = lease, min_interval_s, clock
+        self.soft_deadline = soft_deadline
+        self.stop_reason: str | None = None
         self._last = float("-inf")
 
-    def _write(self, state: TrainerState, control: TrainerControl, *, event: dict[str, Any] | None = None,
-               **fields: Any) -> None:
-        values = dict(progress=state.progress, epoch=state.epoch, global_step=state.global_step,
-                      max_steps=state.max_steps, phase=state.phase, loss=state.loss, heartbeat_at=utcnow(), **fields)
-        with self.factory() as session:
-            row = session.execute(update(Job).where(Job.id == self.job_id, Job.status.in_(ACTIVE))
-                                  .values(**values).returning(Job.status)).first()
-            if event is not None:
-                add_event(session, self.job_id, **event)
-            session.commit()
+    def _progress(self, state: TrainerState, **fields: Any) -> dict[str, Any]:
+        return dict(progress=state.progress, epoch=state.epoch, global_step=state.global_step,
+                    max_steps=state.max_steps, phase=state.phase, loss=state.loss, **fields)
+
+    def _decide(self, status: str | None, control: TrainerControl) -> None:
+        if status is None:
+            self.stop_reason = "lost"
+        elif status == "cancelling":
+            self.stop_reason = "cancel"
+        elif self.soft_deadline is not None and utcnow() >= self.soft_deadline:
+            self.stop_reason = "time_limit"
+        if self.stop_reason:
+            control.should_training_stop = True
+
+    def _write(self, state: TrainerState, control: TrainerControl, **fields: Any) -> None:
+        self._decide(self.lease.renew(**self._progress(state, **fields)), control)
         self._last = self.clock()
-        if row is None or row.status != "running":
-            control.should_training_stop = True  # cancelling, or taken away from this worker
+
+    def _event(self, type_: str, message: str, data: dict[str, Any] | None) -> None:
+        try:
+            with self.lease.factory() as session:
+                record_event(session, self.lease.job_id, self.lease.attempt, type_, message, data)
+        except Exception as exc:  # a lost event must not kill a long training run; it is logged
+            if not is_transient(exc):
+                raise
+            logger.exception("could not record %s event of job %s", type_, self.lease.job_id)
 
     def on_train_begin(self, state: TrainerState, control: TrainerControl) -> None:
-        """Record the step budget."""
-        self._write(state, control, event={"type_": "message", "message": f"training started: {state.num_epochs} "
-                                           f"epoch(s), {state.max_steps} step(s)",
-                                           "data": {"max_steps": state.max_steps}})
+        """Record the step budget (and where a resumed attempt starts)."""
+        self._write(state, control)
+        where = f", resuming at step {state.global_step}" if state.global_step else ""
+        self._event("message", f"training started: {state.num_epochs} epoch(s), {state.max_steps} step(s){where}",
+                    {"max_steps": state.max_steps, "global_step": state.global_step, "attempt": self.lease.attempt})
 
     def on_epoch_begin(self, state: TrainerState, control: TrainerControl) -> None:
         """Record the epoch and phase (warmup, routed or plain)."""
         self._write(state, control)
 
     def on_step_end(self, state: TrainerState, control: TrainerControl) -> None:
-        """Record progress and check for cancellation, throttled to ``min_interval_s``."""
+        """Write progress (throttled) or just read the status; stop if cancelling, lost or out of time."""
         if self.clock() - self._last >= self.min_interval_s:
             self._write(state, control)
+        else:
+            self._decide(self.lease.check(), control)
 
     def on_evaluate(self, state: TrainerState, control: TrainerControl, metrics: dict[str, Any],
                     model: Any = None) -> None:
         """Append the epoch's metrics as an ``epoch`` event and keep them as the job's latest metrics."""
         clean = json_safe(metrics)
-        self._write(state, control, metrics=clean,
-                    event={"type_": "epoch", "message": f"epoch {state.epoch} of {state.num_epochs}", "data": clean})
+        self._write(state, control, metrics=clean)
+        if self.stop_reason != "lost":
+            self._event("epoch", f"epoch {state.epoch} of {state.num_epochs}", clean)

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from clear_core import load_adapter
-from sqlalchemy import insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.models import NoiseRow
@@ -29,9 +30,18 @@ class AdapterMismatch(RuntimeError):
     """The saved adapter, reloaded, does not reproduce the trained model's logits."""
 
 
+def _upsert(session: Session):
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    statement = insert(NoiseRow)
+    updates = {c.name: statement.excluded[c.name] for c in NoiseRow.__table__.columns
+               if c.name not in ("job_id", "row_index")}
+    return statement.on_conflict_do_update(index_elements=["job_id", "row_index"], set_=updates)
+
+
 def write_noise_rows(session: Session, job_id: str, records: list[dict[str, Any]], row_indices: list[int]) -> None:
-    """Insert one noise row per training row, in batches (not committed); ``row_indices`` maps the
-    report's row order back to the dataset's row index."""
+    """Upsert one noise row per training row on (job_id, row_index), in batches (not committed), so
+    writing the same report twice (a retried finish, a duplicate delivery) leaves one row each;
+    ``row_indices`` maps the report's row order back to the dataset's row index."""
     rows = []
     for rec in records:
         row = dict(rec, job_id=job_id, row_id=None if rec["id"] is None else str(rec["id"]),
@@ -39,7 +49,7 @@ def write_noise_rows(session: Session, job_id: str, records: list[dict[str, Any]
         row.pop("id")
         rows.append(row)
     for start in range(0, len(rows), INSERT_BATCH):
-        session.execute(insert(NoiseRow), rows[start:start + INSERT_BATCH])
+        session.execute(_upsert(session), rows[start:start + INSERT_BATCH])
 
 
 def verify_adapter(result: "TrainResult", directory: Path, inputs: "JobInputs") -> float:

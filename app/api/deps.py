@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Header, Query, Request
 from sqlalchemy.orm import Session
 
 from app.db import iter_session
@@ -40,3 +40,7 @@ StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 EnqueueDep = Annotated[Enqueue, Depends(get_enqueue)]
 LimitQuery = Annotated[int, Query(ge=1, le=1000, description="Items per page.")]
 CursorQuery = Annotated[str | None, Query(description="next_cursor of the previous page.")]
+IdempotencyKeyHeader = Annotated[str | None, Header(
+    alias="Idempotency-Key", max_length=255,
+    description="Makes a POST safe to retry: the same key and body return the first response (with "
+                "Idempotent-Replayed: true); the same key with another body is a 409.")]

@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import sqlalchemy.exc as sa_exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, ServiceError, Unavailable
+from app.faults import is_transient
 
 logger = logging.getLogger(__name__)
 STATUS_BY_ERROR: dict[type[ServiceError], int] = {
@@ -24,18 +26,43 @@ STATUS_BY_ERROR: dict[type[ServiceError], int] = {
 CODE_BY_STATUS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
+RETRY_AFTER_S = 5
+
+
 def envelope(status: int, code: str, message: str, param: str | None = None,
-             details: list[dict[str, Any]] | None = None) -> JSONResponse:
-    """A JSON error response in the service's envelope."""
+             details: list[dict[str, Any]] | None = None, retry_after_s: int | None = None) -> JSONResponse:
+    """A JSON error response in the service's envelope; a 503 carries ``Retry-After``."""
     body: dict[str, Any] = {"code": code, "message": message, "param": param}
     if details is not None:
         body["details"] = details
-    return JSONResponse({"error": body}, status_code=status)
+    if status == 503 and retry_after_s is None:
+        retry_after_s = RETRY_AFTER_S
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s else None
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
-async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
+def _retry_after(request: Request) -> int:
+    settings = getattr(request.app.state, "settings", None)
+    return getattr(settings, "retry_after_s", RETRY_AFTER_S)
+
+
+async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
     status = next((s for cls, s in STATUS_BY_ERROR.items() if isinstance(exc, cls)), 400)
-    return envelope(status, exc.code, exc.message, exc.param, exc.details)
+    return envelope(status, exc.code, exc.message, exc.param, exc.details,
+                    retry_after_s=_retry_after(request) if status == 503 else None)
+
+
+def database_unavailable(retry_after_s: int = RETRY_AFTER_S) -> JSONResponse:
+    """The 503 answered while the database cannot be reached."""
+    return envelope(503, "database_unavailable", "the database is unavailable for the moment; retry after "
+                    f"{retry_after_s} s", retry_after_s=retry_after_s)
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if not is_transient(exc):
+        return await _unexpected(request, exc)
+    logger.warning("database unavailable: %s", exc)
+    return database_unavailable(_retry_after(request))
 
 
 def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
@@ -66,6 +93,8 @@ async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers that turn every error into the envelope."""
     app.add_exception_handler(Exception, _unexpected)
+    app.add_exception_handler(sa_exc.DBAPIError, _database_error)
+    app.add_exception_handler(sa_exc.SQLAlchemyError, _database_error)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

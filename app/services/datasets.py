@@ -1,8 +1,8 @@
-"""Datasets: parse and validate an upload, then store it and its rows in one transaction."""
+"""Datasets: parse an upload in chunks, validate each row, and store the dataset and its rows in one
+transaction (or nothing at all)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 
@@ -12,23 +12,35 @@ from sqlalchemy.orm import Session
 from app.errors import InvalidInput, NotFound
 from app.models import Dataset, DatasetRow
 from app.services.pagination import Page, newest_first
-from app.services.parsing import detect_format, parse_file
-from app.services.validation import validate_rows
+from app.services.parsing import detect_format, iter_chunks, parquet_schema
+from app.services.uploads import StoredUpload, safe_name
+from app.services.validation import LABEL_MAX, RowValidator, check_parquet_types
 
 INSERT_BATCH = 5000
 
 
 @dataclass
 class Upload:
-    """An uploaded file with its column mapping (``mapping`` maps roles text, text_pair, label, id,
-    gold_label to column names) and optionally the declared label set."""
+    """An uploaded file spooled to disk, with its column mapping (``mapping`` maps roles text,
+    text_pair, label, id, gold_label to column names) and optionally the declared label set."""
 
-    content: bytes
+    file: StoredUpload
     filename: str | None
     name: str | None
     format: str | None
     mapping: dict[str, str | None]
     labels: str | None = None
+
+
+@dataclass
+class Limits:
+    """What an upload may contain."""
+
+    min_rows_per_class: int
+    max_rows: int
+    max_errors: int = 100
+    max_text_chars: int = 20_000
+    max_uncompressed_bytes: int = 512 * 1024 * 1024
 
 
 def parse_declared_labels(raw: str | None) -> list[str] | None:
@@ -39,36 +51,47 @@ def parse_declared_labels(raw: str | None) -> list[str] | None:
         value = json.loads(raw) if raw.strip().startswith("[") else raw.split(",")
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"labels is not a valid JSON list: {exc.msg}", param="labels") from exc
+    if not isinstance(value, list):
+        raise InvalidInput("labels must be a JSON list or comma-separated names", param="labels")
     labels = [str(v).strip() for v in value if str(v).strip()]
-    if len(set(labels)) != len(labels) or len(labels) < 2:
-        raise InvalidInput(f"labels={labels!r}: declare at least 2 distinct labels", param="labels")
+    if len(set(labels)) != len(labels) or len(labels) < 2 or any(len(v) > LABEL_MAX or "\x00" in v for v in labels):
+        raise InvalidInput(f"labels={labels!r}: declare at least 2 distinct labels of at most {LABEL_MAX} "
+                           "characters", param="labels")
     return labels
 
 
-def create_dataset(session: Session, upload: Upload, *, min_rows_per_class: int, max_rows: int,
-                   max_errors: int) -> Dataset:
-    """Validate every row of ``upload`` and store the dataset as ``ready`` with all its rows, or nothing.
+def create_dataset(session: Session, upload: Upload, limits: Limits) -> Dataset:
+    """Parse ``upload`` in chunks, validate every row and store the dataset as ``ready`` with all its
+    rows in one transaction, or store nothing.
 
     Raises:
         InvalidInput: a bad file, a missing column or failing rows; ``details`` lists up to
-            ``max_errors`` row errors ``{"row", "code", "column", "message"}``.
+            ``limits.max_errors`` row errors ``{"row", "code", "column", "message"}``.
+        PayloadTooLarge: a compressed file that expands past ``limits.max_uncompressed_bytes``.
     """
     declared = parse_declared_labels(upload.labels)
     fmt = detect_format(upload.filename, upload.format)
-    frame = parse_file(upload.content, fmt)
-    valid, errors = validate_rows(frame, upload.mapping, declared_labels=declared,
-                                  min_rows_per_class=min_rows_per_class, max_rows=max_rows)
-    if valid is None:
-        codes = sorted({e["code"] for e in errors})
-        raise InvalidInput(f"{len(errors)} validation error(s) ({', '.join(codes)}); fix the listed rows "
-                           "and upload again", param="file", code="invalid_rows", details=errors[:max_errors])
-    dataset = Dataset(name=upload.name or upload.filename or "dataset", status="ready", format=fmt,
-                      sha256=hashlib.sha256(upload.content).hexdigest(), size_bytes=len(upload.content),
-                      row_count=len(valid.frame), label_names=valid.label_names, class_histogram=valid.histogram,
-                      columns={k: v for k, v in upload.mapping.items() if v})
-    session.add(dataset)
-    session.flush()
-    _insert_rows(session, dataset.id, valid.frame)
+    mapping = {role: (column or None) for role, column in upload.mapping.items()}
+    if fmt == "parquet" and (schema := parquet_schema(upload.file.path)) is not None:
+        check_parquet_types(schema, mapping)
+    validator = RowValidator(mapping, declared, limits.min_rows_per_class, limits.max_rows, limits.max_text_chars,
+                             limits.max_errors, fixed_columns=fmt != "jsonl")
+    dataset = Dataset(name=safe_name(upload.name, upload.filename), status="processing", format=fmt,
+                      sha256=upload.file.sha256, size_bytes=upload.file.size, row_count=0, label_names=[],
+                      class_histogram={}, columns={k: v for k, v in mapping.items() if v})
+    try:
+        session.add(dataset)
+        session.flush()
+        for chunk in iter_chunks(upload.file.path, fmt, max_uncompressed=limits.max_uncompressed_bytes):
+            rows = validator.add(chunk)
+            if rows is not None:
+                _insert_rows(session, dataset.id, rows)
+        names, histogram = validator.finish()
+    except BaseException:
+        session.rollback()  # nothing of an invalid file is kept
+        raise
+    dataset.status, dataset.row_count = "ready", validator.rows
+    dataset.label_names, dataset.class_histogram = names, histogram
     session.commit()
     return dataset
 

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, InvalidInput, NotFound, Unavailable
-from app.models import JOB_STATUSES, Dataset, Job, JobEvent
+from app.models import JOB_STATUSES, Dataset, Job, JobEvent, utcnow
 from app.services.configs import resolve_base_model, resolve_configs
 from app.services.datasets import get_dataset
 from app.services.pagination import Page, decode_cursor, encode_cursor, newest_first
@@ -38,6 +38,18 @@ def _check_validation(session: Session, train: Dataset, spec: dict[str, Any]) ->
                                param="validation_dataset_id")
 
 
+def resolve_time_limits(spec: dict[str, Any], settings: Settings) -> tuple[int, int]:
+    """``(time_limit_s, soft_time_limit_s)``: the job's own within ``settings.max_job_seconds``, soft <= hard."""
+    hard = spec.get("time_limit_s") or settings.max_job_seconds
+    if hard > settings.max_job_seconds:
+        raise InvalidInput(f"time_limit_s={hard} is over this server's maximum of {settings.max_job_seconds} s",
+                           param="time_limit_s")
+    soft = spec.get("soft_time_limit_s") or max(1, int(hard * 0.95))
+    if soft > hard:
+        raise InvalidInput(f"soft_time_limit_s={soft} must not exceed time_limit_s={hard}", param="soft_time_limit_s")
+    return hard, soft
+
+
 def create_job(session: Session, spec: dict[str, Any], *, settings: Settings, enqueue: Enqueue) -> Job:
     """Validate ``spec`` (a ``JobCreate`` dump), store the job as ``queued``, commit, then enqueue it.
 
@@ -47,13 +59,15 @@ def create_job(session: Session, spec: dict[str, Any], *, settings: Settings, en
     """
     train = _ready_dataset(session, spec["dataset_id"], "dataset_id")
     _check_validation(session, train, spec)
-    clear, training = resolve_configs(spec["method"], spec["routed"], spec.get("clear") or {},
-                                      spec.get("training") or {})
+    hard, soft = resolve_time_limits(spec, settings)
+    # mid-epoch checkpoints by default, so a crashed attempt loses at most that many steps
+    training = {"checkpoint_every_steps": settings.checkpoint_every_steps, **(spec.get("training") or {})}
+    clear, training = resolve_configs(spec["method"], spec["routed"], spec.get("clear") or {}, training)
     job = Job(dataset_id=train.id, validation_dataset_id=spec.get("validation_dataset_id"),
               validation_fraction=spec.get("validation_fraction"),
               base_model=resolve_base_model(spec.get("base_model"), settings), method=clear["method"],
               routed=clear["routed"], clear_config=clear, training_config=training, status="queued",
-              attempt=0, progress=0.0, global_step=0)
+              attempt=0, progress=0.0, global_step=0, time_limit_s=hard, soft_time_limit_s=soft)
     session.add(job)
     session.flush()
     add_event(session, job.id, "state", data={"status": "queued"})
@@ -64,6 +78,8 @@ def create_job(session: Session, spec: dict[str, Any], *, settings: Settings, en
         transition(session, job.id, ("queued",), "failed", message=f"could not enqueue: {exc}",
                    error_code="enqueue_failed", error_message=str(exc))
         raise Unavailable(f"the job queue is unavailable ({exc}); submit the job again later") from exc
+    job.enqueued_at = utcnow()
+    session.commit()
     return job
 
 

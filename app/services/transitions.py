@@ -22,18 +22,23 @@ def add_event(session: Session, job_id: str, type_: str, *, message: str | None 
 
 
 def transition(session: Session, job_id: str, from_statuses: tuple[str, ...], to_status: str, *,
-               message: str | None = None, **fields: Any) -> bool:
-    """Move the job to ``to_status`` if it is in one of ``from_statuses``, log a ``state`` event, commit.
+               message: str | None = None, on_attempt: int | None = None, event_data: dict[str, Any] | None = None,
+               where: tuple[Any, ...] = (), **fields: Any) -> bool:
+    """Move the job to ``to_status`` if it is in one of ``from_statuses`` (and, when ``on_attempt`` is given,
+    still on that attempt: a worker whose lease was taken away writes nothing, and every extra ``where``
+    condition holds), log a ``state`` event (with ``event_data`` added), commit.
 
     Returns:
-        True if the job moved; False (nothing written) if it was in another state.
+        True if the job moved; False (nothing written, the session rolled back) otherwise.
     """
     values = {"status": to_status, **fields}
-    result = session.execute(update(Job).where(Job.id == job_id, Job.status.in_(from_statuses)).values(**values)
-                             .returning(Job.status))
+    conditions = [Job.id == job_id, Job.status.in_(from_statuses), *where]
+    if on_attempt is not None:
+        conditions.append(Job.attempt == on_attempt)
+    result = session.execute(update(Job).where(*conditions).values(**values).returning(Job.status))
     if result.first() is None:
         session.rollback()
         return False
-    add_event(session, job_id, "state", message=message, data={"status": to_status})
+    add_event(session, job_id, "state", message=message, data={"status": to_status, **(event_data or {})})
     session.commit()
     return True

@@ -1,32 +1,28 @@
-"""Row-level validation of a parsed dataset against its column mapping.
+"""Row-level validation of a parsed dataset against its column mapping, one chunk of rows at a time.
 
-Checks every row before anything is stored and returns all problems at once, each as
-``{"row", "code", "column", "message"}`` with ``row`` the 0-based data row (header excluded).
-Codes: ``missing_column``, ``no_rows``, ``too_many_rows``, ``empty_text``, ``empty_text_pair``,
-``missing_label``, ``unknown_label``, ``missing_gold_label``, ``unknown_gold_label``,
-``missing_id``, ``duplicate_id``, ``class_too_small``, ``too_few_classes``.
+Every row is checked before anything is kept, and all problems are reported at once (the first
+``max_errors`` listed), each as ``{"row", "code", "column", "message"}`` with ``row`` the 0-based
+data row (header excluded). Codes: ``missing_column``, ``wrong_type``, ``no_rows``,
+``too_many_rows``, ``empty_text``, ``empty_text_pair``, ``text_too_long``, ``missing_label``,
+``unknown_label``, ``float_label``, ``label_too_long``, ``missing_gold_label``,
+``unknown_gold_label``, ``missing_id``, ``duplicate_id``, ``id_too_long``, ``nul_character``,
+``class_too_small``, ``too_few_classes``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from app.errors import InvalidInput
 
 ROLES = ("text", "text_pair", "label", "id", "gold_label")
-REQUIRED_ROLES = ("text", "label")
-
-
-@dataclass
-class ValidRows:
-    """A dataset whose every row passed validation, with its label names in index order."""
-
-    frame: pd.DataFrame  # columns: row_index, row_id, text, text_pair, label, gold_label
-    label_names: list[str]
-    histogram: dict[str, int]
+LABEL_MAX = ID_MAX = 200  # the database columns' width
+_FLOAT = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+|nan|inf(inity)?)$", re.IGNORECASE)
 
 
 def label_order(labels: list[str]) -> list[str]:
@@ -36,78 +32,159 @@ def label_order(labels: list[str]) -> list[str]:
     return sorted(labels)
 
 
-def select_columns(frame: pd.DataFrame, mapping: dict[str, str | None]) -> pd.DataFrame:
-    """The mapped columns renamed to their roles; raises ``InvalidInput`` naming a missing column."""
-    out = pd.DataFrame(index=frame.index)
-    for role in ROLES:
-        column = mapping.get(role)
-        if column is None:
-            out[role] = None
+def missing_column(role: str, column: str, found: list[str]) -> InvalidInput:
+    """The error for a mapped column that is not in the file."""
+    return InvalidInput(f"column {column!r} (the {role} column) is not in the file; its columns are {found}",
+                        param=f"{role}_column", code="missing_column",
+                        details=[{"row": None, "code": "missing_column", "column": column, "message": "not in the file"}])
+
+
+def check_parquet_types(schema: pa.Schema, mapping: dict[str, str | None]) -> None:
+    """Text columns must hold strings; label, gold label and id columns strings or integers."""
+    for role, column in mapping.items():
+        if column is None or column not in schema.names:
             continue
-        if column not in frame.columns:
-            raise InvalidInput(
-                f"column {column!r} (the {role} column) is not in the file; its columns are {list(frame.columns)}",
-                param=f"{role}_column", code="missing_column",
-                details=[{"row": None, "code": "missing_column", "column": column, "message": "not in the file"}])
-        out[role] = frame[column]
-    return out.reset_index(drop=True)
+        kind = schema.field(column).type
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        ok = pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)
+        if role not in ("text", "text_pair"):
+            ok = ok or pa.types.is_integer(kind)
+        if not ok:
+            wanted = "strings" if role in ("text", "text_pair") else "strings or integers"
+            raise InvalidInput(f"column {column!r} (the {role} column) has type {kind}; it must hold {wanted}",
+                               param=f"{role}_column", code="wrong_type",
+                               details=[{"row": None, "code": "wrong_type", "column": column, "message": str(kind)}])
 
 
-def _row_errors(mask: pd.Series, code: str, column: str, message: str) -> list[dict[str, Any]]:
-    return [{"row": int(i), "code": code, "column": column, "message": message} for i in mask[mask].index]
+@dataclass
+class RowValidator:
+    """Feed chunks with ``add``; ``finish`` gives the label names and histogram or raises with every error."""
 
+    mapping: dict[str, str | None]
+    declared: list[str] | None
+    min_rows_per_class: int
+    max_rows: int
+    max_text_chars: int
+    max_errors: int = 100
+    fixed_columns: bool = True
+    rows: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    error_count: int = 0
+    codes: set[str] = field(default_factory=set)
+    histogram: dict[str, int] = field(default_factory=dict)
+    seen_columns: set[str] = field(default_factory=set)
+    ids: set[str] = field(default_factory=set)
 
-def _cell_errors(rows: pd.DataFrame, mapping: dict[str, str | None], declared: list[str] | None) -> list[dict]:
-    errors = _row_errors(rows["text"].isna(), "empty_text", mapping["text"], "text is empty")
-    if mapping.get("text_pair"):
-        errors += _row_errors(rows["text_pair"].isna(), "empty_text_pair", mapping["text_pair"], "text pair is empty")
-    errors += _row_errors(rows["label"].isna(), "missing_label", mapping["label"], "label is empty")
-    if declared is not None:
-        unknown = rows["label"].notna() & ~rows["label"].isin(declared)
-        errors += _row_errors(unknown, "unknown_label", mapping["label"], f"label is not one of {declared}")
-    if mapping.get("gold_label"):
-        errors += _row_errors(rows["gold_label"].isna(), "missing_gold_label", mapping["gold_label"],
-                              "gold label is empty")
-        if declared is not None:
-            unknown = rows["gold_label"].notna() & ~rows["gold_label"].isin(declared)
-            errors += _row_errors(unknown, "unknown_gold_label", mapping["gold_label"],
-                                  f"gold label is not one of {declared}")
-    if mapping.get("id"):
-        errors += _row_errors(rows["id"].isna(), "missing_id", mapping["id"], "id is empty")
-        dup = rows["id"].notna() & rows["id"].duplicated(keep="first")
-        errors += _row_errors(dup, "duplicate_id", mapping["id"], "id already used by an earlier row")
-    return errors
+    def _select(self, frame: pd.DataFrame) -> pd.DataFrame:
+        self.seen_columns.update(map(str, frame.columns))
+        out = pd.DataFrame(index=frame.index)
+        for role in ROLES:
+            column = self.mapping.get(role)
+            if column is not None and column not in frame.columns and self.fixed_columns:
+                raise missing_column(role, column, [str(c) for c in frame.columns])
+            out[role] = frame[column] if column is not None and column in frame.columns else None
+        return out.reset_index(drop=True)
 
+    def _flag(self, rows: pd.DataFrame, mask: pd.Series, code: str, role: str, message: str) -> None:
+        hits = mask.index[mask.eq(True).to_numpy()]
+        self.error_count += len(hits)
+        if len(hits):
+            self.codes.add(code)
+        room = max(0, self.max_errors - len(self.errors))
+        self.errors += [{"row": int(rows.at[i, "row_index"]), "code": code, "column": self.mapping.get(role),
+                         "message": message} for i in hits[:room]]
 
-def _class_errors(histogram: dict[str, int], label_column: str, min_rows: int) -> list[dict]:
-    errors = [{"row": None, "code": "class_too_small", "column": label_column,
-               "message": f"class {label!r} has {count} row(s); each class needs at least {min_rows}"}
-              for label, count in histogram.items() if count < min_rows]
-    if len(histogram) < 2:
-        errors.append({"row": None, "code": "too_few_classes", "column": label_column,
-                       "message": f"found {len(histogram)} class(es); a classifier needs at least 2"})
-    return errors
+    def add(self, frame: pd.DataFrame) -> pd.DataFrame | None:
+        """Validate a chunk; returns its rows ready to store, or None once any error has been seen.
 
+        Raises:
+            InvalidInput: a missing column, or more rows than ``max_rows`` (reading stops there).
+        """
+        rows = self._select(frame)
+        rows.insert(0, "row_index", range(self.rows, self.rows + len(rows)))
+        self.rows += len(rows)
+        if self.rows > self.max_rows:
+            raise InvalidInput(f"the file has more than {self.max_rows} rows, the limit; split it", param="file",
+                               code="invalid_rows", details=[{"row": self.max_rows, "code": "too_many_rows",
+                                                              "column": None, "message": f"limit {self.max_rows}"}])
+        for role in ("label", "gold_label", "id"):
+            rows[role] = rows[role].map(lambda v: v.strip() if isinstance(v, str) else v)
+        self._check_cells(rows)
+        labels = rows["label"].dropna()
+        for label, count in labels.value_counts().items():
+            self.histogram[str(label)] = self.histogram.get(str(label), 0) + int(count)
+        return None if self.error_count else rows.rename(columns={"id": "row_id"})
 
-def validate_rows(frame: pd.DataFrame, mapping: dict[str, str | None], *, declared_labels: list[str] | None,
-                  min_rows_per_class: int, max_rows: int) -> tuple[ValidRows | None, list[dict[str, Any]]]:
-    """Validate every row; returns ``(ValidRows, [])`` or ``(None, errors)``, errors sorted by row."""
-    rows = select_columns(frame, mapping)
-    if len(rows) == 0:
-        return None, [{"row": None, "code": "no_rows", "column": None, "message": "the file has no data rows"}]
-    if len(rows) > max_rows:
-        return None, [{"row": None, "code": "too_many_rows", "column": None,
-                       "message": f"the file has {len(rows)} rows; the limit is {max_rows}"}]
-    for role in ("label", "gold_label", "id"):
-        rows[role] = rows[role].map(lambda v: v.strip() if isinstance(v, str) else v)
-    errors = _cell_errors(rows, mapping, declared_labels)
-    histogram = {str(k): int(v) for k, v in rows["label"].dropna().value_counts().items()}
-    if declared_labels is not None:
-        histogram = {name: histogram.get(name, 0) for name in declared_labels}
-    errors += _class_errors(histogram, mapping["label"], min_rows_per_class)
-    if errors:
-        return None, sorted(errors, key=lambda e: (e["row"] is None, e["row"] or 0))
-    names = declared_labels or label_order(list(histogram))
-    rows.insert(0, "row_index", range(len(rows)))
-    rows = rows.rename(columns={"id": "row_id"})
-    return ValidRows(rows, names, {name: histogram.get(name, 0) for name in names}), []
+    def _check_cells(self, rows: pd.DataFrame) -> None:
+        m, limit = self.mapping, self.max_text_chars
+        for role in ROLES:
+            if m.get(role):
+                self._flag(rows, rows[role].str.contains("\x00", regex=False), "nul_character", role,
+                           f"{role} contains a NUL character")
+        self._flag(rows, rows["text"].isna(), "empty_text", "text", "text is empty")
+        self._flag(rows, rows["text"].str.len() > limit, "text_too_long", "text", f"text is over {limit} characters")
+        if m.get("text_pair"):
+            self._flag(rows, rows["text_pair"].isna(), "empty_text_pair", "text_pair", "text pair is empty")
+            self._flag(rows, rows["text_pair"].str.len() > limit, "text_too_long", "text_pair",
+                       f"text pair is over {limit} characters")
+        self._check_labels(rows, "label", "missing_label", "unknown_label")
+        if m.get("gold_label"):
+            self._check_labels(rows, "gold_label", "missing_gold_label", "unknown_gold_label")
+        if m.get("id"):
+            self._check_ids(rows)
+
+    def _check_labels(self, rows: pd.DataFrame, role: str, missing: str, unknown: str) -> None:
+        values = rows[role]
+        self._flag(rows, values.isna(), missing, role, f"{role.replace('_', ' ')} is empty")
+        self._flag(rows, values.str.len() > LABEL_MAX, "label_too_long", role, f"over {LABEL_MAX} characters")
+        if self.declared is not None:
+            self._flag(rows, values.notna() & ~values.isin(self.declared), unknown, role,
+                       f"{role.replace('_', ' ')} is not one of {self.declared}")
+        else:
+            self._flag(rows, values.str.match(_FLOAT), "float_label", role,
+                       "looks like a decimal number: labels are class names or integers (declare `labels` to "
+                       "accept it as a name)")
+
+    def _check_ids(self, rows: pd.DataFrame) -> None:
+        ids = rows["id"]
+        self._flag(rows, ids.isna(), "missing_id", "id", "id is empty")
+        self._flag(rows, ids.str.len() > ID_MAX, "id_too_long", "id", f"id is over {ID_MAX} characters")
+        dup = ids.notna() & (ids.duplicated(keep="first") | ids.isin(self.ids))
+        self._flag(rows, dup, "duplicate_id", "id", "id already used by an earlier row")
+        self.ids.update(ids.dropna())
+
+    def finish(self) -> tuple[list[str], dict[str, int]]:
+        """``(label_names, histogram)`` of a valid file.
+
+        Raises:
+            InvalidInput: code ``invalid_rows`` with the listed errors (or ``missing_column``).
+        """
+        for role, column in self.mapping.items():
+            if column is not None and column not in self.seen_columns:
+                raise missing_column(role, column, sorted(self.seen_columns))
+        if self.rows == 0:
+            raise InvalidInput("the file has no data rows", param="file", code="invalid_rows",
+                               details=[{"row": None, "code": "no_rows", "column": None, "message": "no data rows"}])
+        histogram = self.histogram
+        if self.declared is not None:
+            histogram = {name: histogram.get(name, 0) for name in self.declared}
+        for label, count in histogram.items():
+            if count < self.min_rows_per_class:
+                self._fail_with({"row": None, "code": "class_too_small", "column": self.mapping["label"],
+                                 "message": f"class {label!r} has {count} row(s); each class needs at least "
+                                            f"{self.min_rows_per_class}"})
+        if len(histogram) < 2:
+            self._fail_with({"row": None, "code": "too_few_classes", "column": self.mapping["label"],
+                             "message": f"found {len(histogram)} class(es); a classifier needs at least 2"})
+        if self.error_count:
+            raise InvalidInput(f"{self.error_count} validation error(s) ({', '.join(sorted(self.codes))}); fix the "
+                               "listed rows and upload again", param="file", code="invalid_rows",
+                               details=sorted(self.errors, key=lambda e: (e["row"] is None, e["row"] or 0)))
+        names = self.declared or label_order(list(histogram))
+        return names, {name: histogram.get(name, 0) for name in names}
+
+    def _fail_with(self, error: dict[str, Any]) -> None:
+        self.errors.append(error)
+        self.error_count += 1
+        self.codes.add(error["code"])

@@ -68,7 +68,7 @@ BAD_CASES = {
     "single_class": (_bad(BASE.assign(label=1)), "invalid_rows", [(None, "too_few_classes")]),
     "missing_column": (_bad(BASE, label_column="topic"), "missing_column", [(None, "missing_column")]),
     "bad_encoding": (_bad("text,label\ncaf\xe9 ok,0\nb,1\n".encode("latin-1")), "bad_encoding",
-                     [(None, "bad_encoding")]),
+                     [(0, "bad_encoding")]),
     "broken_jsonl": (_bad(b'{"text": "a", "label": 0}\n{"text": "b", "label"\n', "data.jsonl"), "parse_error",
                      [(1, "parse_error")]),
     "corrupt_parquet": (_bad(b"PAR1 not really parquet", "data.parquet"), "parse_error", []),

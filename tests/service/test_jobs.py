@@ -33,7 +33,9 @@ def test_create_echoes_every_resolved_default(client, dataset, enqueued):
     assert job["status"] == "queued" and job["attempt"] == 0 and job["progress"] == 0.0
     clear = ClearConfig(method="lora", routed=True, routing_cap=0.7)
     assert job["clear"] == clear.to_dict()
-    assert job["training"] == TrainingConfig(epochs=2).resolved(clear).to_dict()
+    # the service checkpoints mid-epoch by default (CLEAR_CHECKPOINT_EVERY_STEPS) so a crash loses little
+    assert job["training"] == TrainingConfig(epochs=2, checkpoint_every_steps=200).resolved(clear).to_dict()
+    assert job["time_limit_s"] == 24 * 3600 and job["soft_time_limit_s"] == int(24 * 3600 * 0.95)
     assert job["training"]["learning_rate"] is not None  # every default resolved, none left open
     assert job["base_model"] == "tiny-bert" and enqueued == [job["id"]]
     assert client.get(f"/v1/jobs/{job['id']}").json() == job

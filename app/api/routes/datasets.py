@@ -5,51 +5,51 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
+from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import CursorQuery, LimitQuery, SessionDep, SettingsDep
-from app.errors import PayloadTooLarge
+from app.api.deps import CursorQuery, IdempotencyKeyHeader, LimitQuery, SessionDep, SettingsDep
 from app.schemas import DatasetPublic, DatasetsPublic, ErrorResponse
 from app.services import datasets as service
+from app.services.uploads import spool
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"],
                    responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
-CHUNK = 1 << 20
+Column = Annotated[str | None, Form(max_length=200)]
 
 
-async def read_capped(upload: UploadFile, limit: int) -> bytes:
-    """The whole upload, refusing (413) as soon as it grows past ``limit`` bytes."""
-    parts, size = [], 0
-    while chunk := await upload.read(CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the file is larger than the limit of {limit} bytes: split it or sample it",
-                                  param="file")
-        parts.append(chunk)
-    return b"".join(parts)
-
-
-@router.post("", status_code=201, response_model=DatasetPublic, responses={413: {"model": ErrorResponse}})
+@router.post("", status_code=201, response_model=DatasetPublic,
+             responses={409: {"model": ErrorResponse}, 413: {"model": ErrorResponse}})
 async def upload_dataset(
     session: SessionDep,
     settings: SettingsDep,
-    file: Annotated[UploadFile, File(description="CSV, JSONL or Parquet, UTF-8.")],
-    name: Annotated[str | None, Form()] = None,
+    file: Annotated[UploadFile, File(description="CSV, JSONL or Parquet, UTF-8 (CSV/JSONL may be gzipped).")],
+    idempotency_key: IdempotencyKeyHeader = None,
+    name: Annotated[str | None, Form(max_length=1000)] = None,
     format: Annotated[str | None, Form(description="csv, jsonl or parquet; default from the file name.")] = None,
-    text_column: Annotated[str, Form()] = "text",
-    text_pair_column: Annotated[str | None, Form()] = None,
-    label_column: Annotated[str, Form()] = "label",
-    id_column: Annotated[str | None, Form()] = None,
-    gold_label_column: Annotated[str | None, Form(description="Ground truth; scores reports only.")] = None,
-    labels: Annotated[str | None, Form(description="Declared labels: JSON list or comma-separated.")] = None,
+    text_column: Annotated[str, Form(max_length=200)] = "text",
+    text_pair_column: Column = None,
+    label_column: Annotated[str, Form(max_length=200)] = "label",
+    id_column: Column = None,
+    gold_label_column: Annotated[str | None, Form(max_length=200, description="Ground truth; scores reports only.")] = None,
+    labels: Annotated[str | None, Form(max_length=100_000, description="Declared labels: JSON list or comma-separated.")] = None,
 ) -> DatasetPublic:
-    """Upload a labelled dataset; every row is validated before it is stored (all rows or none)."""
-    content = await read_capped(file, settings.max_upload_bytes)
-    mapping = {"text": text_column, "text_pair": text_pair_column or None, "label": label_column,
-               "id": id_column or None, "gold_label": gold_label_column or None}
-    upload = service.Upload(content=content, filename=file.filename, name=name, format=format,
-                            mapping=mapping, labels=labels)
-    dataset = service.create_dataset(session, upload, min_rows_per_class=settings.min_rows_per_class,
-                                     max_rows=settings.max_rows, max_errors=settings.max_errors_listed)
+    """Upload a labelled dataset; every row is validated before it is stored (all rows or none).
+
+    The file is copied to a temporary file (413 past the size limit) and parsed in chunks, so it is
+    never held in memory whole; its name is only a label, never a path.
+    """
+    stored = await spool(file, settings.max_upload_bytes)
+    try:
+        mapping = {"text": text_column, "text_pair": text_pair_column, "label": label_column,
+                   "id": id_column, "gold_label": gold_label_column}
+        upload = service.Upload(file=stored, filename=file.filename, name=name, format=format, mapping=mapping,
+                                labels=labels)
+        limits = service.Limits(min_rows_per_class=settings.min_rows_per_class, max_rows=settings.max_rows,
+                                max_errors=settings.max_errors_listed, max_text_chars=settings.max_text_chars,
+                                max_uncompressed_bytes=settings.max_uncompressed_bytes)
+        dataset = await run_in_threadpool(service.create_dataset, session, upload, limits)
+    finally:
+        stored.path.unlink(missing_ok=True)
     return DatasetPublic.model_validate(dataset)
 
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import CursorQuery, EnqueueDep, LimitQuery, SessionDep, SettingsDep
+from app.api.deps import CursorQuery, EnqueueDep, IdempotencyKeyHeader, LimitQuery, SessionDep, SettingsDep
 from app.schemas import ErrorResponse, EventPublic, EventsPublic, JobCreate, JobPublic, JobsPublic
 from app.services import jobs as service
 
@@ -16,8 +16,10 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"],
 
 @router.post("", status_code=201, response_model=JobPublic,
              responses={409: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
-def create_job(session: SessionDep, settings: SettingsDep, enqueue: EnqueueDep, body: JobCreate) -> JobPublic:
-    """Submit a fine-tuning job; the answer echoes every resolved setting."""
+def create_job(session: SessionDep, settings: SettingsDep, enqueue: EnqueueDep, body: JobCreate,
+               idempotency_key: IdempotencyKeyHeader = None) -> JobPublic:
+    """Submit a fine-tuning job; the answer echoes every resolved setting. Send an ``Idempotency-Key``
+    to retry safely: a repeat with the same key and body gets the first answer, not a second job."""
     job = service.create_job(session, body.model_dump(), settings=settings, enqueue=enqueue)
     return JobPublic.from_job(job)
 
@@ -38,7 +40,7 @@ def get_job(session: SessionDep, job_id: str) -> JobPublic:
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses={409: {"model": ErrorResponse}})
-def cancel_job(session: SessionDep, job_id: str) -> JobPublic:
+def cancel_job(session: SessionDep, job_id: str, idempotency_key: IdempotencyKeyHeader = None) -> JobPublic:
     """Cancel a job: queued ones stop at once, running ones within a training step."""
     return JobPublic.from_job(service.cancel_job(session, job_id))
 

@@ -1,0 +1,164 @@
+"""Job leases: a worker claims a queued job with a conditional UPDATE, renews its heartbeat while it
+runs, and every write it makes is fenced by the attempt number it claimed. A reaper (run by every
+worker, see ``worker.reaper``) puts jobs whose heartbeat went stale back in the queue with the next
+attempt, up to ``max_attempts``, and fails jobs past their hard time limit.
+
+No torch and no Celery here: the API, the worker and the tests share these functions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from app.models import IdempotencyKey, Job, utcnow
+from app.services.transitions import add_event, transition
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+ACTIVE = ("running", "cancelling")
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    """``moment`` as an aware UTC datetime (SQLite hands back naive ones, all stored in UTC)."""
+    if moment is None:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def hard_deadline(job: Job) -> datetime | None:
+    """When the job's hard time limit runs out: first start + ``time_limit_s`` (None if not started)."""
+    started = as_utc(job.started_at)
+    return started + timedelta(seconds=job.time_limit_s) if started and job.time_limit_s else None
+
+
+def soft_deadline(job: Job) -> datetime | None:
+    """When the worker asks the trainer to stop: first start + ``soft_time_limit_s``."""
+    started = as_utc(job.started_at)
+    limit = job.soft_time_limit_s or job.time_limit_s
+    return started + timedelta(seconds=limit) if started and limit else None
+
+
+def claim(session: Session, job_id: str, owner: str) -> Job | None:
+    """Take a queued job: ``queued → running`` with ``attempt + 1`` and a fresh heartbeat, in one
+    conditional UPDATE, so of two deliveries of the same task only one ever runs it.
+
+    Returns:
+        The claimed job (its ``attempt`` is the fencing token of every later write), or None.
+    """
+    now = utcnow()
+    moved = transition(session, job_id, ("queued",), "running", attempt=Job.attempt + 1, lease_owner=owner,
+                       started_at=func.coalesce(Job.started_at, now), heartbeat_at=now)
+    return session.get(Job, job_id, populate_existing=True) if moved else None
+
+
+def renew(session: Session, job_id: str, attempt: int, **fields) -> str | None:
+    """Renew the lease of ``attempt`` (heartbeat plus any progress ``fields``) and commit.
+
+    Returns:
+        The job's status (``running`` or ``cancelling``), or None when this attempt no longer holds it.
+    """
+    row = session.execute(update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(ACTIVE))
+                          .values(heartbeat_at=utcnow(), **fields).returning(Job.status)).first()
+    session.commit()
+    return row.status if row else None
+
+
+def lease_status(session: Session, job_id: str, attempt: int) -> str | None:
+    """The status while ``attempt`` still holds the job, else None (a cheap read, once per step)."""
+    return session.scalar(select(Job.status).where(Job.id == job_id, Job.attempt == attempt,
+                                                   Job.status.in_(ACTIVE)))
+
+
+def release(session: Session, job_id: str, attempt: int, reason: str) -> bool:
+    """Give a job back to the queue after a transient fault (the next claim is the next attempt)."""
+    return transition(session, job_id, ACTIVE, "queued", on_attempt=attempt, message=f"requeued: {reason}",
+                      lease_owner=None, enqueued_at=None)
+
+
+@dataclass
+class ReapResult:
+    """What one reaper pass did, by job id."""
+
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    redispatched: list[str] = field(default_factory=list)
+
+
+def _verdict(job: Job, now: datetime, settings: Settings) -> tuple[str, dict, str] | None:
+    deadline = hard_deadline(job)
+    if deadline and now > deadline:
+        return "failed", {"error_code": "time_limit", "error_message": f"the job ran past its time limit of "
+                          f"{job.time_limit_s} s"}, "time limit reached"
+    heartbeat = as_utc(job.heartbeat_at) or as_utc(job.started_at) or as_utc(job.created_at)
+    if now - heartbeat < timedelta(seconds=settings.lease_timeout_s):
+        return None
+    lost = (f"the worker of attempt {job.attempt} stopped renewing its lease "
+            f"(last heartbeat {heartbeat.isoformat(timespec='seconds')})")
+    if job.status == "cancelling":
+        return "cancelled", {}, f"{lost} while cancelling"
+    if job.attempt >= settings.max_attempts:
+        return "failed", {"error_code": "worker_lost", "error_message": f"{lost}; gave up after {job.attempt} "
+                          f"attempt(s) (CLEAR_MAX_ATTEMPTS={settings.max_attempts})"}, lost
+    return "queued", {"lease_owner": None, "enqueued_at": None}, f"requeued for attempt {job.attempt + 1}: {lost}"
+
+
+def _same(column, value):
+    return column.is_(None) if value is None else column == value
+
+
+def reap(session: Session, settings: Settings, enqueue: Callable[[str], None]) -> ReapResult:
+    """One pass: requeue (and enqueue) jobs whose heartbeat is stale, fail those out of attempts or past
+    their hard time limit, resend jobs queued longer than ``redispatch_after_s``, forget old idempotency
+    keys. Every change is a conditional UPDATE on the observed attempt, so concurrent reapers and a
+    late heartbeat cannot both win."""
+    now, result = utcnow(), ReapResult()
+    for job in session.scalars(select(Job).where(Job.status.in_(ACTIVE))).all():
+        verdict = _verdict(job, now, settings)
+        if verdict is None:
+            continue
+        status, fields, message = verdict
+        # fenced on the heartbeat we judged too: a worker that renews meanwhile keeps its job
+        done = transition(session, job.id, ACTIVE, status, on_attempt=job.attempt, message=message,
+                          where=(_same(Job.heartbeat_at, job.heartbeat_at),),
+                          finished_at=None if status == "queued" else now, **fields)
+        if done:
+            getattr(result, {"queued": "requeued", "failed": "failed", "cancelled": "cancelled"}[status]).append(job.id)
+    cutoff = now - timedelta(seconds=settings.redispatch_after_s)
+    stale_queue = select(Job.id).where(Job.status == "queued",
+                                       or_(Job.enqueued_at < cutoff, Job.enqueued_at.is_(None) & (Job.created_at < cutoff)))
+    for job_id in list(session.scalars(stale_queue)) + result.requeued:
+        if job_id not in result.redispatched and dispatch(session, job_id, enqueue):
+            result.redispatched.append(job_id)
+    session.execute(delete(IdempotencyKey).where(
+        IdempotencyKey.created_at < now - timedelta(seconds=settings.idempotency_ttl_s)))
+    session.commit()
+    return result
+
+
+def dispatch(session: Session, job_id: str, enqueue: Callable[[str], None]) -> bool:
+    """Send a queued job's task and record when; False (logged) if the broker refused it."""
+    try:
+        enqueue(job_id)
+    except Exception:  # the broker is down: the next reaper pass tries again
+        logger.warning("could not enqueue job %s; will retry", job_id, exc_info=True)
+        return False
+    session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(enqueued_at=utcnow()))
+    session.commit()
+    return True
+
+
+def record_event(session: Session, job_id: str, attempt: int, type_: str, message: str, data: dict | None = None
+                 ) -> bool:
+    """Append an event if ``attempt`` still holds the job; commit. Returns whether it was written."""
+    if lease_status(session, job_id, attempt) is None:
+        return False
+    add_event(session, job_id, type_, message=message, data=data)
+    session.commit()
+    return True
