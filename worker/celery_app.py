@@ -8,7 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.signals import setup_logging
 
+from app.ops.logs import configure_from_env
 from app.settings import Settings, get_settings
 
 VISIBILITY_MARGIN_S = 3600
@@ -46,6 +48,13 @@ def transport_options(broker_url: str, max_job_seconds: int) -> dict[str, Any]:
     if broker_url.split(":", 1)[0] in ("redis", "rediss", "sqs", "sentinel"):
         return {"visibility_timeout": max_job_seconds + VISIBILITY_MARGIN_S}
     return {}  # kombu's SQLAlchemy transport passes its options to create_engine
+
+
+@setup_logging.connect
+def json_logs(loglevel: int | str | None = None, **_: Any) -> None:
+    """Workers log JSON lines carrying the job id, as the API does (``CLEAR_LOG_LEVEL`` overrides
+    ``--loglevel``; ``CLEAR_LOG_FORMAT=text`` for plain lines)."""
+    configure_from_env(loglevel or "INFO")
 
 
 def make_celery(settings: Settings) -> Celery:

@@ -12,6 +12,7 @@ import random
 from celery import shared_task
 
 from app.faults import TransientJobError, is_transient
+from app.ops.logs import job_context
 from app.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -30,12 +31,14 @@ def run_job(self, job_id: str) -> str:
     from worker.pipeline import execute_job  # torch loads in the worker process only, on first job
 
     settings = get_settings()
-    try:
-        status = execute_job(job_id, settings=settings)
-    except Exception as exc:
-        if not (isinstance(exc, TransientJobError) or is_transient(exc)):
-            raise
-        logger.warning("job %s: transient fault, retry %s: %s", job_id, self.request.retries + 1, exc)
-        raise self.retry(exc=exc, countdown=backoff_s(self.request.retries), max_retries=settings.max_transient_retries)
-    logger.info("job %s ended %s", job_id, status)
+    with job_context(job_id):  # every log line of this job carries its id
+        try:
+            status = execute_job(job_id, settings=settings)
+        except Exception as exc:
+            if not (isinstance(exc, TransientJobError) or is_transient(exc)):
+                raise
+            logger.warning("job %s: transient fault, retry %s: %s", job_id, self.request.retries + 1, exc)
+            raise self.retry(exc=exc, countdown=backoff_s(self.request.retries),
+                             max_retries=settings.max_transient_retries)
+        logger.info("job %s ended %s", job_id, status)
     return status

@@ -63,15 +63,17 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
         named.handlers, named.propagate = [], True
 
 
-def configure_from_env() -> None:
-    """``configure_logging`` with ``CLEAR_LOG_LEVEL`` (default INFO) and ``CLEAR_LOG_FORMAT`` (json or text)."""
+def configure_from_env(default_level: str | int = "INFO") -> None:
+    """``configure_logging`` with ``CLEAR_LOG_LEVEL`` (else ``default_level``) and ``CLEAR_LOG_FORMAT``
+    (json, the default, or text)."""
     settings = LogSettings()
-    configure_logging(settings.level, settings.format)
+    level = settings.level or (logging.getLevelName(default_level) if isinstance(default_level, int) else default_level)
+    configure_logging(level, settings.format)
 
 
 class LogSettings(BaseSettings):
     """How an entry point logs, from ``CLEAR_LOG_LEVEL`` and ``CLEAR_LOG_FORMAT``."""
 
     model_config = SettingsConfigDict(env_prefix="CLEAR_LOG_", extra="ignore")
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] | None = None
     format: Literal["json", "text"] = "json"

@@ -82,7 +82,7 @@
                    title: () => "", label: c => `given ${c.raw.y} → predicted ${c.raw.x}: ${c.raw.v} rows` } } },
                  scales: { x: { type: "category", labels, offset: true, grid: { display: false },
                                 title: { display: true, text: "predicted" } },
-                           y: { type: "category", labels, offset: true, grid: { display: false },
+                           y: { type: "category", labels, offset: true, reverse: false, grid: { display: false },  // first label on top
                                 title: { display: true, text: "given" } } } },
       plugins: [{ id: "counts", afterDatasetsDraw(chart) {  // print each cell's count on it
         const ctx = chart.ctx; ctx.save(); ctx.textAlign = "center"; ctx.textBaseline = "middle";

@@ -1,0 +1,132 @@
+"""clearft: the CleaR fine-tuning service from the command line.
+
+    clearft datasets upload train.csv --text-column text --label-column label
+    clearft jobs create --dataset ds_... --epochs 3 --wait
+    clearft jobs list | get ID | cancel ID | events ID -f
+    clearft jobs adapter ID -o adapter/
+    clearft jobs noise-report ID -o report.csv
+
+--url (or $CLEARFT_URL) names the service, --api-key (or $CLEARFT_API_KEY) the key.
+Exit status: 0 done, 1 the service refused or the job did not succeed, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import httpx
+
+from clearft import commands
+from clearft.client import Client
+from clearft.errors import ClearFTError
+
+PEFT_METHODS = ("lora", "adapter", "prefix", "bitfit", "full")
+
+
+def _datasets(sub: argparse._SubParsersAction) -> None:
+    group = sub.add_parser("datasets", help="upload, list and show datasets").add_subparsers(
+        dest="command", required=True)
+    upload = group.add_parser("upload", help="upload a CSV, JSONL or Parquet file (every row is validated)")
+    upload.add_argument("file")
+    upload.add_argument("--text-column", default="text")
+    upload.add_argument("--label-column", default="label")
+    upload.add_argument("--text-pair-column")
+    upload.add_argument("--id-column")
+    upload.add_argument("--gold-label-column", help="ground truth: only scores the noise report, never trained on")
+    upload.add_argument("--labels", help="the declared label set, comma-separated")
+    upload.add_argument("--name")
+    upload.add_argument("--format", choices=("csv", "jsonl", "parquet"))
+    group.add_parser("list", help="datasets, newest first").add_argument("--limit", type=int, default=50)
+    group.add_parser("get", help="one dataset").add_argument("id")
+
+
+def _create(group: argparse._SubParsersAction) -> None:
+    create = group.add_parser("create", help="submit a fine-tuning job")
+    create.add_argument("--dataset", required=True, help="training dataset id")
+    create.add_argument("--method", choices=PEFT_METHODS, default="lora")
+    create.add_argument("--plain", action="store_true", help="plain PEFT, without CleaR routing")
+    create.add_argument("--base-model")
+    create.add_argument("--validation-dataset")
+    create.add_argument("--validation-fraction", type=float)
+    for flag, kind in (("--epochs", int), ("--batch-size", int), ("--learning-rate", float),
+                       ("--max-length", int), ("--seed", int)):
+        create.add_argument(flag, type=kind, help="training setting")
+    create.add_argument("--warmup-epochs", type=int, help="CleaR setting")
+    create.add_argument("--routing-cap", type=float, help="CleaR setting")
+    create.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="any other setting, e.g. --set clear.distill_weight=0.5 (VALUE as JSON)")
+    create.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    _wait_flags(create)
+
+
+def _wait_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
+
+
+def _jobs(sub: argparse._SubParsersAction) -> None:
+    group = sub.add_parser("jobs", help="create, follow and download jobs").add_subparsers(
+        dest="command", required=True)
+    _create(group)
+    listing = group.add_parser("list", help="jobs, newest first")
+    listing.add_argument("--status", choices=("queued", "running", "cancelling", "succeeded", "failed", "cancelled"))
+    listing.add_argument("--limit", type=int, default=50)
+    group.add_parser("get", help="one job: state, progress, metrics").add_argument("id")
+    group.add_parser("cancel", help="cancel a job").add_argument("id")
+    wait = group.add_parser("wait", help="follow a job until it ends (progress bar)")
+    wait.add_argument("id")
+    _wait_flags(wait)
+    events = group.add_parser("events", help="the job's event log")
+    events.add_argument("id")
+    events.add_argument("-f", "--follow", action="store_true", help="keep printing new events until the job ends")
+    adapter = group.add_parser("adapter", help="download the trained adapter")
+    adapter.add_argument("id")
+    adapter.add_argument("-o", "--output", required=True, help="folder to unpack it into")
+    adapter.add_argument("--archive", action="store_true", help="keep the .tar.gz instead of unpacking it")
+    report = group.add_parser("noise-report", help="download the noise report (CSV, or JSONL by suffix)")
+    report.add_argument("id")
+    report.add_argument("-o", "--output", help="FILE.csv or FILE.jsonl; without it the top rows are printed")
+    report.add_argument("--flagged", action="store_true", help="only the flagged rows")
+    report.add_argument("--given-label")
+    report.add_argument("--predicted-label")
+    report.add_argument("--top", type=int, default=20, help="rows printed without -o")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``clearft``."""
+    parser = argparse.ArgumentParser(prog="clearft", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="service URL (default $CLEARFT_URL or http://127.0.0.1:8000)")
+    parser.add_argument("--api-key", help="API key (default $CLEARFT_API_KEY)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    sub = parser.add_subparsers(dest="group", required=True)
+    _datasets(sub)
+    _jobs(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None, *, client: Client | None = None) -> int:
+    """Run one ``clearft`` command; returns the exit status (``client`` replaces the one built from flags)."""
+    args = build_parser().parse_args(argv)
+    handler = getattr(commands, f"{args.group}_{args.command.replace('-', '_')}")
+    own = client is None
+    client = client or Client(args.url, args.api_key)
+    try:
+        return handler(client, args)
+    except ClearFTError as exc:
+        print(f"clearft: {exc}", file=sys.stderr)
+        return 1
+    except httpx.TransportError as exc:
+        print(f"clearft: cannot reach the service at {client.url}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("clearft: interrupted (the job keeps running; `clearft jobs cancel ID` stops it)", file=sys.stderr)
+        return 130
+    finally:
+        if own:
+            client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""``client.datasets``: upload a labelled file with its column mapping, list and get datasets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from clearft.models import Dataset
+
+if TYPE_CHECKING:
+    from clearft.client import Client
+
+
+def collect_pages(client: "Client", path: str, limit: int, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Up to ``limit`` items of a cursor-paginated list route, following ``next_cursor``."""
+    items: list[dict[str, Any]] = []
+    cursor = None
+    while len(items) < limit:
+        query = {**params, "limit": min(1000, limit - len(items)), **({"cursor": cursor} if cursor else {})}
+        page = client.request("GET", path, params={k: v for k, v in query.items() if v is not None}).json()
+        items += page["data"]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            break
+    return items
+
+
+class DatasetsAPI:
+    """Datasets of the service."""
+
+    def __init__(self, client: "Client") -> None:
+        self.client = client
+
+    def upload(self, file: str | Path | IO[bytes], *, text_column: str = "text", label_column: str = "label",
+               text_pair_column: str | None = None, id_column: str | None = None,
+               gold_label_column: str | None = None, labels: list[str] | None = None, name: str | None = None,
+               format: str | None = None, filename: str | None = None) -> Dataset:
+        """Upload a CSV, JSONL or Parquet file (a path or an open binary file); every row is validated
+        by the service first (``ApiError`` 422 lists bad rows in ``details``)."""
+        form = {"text_column": text_column, "label_column": label_column, "text_pair_column": text_pair_column,
+                "id_column": id_column, "gold_label_column": gold_label_column, "name": name, "format": format,
+                "labels": json.dumps(labels) if labels is not None else None}
+        form = {k: v for k, v in form.items() if v is not None}
+        if isinstance(file, (str, Path)):
+            path = Path(file).expanduser()
+            with path.open("rb") as fh:
+                return self._post(fh, filename or path.name, form)
+        return self._post(file, filename or getattr(file, "name", "upload"), form)
+
+    def _post(self, fh: IO[bytes], filename: str, form: dict[str, str]) -> Dataset:
+        response = self.client.request("POST", "/v1/datasets", files={"file": (Path(filename).name, fh)}, data=form)
+        return Dataset.model_validate(response.json())
+
+    def get(self, dataset_id: str) -> Dataset:
+        """One dataset."""
+        return Dataset.model_validate(self.client.request("GET", f"/v1/datasets/{dataset_id}").json())
+
+    def list(self, *, limit: int = 50) -> list[Dataset]:
+        """Up to ``limit`` datasets, newest first."""
+        return [Dataset.model_validate(d) for d in collect_pages(self.client, "/v1/datasets", limit, {})]

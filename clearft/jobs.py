@@ -1,0 +1,185 @@
+"""``client.jobs``: create, list, get, cancel, follow (event log, live stream, ``wait``) and download
+a job's results (adapter archive, noise report as a DataFrame or a CSV/JSONL file)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from clearft.datasets import collect_pages
+from clearft.errors import ApiError, JobFailed, WaitTimeout
+from clearft.models import Event, Job, StreamEvent
+from clearft.progress import ProgressBar
+from clearft.sse import KEEPALIVE, parse_sse
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from clearft.client import Client
+
+STREAM_TIMEOUT = httpx.Timeout(10.0, read=60.0)  # the server sends a heartbeat every 15 s
+RECONNECTS = 5
+
+
+class JobsAPI:
+    """Jobs of the service."""
+
+    def __init__(self, client: "Client") -> None:
+        self.client = client
+
+    def _job(self, body: dict[str, Any]) -> Job:
+        return Job.model_validate(body).bind(self)
+
+    def create(self, dataset_id: str, *, method: str = "lora", routed: bool = True, base_model: str | None = None,
+               validation_dataset_id: str | None = None, validation_fraction: float | None = None,
+               clear: dict[str, Any] | None = None, training: dict[str, Any] | None = None) -> Job:
+        """Submit a job; the returned ``Job`` echoes every resolved setting. ``clear`` and ``training``
+        take ``ClearConfig`` / ``TrainingConfig`` fields (e.g. ``{"routing_cap": 0.85}``, ``{"epochs": 3}``)."""
+        body = {"dataset_id": dataset_id, "method": method, "routed": routed, "base_model": base_model,
+                "validation_dataset_id": validation_dataset_id, "validation_fraction": validation_fraction,
+                "clear": clear or {}, "training": training or {}}
+        body = {k: v for k, v in body.items() if v is not None}
+        return self._job(self.client.request("POST", "/v1/jobs", json=body).json())
+
+    def get(self, job_id: str) -> Job:
+        """One job as it stands now."""
+        return self._job(self.client.request("GET", f"/v1/jobs/{job_id}").json())
+
+    def list(self, *, status: str | None = None, limit: int = 50) -> list[Job]:
+        """Up to ``limit`` jobs, newest first, optionally only those in ``status``."""
+        return [self._job(j) for j in collect_pages(self.client, "/v1/jobs", limit, {"status": status})]
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel: a queued job stops at once, a running one within a training step."""
+        return self._job(self.client.request("POST", f"/v1/jobs/{job_id}/cancel").json())
+
+    def events(self, job_id: str, *, limit: int | None = None) -> Iterator[Event]:
+        """The job's event log, oldest first, every page (or the first ``limit`` events)."""
+        cursor, seen = None, 0
+        while True:
+            params = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
+            page = self.client.request("GET", f"/v1/jobs/{job_id}/events", params=params).json()
+            for item in page["data"]:
+                if limit is not None and seen >= limit:
+                    return
+                seen += 1
+                yield Event.model_validate(item)
+            cursor = page["next_cursor"]
+            if not page["has_more"]:
+                return
+
+    def stream(self, job_id: str, *, last_event_id: int | None = None, keepalives: bool = False
+               ) -> Iterator[StreamEvent]:
+        """Follow ``/events/stream`` until its ``end`` event, reconnecting (with ``Last-Event-ID``) when
+        the connection drops; raises the last transport error after ``RECONNECTS`` failures in a row."""
+        failures = 0
+        while True:
+            headers = {"Last-Event-ID": str(last_event_id)} if last_event_id else {}
+            try:
+                with self.client.http.stream("GET", f"/v1/jobs/{job_id}/events/stream", headers=headers,
+                                             timeout=STREAM_TIMEOUT) as response:
+                    if response.is_error:
+                        response.read()
+                        raise ApiError.from_response(response)
+                    for event in parse_sse(response.iter_lines()):
+                        if event.event == KEEPALIVE and not keepalives:
+                            continue
+                        failures = 0
+                        last_event_id = event.id if event.id is not None else last_event_id
+                        yield event
+                        if event.event == "end":
+                            return
+                raise httpx.RemoteProtocolError("the event stream closed before the job ended")
+            except httpx.TransportError:
+                failures += 1
+                if failures > RECONNECTS:
+                    raise
+                time.sleep(min(0.5 * 2 ** failures, 8.0))
+
+    def wait(self, job_id: str, *, progress: bool = False, timeout: float | None = None,
+             check: bool = False) -> Job:
+        """Block until the job is final, following its event stream; with ``progress`` draw a bar
+        (epoch, step, loss, ETA) on stderr. Raises ``WaitTimeout`` after ``timeout`` seconds, and with
+        ``check`` ``JobFailed`` unless the job succeeded."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = ProgressBar(job_id) if progress else None
+        try:
+            for event in self.stream(job_id, keepalives=True):
+                if bar is not None:
+                    bar.feed(event)
+                if event.event == "end":
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    raise WaitTimeout(f"job {job_id} was not final after {timeout} s")
+        finally:
+            if bar is not None:
+                bar.close()
+        job = self.get(job_id)
+        if check and job.status != "succeeded":
+            raise JobFailed(job)
+        return job
+
+    def download_adapter(self, job_id: str, directory: str | Path, *, extract: bool = True) -> Path:
+        """Save the adapter: unpacked into ``directory`` (peft files, label map, CleaR config, tokenizer),
+        or with ``extract=False`` as ``directory/<job>-adapter.tar.gz``; returns that path."""
+        directory = Path(directory).expanduser()
+        directory.mkdir(parents=True, exist_ok=True)
+        if not extract:
+            archive = directory / f"{job_id}-adapter.tar.gz"
+            with archive.open("wb") as out:
+                self.client.download(f"/v1/jobs/{job_id}/adapter", out)
+            return archive
+        with tempfile.TemporaryFile() as tmp:
+            self.client.download(f"/v1/jobs/{job_id}/adapter", tmp)
+            tmp.seek(0)
+            with tarfile.open(fileobj=tmp, mode="r:gz") as tar:
+                tar.extractall(directory, filter="data")
+        return directory
+
+    def save_noise_report(self, job_id: str, path: str | Path, **filters: Any) -> Path:
+        """Stream the whole report to ``path``: CSV, or JSON lines if it ends in ``.jsonl``; filters:
+        ``flagged``, ``given_label``, ``predicted_label``."""
+        path = Path(path).expanduser()
+        kind = "jsonl" if path.suffix == ".jsonl" else "csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as out:
+            self.client.download(f"/v1/jobs/{job_id}/noise-report.{kind}", out, **_query(filters))
+        return path
+
+    def noise_report(self, job_id: str, **filters: Any) -> "pd.DataFrame":
+        """The report as a DataFrame, ``label_quality`` ascending (likeliest wrong first); its summary
+        (rows, flagged, estimated noise per class) is in ``df.attrs["summary"]``."""
+        import pandas as pd
+
+        buffer = io.BytesIO()
+        self.client.download(f"/v1/jobs/{job_id}/noise-report.jsonl", buffer, **_query(filters))
+        lines = buffer.getvalue().decode().splitlines()
+        summary = json.loads(lines[0])["summary"] if lines else {}
+        frame = pd.DataFrame([json.loads(line) for line in lines[1:]])
+        frame.attrs["summary"] = summary
+        return frame
+
+    def report_stats(self, job_id: str, *, bins: int = 20) -> dict[str, Any]:
+        """The p_clean histogram, estimated noise per class and confusion matrix the dashboard plots."""
+        return self.client.request("GET", f"/v1/jobs/{job_id}/noise-report/stats", params={"bins": bins}).json()
+
+    def epochs(self, job_id: str) -> "pd.DataFrame":
+        """One row of metrics per finished epoch (losses, held-out accuracy, p_clean statistics)."""
+        import pandas as pd
+
+        return pd.DataFrame([e.data for e in self.events(job_id) if e.type == "epoch" and e.data])
+
+
+def _query(filters: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(filters) - {"flagged", "given_label", "predicted_label"}
+    if unknown:
+        raise TypeError(f"unknown noise-report filters {sorted(unknown)}: use flagged, given_label, predicted_label")
+    return {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in filters.items() if v is not None}

@@ -1,0 +1,103 @@
+"""A live service for the client, CLI and browser tests: uvicorn serving the API and a real Celery
+worker (tiny BERT) on a fresh Postgres database and a Redis broker database of their own; and one
+job run to its end through the Python client, shared by the tests that only read results."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from clearft import Client
+from tests.service.conftest import create_pg_database, drop_pg_database, model_dir, run_alembic  # noqa: F401
+from tests.service.helpers import toy_frame
+
+ROOT = Path(__file__).resolve().parents[2]
+REDIS_URL = os.environ.get("CLEAR_TEST_CLIENTS_REDIS_URL", "redis://127.0.0.1:6379/11")
+TRAINING = {"epochs": 3, "batch_size": 16, "max_length": 16}
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_ready(url: str, procs: list[subprocess.Popen], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError("the API or the worker exited while starting")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url}/readyz did not answer 200 within {timeout}s")
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def service_logs(tmp_path_factory) -> Path:
+    """The folder where the live service's processes write their (JSON) logs: api.log, worker.log."""
+    return tmp_path_factory.mktemp("live-logs")
+
+
+@pytest.fixture(scope="session")
+def live_service(tmp_path_factory, model_dir, service_logs):  # noqa: F811
+    """The URL of a running API + worker pair."""
+    name, db_url = create_pg_database()
+    run_alembic(db_url, "upgrade", "head")
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    data = tmp_path_factory.mktemp("live-service")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEAR_", "CLEARFT_"))}
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", CLEAR_DATABASE_URL=db_url,
+               CLEAR_BROKER_URL=REDIS_URL, CLEAR_ARTIFACT_URL=str(data / "artifacts"), CLEAR_DATA_DIR=str(data),
+               CLEAR_MODEL_DIR=str(model_dir), CLEAR_LOG_LEVEL="INFO")
+    port = free_port()
+    api = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port), "--log-level", "warning"]
+    worker = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--concurrency", "1",
+              "--queues", "jobs", "--without-gossip", "--without-mingle"]
+    logs = [(service_logs / "api.log").open("w"), (service_logs / "worker.log").open("w")]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+             for cmd, log in zip((api, worker), logs)]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, procs)
+        yield url
+    finally:
+        _stop(procs)
+        for log in logs:
+            log.close()
+        drop_pg_database(name, db_url)
+
+
+@pytest.fixture(scope="session")
+def finished_job(live_service, tmp_path_factory):
+    """A job on 60 toy rows (20 % flipped, 20 % held out), run to success through the Python client."""
+    path = tmp_path_factory.mktemp("upload") / "toy.csv"
+    toy_frame(60).to_csv(path, index=False)
+    with Client(live_service) as client:
+        dataset = client.datasets.upload(path, id_column="id", gold_label_column="gold", name="toy topics")
+        job = client.jobs.create(dataset.id, base_model="tiny-bert", validation_fraction=0.2,
+                                 clear={"warmup_epochs": 1}, training=TRAINING).wait(timeout=240, check=True)
+    return job

@@ -1,0 +1,99 @@
+"""The Python client: against the live service (a job created, waited for and read back as
+DataFrames), and against a fake transport (bearer key, error envelope, stream reconnection)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import httpx
+import pytest
+
+from clearft import ApiError, Client
+from clearft.models import StreamEvent
+from clearft.progress import ProgressBar
+from clearft.sse import parse_sse
+
+
+def test_a_finished_job_reads_back_as_dataframes(live_service, finished_job):
+    with Client(live_service) as client:
+        job = client.jobs.get(finished_job.id)
+        assert job.status == "succeeded" and job.is_final and job.progress == 1.0
+        report = job.noise_report()
+        assert len(report) == 48 == report.attrs["summary"]["rows"]  # 60 rows minus the 20 % held out
+        assert report["label_quality"].is_monotonic_increasing
+        assert int(report["flagged"].sum()) == report.attrs["summary"]["flagged"]
+        flagged = job.noise_report(flagged=True)
+        assert len(flagged) == report.attrs["summary"]["flagged"] and flagged["flagged"].all()
+        epochs = job.epochs()
+        assert epochs["epoch"].tolist() == [1, 2, 3] and epochs["eval_accuracy"].notna().all()
+        stats = client.jobs.report_stats(job.id)
+        assert sum(stats["histogram"]["flagged"]) == stats["flagged"] == report.attrs["summary"]["flagged"]
+        assert job.id in [j.id for j in client.jobs.list(status="succeeded")]
+
+
+def _fake(handler) -> Client:
+    return Client(key="sk-test", http=httpx.Client(base_url="http://service", transport=httpx.MockTransport(handler)))
+
+
+def test_the_key_is_sent_as_a_bearer_token_and_errors_keep_the_envelope(monkeypatch):
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(404, json={"error": {"code": "not_found", "message": "no job", "param": "job_id"}})
+
+    with pytest.raises(ApiError) as caught:
+        _fake(handler).jobs.get("job_x")
+    assert seen == ["Bearer sk-test"]
+    assert (caught.value.status, caught.value.code, caught.value.param) == (404, "not_found", "job_id")
+    monkeypatch.setenv("CLEARFT_API_KEY", "from-env")
+    assert Client("http://service").http.headers["authorization"] == "Bearer from-env"
+    monkeypatch.delenv("CLEARFT_API_KEY")
+    assert "authorization" not in Client("http://service").http.headers
+
+
+def test_the_stream_reconnects_with_last_event_id(monkeypatch):
+    monkeypatch.setattr("clearft.jobs.time.sleep", lambda _: None)
+    asked = []
+    first = 'retry: 2000\n\nid: 7\nevent: state\ndata: {"type": "state", "data": {"status": "running"}}\n\n'
+    rest = ('event: progress\ndata: {"status": "succeeded", "progress": 1.0}\n\n'
+            'id: 9\nevent: state\ndata: {"type": "state", "data": {"status": "succeeded"}}\n\n'
+            'event: end\ndata: {"status": "succeeded"}\n\n')
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.headers.get("last-event-id"))
+        body = first if len(asked) == 1 else rest  # the first connection drops before "end"
+        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+    events = list(_fake(handler).jobs.stream("job_x"))
+    assert asked == [None, "7"]
+    assert [(e.event, e.id) for e in events] == [("state", 7), ("progress", None), ("state", 9), ("end", None)]
+
+
+def test_the_sse_parser_and_the_progress_bar():
+    lines = ["retry: 10", "", ": keep-alive", "", "id: 3", "event: epoch", 'data: {"data": {"epoch": 1,', 'data: "x": 2}}',
+             ""]
+    events = list(parse_sse(lines))
+    assert [e.event for e in events] == ["keep-alive", "epoch"] and events[1].id == 3
+    assert events[1].data == {"data": {"epoch": 1, "x": 2}}
+    out = io.StringIO()
+    bar = ProgressBar("job_x", file=out)
+    bar.feed(StreamEvent("progress", {"status": "running", "num_epochs": 3, "epoch": 1, "global_step": 12,
+                                      "max_steps": 36, "phase": "routed", "loss": 0.4321}))
+    bar.feed(StreamEvent("epoch", {"data": {"epoch": 2, "phase": "routed", "train_loss": 0.5, "eval_accuracy": 0.8}}, 4))
+    bar.close()
+    text = out.getvalue()
+    for part in ("step 12/36", "epoch 2/3 routed", "loss 0.4321", "ETA", "epoch 2/3 (routed): train_loss 0.500"):
+        assert part in text, text
+
+
+def _json_lines(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+def test_the_api_and_the_worker_log_json_lines_with_the_job_id(finished_job, service_logs):
+    worker = [line for line in _json_lines(service_logs / "worker.log") if line["job_id"] == finished_job.id]
+    assert any(line["message"] == f"job {finished_job.id} ended succeeded" for line in worker), worker
+    api = [line for line in _json_lines(service_logs / "api.log") if line["job_id"] == finished_job.id]
+    assert {"/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events/stream"} <= {line.get("route") for line in api}
