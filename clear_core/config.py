@@ -79,6 +79,13 @@ class ClearConfig:
             "calls a whole not-yet-learned class noisy, routes it off and collapses it (docs/method.md)."
         },
     )
+    route_head: bool = field(
+        default=False,
+        metadata={
+            "help": "Also gate the classification head's updates per row with g ~ Bernoulli(c * p_clean) "
+            "(stop-gradient; an extension beyond the paper, which trains the head on every row)."
+        },
+    )
     inference: str | None = field(
         default=None,
         metadata={

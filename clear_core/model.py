@@ -15,7 +15,7 @@ from torch import nn
 
 from .config import ClearConfig
 from .data import TokenizedTexts
-from .methods import attach_method, prefix_forward
+from .methods import attach_head_routing, attach_method, prefix_forward
 from .routing import GateController, find_layer_stack
 
 DEFAULT_MODEL = "default"
@@ -134,6 +134,8 @@ class ClearModel(nn.Module):
         _, stack = find_layer_stack(model)
         controller = GateController(len(stack))
         model = attach_method(model, clear_config, controller, str(peft_dir) if peft_dir else None)
+        if clear_config.route_head and clear_config.routed:
+            attach_head_routing(model, controller)
         base = DEFAULT_MODEL if model_path is None else str(model_path)
         return cls(model, tokenizer, clear_config, label_names, controller, base, max_length)
 

@@ -30,6 +30,7 @@ class GateController:
         self.num_layers = num_layers
         self._gates: torch.Tensor | None = None
         self._constant: float = 1.0
+        self.head_gates: torch.Tensor | None = None
 
     def set_gates(self, gates: torch.Tensor) -> None:
         """Route the next forward passes with ``gates`` of shape ``(B, L)``, values in [0, 1].
@@ -47,6 +48,7 @@ class GateController:
             raise ValueError(f"gate value {value!r} is out of range: give a value in [0, 1]")
         self._gates = None
         self._constant = float(value)
+        self.head_gates = None
 
     @property
     def constant(self) -> float | None:

@@ -203,6 +203,9 @@ class _Trainer:
             gates = sample_gates(p, routing_cap=self.clear.routing_cap, num_layers=self.model.num_layers,
                                  generator=self.gates_rng)
             self.model.controller.set_gates(gates.to(self.device))
+            if self.clear.route_head and post:
+                head = sample_gates(p, routing_cap=self.clear.routing_cap, num_layers=1, generator=self.gates_rng)
+                self.model.controller.head_gates = head[:, 0].to(self.device)
         else:
             self.model.controller.set_constant(1.0)
         with self._autocast():

@@ -194,3 +194,23 @@ def test_expected_gate_scales_the_lora_delta(tiny_model_dir):
         model.controller.set_gates(torch.full((n, layers), model.clear_config.routing_cap))
         manual = model(batch)
     torch.testing.assert_close(expected, manual)
+
+
+def test_head_routing_stops_the_head_gradient_of_gated_off_rows(tiny_model_dir):
+    torch.manual_seed(0)
+    model = ClearModel.build(tiny_model_dir, ClearConfig(method="bitfit", route_head=True), NAMES, max_length=32)
+    batch = _batch(model)
+    n, layers = batch["input_ids"].shape[0], model.num_layers
+    head = model.model.classifier
+    grads = {}
+    for gate in (0.0, 1.0):
+        model.zero_grad()
+        model.controller.set_gates(torch.ones(n, layers))
+        model.controller.head_gates = torch.full((n,), gate)
+        logits = model(batch)
+        logits.sum().backward()
+        grads[gate] = head.weight.grad.abs().sum().item() if head.weight.grad is not None else 0.0
+        model.controller.head_gates = None
+        with torch.no_grad():
+            torch.testing.assert_close(logits, model(batch))  # forward values never change
+    assert grads[0.0] == 0.0 and grads[1.0] > 0.0

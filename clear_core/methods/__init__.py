@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import ClearConfig
@@ -45,4 +47,38 @@ def attach_method(
     return model
 
 
-__all__ = ["attach_method", "prefix_forward", "HEAD_NAMES"]
+def attach_head_routing(model: nn.Module, controller: GateController) -> int:
+    """Route the *updates* of the classification head: rows whose head gate is 0 leave it untouched.
+
+    The head cannot be switched off in the forward pass (it produces the logits), so its
+    gate stops the gradient instead: each head ``nn.Linear`` computes the same output, but for
+    a row with ``controller.head_gates[i] == 0`` through detached weights. The forward values
+    never change, so inference is unaffected. Returns the number of linears hooked.
+    """
+    hooked = 0
+    for name, module in model.named_modules():
+        parts = name.split(".")
+        if isinstance(module, nn.Linear) and any(p in HEAD_NAMES for p in parts) and not _is_frozen_copy(parts):
+            module.register_forward_hook(_make_head_hook(controller))
+            hooked += 1
+    return hooked
+
+
+def _is_frozen_copy(parts: list[str]) -> bool:
+    return "original_module" in parts  # peft keeps the untrained head beside modules_to_save
+
+
+def _make_head_hook(controller: GateController):
+    def hook(module: nn.Linear, inputs, output):
+        gates = controller.head_gates
+        if gates is None or not torch.is_grad_enabled():
+            return None
+        bias = module.bias.detach() if module.bias is not None else None
+        frozen = F.linear(inputs[0], module.weight.detach(), bias)
+        keep = gates.to(output.device, output.dtype).view(-1, *([1] * (output.dim() - 1)))
+        return keep * output + (1 - keep) * frozen
+
+    return hook
+
+
+__all__ = ["attach_method", "attach_head_routing", "prefix_forward", "HEAD_NAMES"]
