@@ -13,9 +13,12 @@ MULTIPART_SLACK = 64 * 1024  # form fields and boundaries around the file
 
 
 def too_large(max_bytes: int):
-    """The 413 response in the error envelope."""
-    return envelope(413, "payload_too_large", f"the request body is larger than the limit of {max_bytes} bytes",
-                    "file")
+    """The 413 response in the error envelope; ``Connection: close`` makes the server drop the
+    connection rather than drain the rest of the body."""
+    response = envelope(413, "payload_too_large", f"the request body is larger than the limit of {max_bytes} bytes",
+                        "file")
+    response.headers["Connection"] = "close"
+    return response
 
 
 class BodyLimit:

@@ -72,8 +72,10 @@ def create_dataset(session: Session, upload: Upload, limits: Limits) -> Dataset:
     declared = parse_declared_labels(upload.labels)
     fmt = detect_format(upload.filename, upload.format)
     mapping = {role: (column or None) for role, column in upload.mapping.items()}
+    columns = None
     if fmt == "parquet" and (schema := parquet_schema(upload.file.path)) is not None:
         check_parquet_types(schema, mapping)
+        columns = sorted({c for c in mapping.values() if c})  # only the mapped columns are ever decoded
     validator = RowValidator(mapping, declared, limits.min_rows_per_class, limits.max_rows, limits.max_text_chars,
                              limits.max_errors, fixed_columns=fmt != "jsonl")
     dataset = Dataset(name=safe_name(upload.name, upload.filename), status="processing", format=fmt,
@@ -82,7 +84,8 @@ def create_dataset(session: Session, upload: Upload, limits: Limits) -> Dataset:
     try:
         session.add(dataset)
         session.flush()
-        for chunk in iter_chunks(upload.file.path, fmt, max_uncompressed=limits.max_uncompressed_bytes):
+        for chunk in iter_chunks(upload.file.path, fmt, max_uncompressed=limits.max_uncompressed_bytes,
+                                 columns=columns):
             rows = validator.add(chunk)
             if rows is not None:
                 _insert_rows(session, dataset.id, rows)

@@ -16,6 +16,7 @@ from pathlib import Path, PurePath
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from app.errors import InvalidInput, PayloadTooLarge
@@ -24,6 +25,7 @@ from app.services.uploads import CHUNK, open_binary
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 CHUNK_ROWS = 20_000
 _C_ERROR_LINE = re.compile(r"line (\d+)")
+_C_ERROR_ROW = re.compile(r"row (\d+)")
 
 
 def detect_format(filename: str | None, declared: str | None) -> str:
@@ -42,9 +44,10 @@ def detect_format(filename: str | None, declared: str | None) -> str:
     return FORMATS[suffix]
 
 
-def iter_chunks(path: Path, fmt: str, *, max_uncompressed: int, chunk_rows: int = CHUNK_ROWS
-                ) -> Iterator[pd.DataFrame]:
-    """Frames of at most ``chunk_rows`` rows, in file order, with ``str``/None cells.
+def iter_chunks(path: Path, fmt: str, *, max_uncompressed: int, chunk_rows: int = CHUNK_ROWS,
+                columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
+    """Frames of at most ``chunk_rows`` rows, in file order, with ``str``/None cells (Parquet: only
+    ``columns``, when given).
 
     Raises:
         InvalidInput: an empty file, bytes that are not UTF-8, or a file the parser rejects.
@@ -52,8 +55,11 @@ def iter_chunks(path: Path, fmt: str, *, max_uncompressed: int, chunk_rows: int 
     """
     if path.stat().st_size == 0:
         raise _empty()
-    reader = {"csv": _csv_chunks, "jsonl": _jsonl_chunks, "parquet": _parquet_chunks}[fmt]
-    for frame in reader(path, max_uncompressed, chunk_rows):
+    if fmt == "parquet":
+        frames = _parquet_chunks(path, max_uncompressed, chunk_rows, columns)
+    else:
+        frames = (_csv_chunks if fmt == "csv" else _jsonl_chunks)(path, max_uncompressed, chunk_rows)
+    for frame in frames:
         yield frame.astype(object).where(frame.notna(), None).map(_to_text)
 
 
@@ -99,11 +105,18 @@ def _csv_chunks(path: Path, max_uncompressed: int, chunk_rows: int) -> Iterator[
         except pd.errors.EmptyDataError:
             raise _empty() from None
         except (pd.errors.ParserError, ValueError) as exc:
-            match = _C_ERROR_LINE.search(str(exc))
-            details = [{"row": int(match.group(1)) - 2, "line": int(match.group(1)), "code": "parse_error"}] \
-                if match else None
             raise InvalidInput(f"the CSV file cannot be parsed: {str(exc).strip()}", param="file",
-                               code="parse_error", details=details) from exc
+                               code="parse_error", details=_csv_error_rows(str(exc))) from exc
+
+
+def _csv_error_rows(message: str) -> list[dict] | None:
+    # pandas' C parser counts records, the header first: "line N" is 1-based, "row N" 0-based
+    if match := _C_ERROR_LINE.search(message):
+        line = int(match.group(1))
+        return [{"row": line - 2, "line": line, "code": "parse_error"}]
+    if match := _C_ERROR_ROW.search(message):
+        return [{"row": int(match.group(1)) - 1, "code": "parse_error"}]
+    return None
 
 
 def _json_cell(value: object) -> object:
@@ -150,9 +163,9 @@ def _jsonl_chunks(path: Path, max_uncompressed: int, chunk_rows: int) -> Iterato
         yield pd.DataFrame.from_records(records)
 
 
-def _parquet_file(path: Path, max_uncompressed: int) -> pq.ParquetFile:
+def _parquet_file(path: Path, max_uncompressed: int, columns: list[str] | None = None) -> pq.ParquetFile:
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(path, read_dictionary=columns)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise InvalidInput(f"the Parquet file cannot be read: {exc}", param="file", code="parse_error") from exc
     meta = parquet.metadata
@@ -163,13 +176,33 @@ def _parquet_file(path: Path, max_uncompressed: int) -> pq.ParquetFile:
     return parquet
 
 
-def _parquet_chunks(path: Path, max_uncompressed: int, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    parquet = _parquet_file(path, max_uncompressed)
+def _decoded_bytes(batch: pa.RecordBatch) -> int:
+    """Bytes the batch's string columns take once dictionary-decoded, computed without decoding."""
+    total = 0
+    for column in batch.columns:
+        if pa.types.is_dictionary(column.type):
+            lengths = pc.binary_length(column.dictionary.cast(pa.large_binary()))
+            total += int(pc.sum(pc.take(lengths, column.indices)).as_py() or 0)
+        else:
+            total += column.nbytes
+    return total
+
+
+def _parquet_chunks(path: Path, max_uncompressed: int, chunk_rows: int, columns: list[str] | None
+                    ) -> Iterator[pd.DataFrame]:
+    parquet = _parquet_file(path, max_uncompressed, columns)
+    names = columns if columns is not None else parquet.schema_arrow.names
     if parquet.metadata.num_rows == 0:
-        yield pd.DataFrame(columns=parquet.schema_arrow.names)
+        yield pd.DataFrame(columns=names)
         return
+    decoded = 0
     try:
-        for batch in parquet.iter_batches(batch_size=chunk_rows):
+        # dictionary-encoded columns stay encoded until their decoded size is known to be acceptable
+        for batch in parquet.iter_batches(batch_size=chunk_rows, columns=names, use_pandas_metadata=False):
+            decoded += _decoded_bytes(batch)
+            if decoded > max_uncompressed:
+                raise PayloadTooLarge(f"the Parquet file's text expands past {max_uncompressed} bytes once decoded",
+                                      param="file", code="decompressed_too_large")
             yield batch.to_pandas()
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise InvalidInput(f"the Parquet file cannot be read: {exc}", param="file", code="parse_error") from exc

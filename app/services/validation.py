@@ -40,10 +40,13 @@ def missing_column(role: str, column: str, found: list[str]) -> InvalidInput:
 
 
 def check_parquet_types(schema: pa.Schema, mapping: dict[str, str | None]) -> None:
-    """Text columns must hold strings; label, gold label and id columns strings or integers."""
+    """Every mapped column must exist; text columns must hold strings; label, gold label and id
+    columns strings or integers."""
     for role, column in mapping.items():
-        if column is None or column not in schema.names:
+        if column is None:
             continue
+        if column not in schema.names:
+            raise missing_column(role, column, list(schema.names))
         kind = schema.field(column).type
         if pa.types.is_dictionary(kind):
             kind = kind.value_type
