@@ -97,3 +97,12 @@ def test_the_api_and_the_worker_log_json_lines_with_the_job_id(finished_job, ser
     assert any(line["message"] == f"job {finished_job.id} ended succeeded" for line in worker), worker
     api = [line for line in _json_lines(service_logs / "api.log") if line["job_id"] == finished_job.id]
     assert {"/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events/stream"} <= {line.get("route") for line in api}
+
+
+def test_the_client_imports_neither_the_service_nor_torch():
+    import subprocess
+    import sys
+
+    code = "import clearft, clearft.cli, sys; print(' '.join(sorted(sys.modules)))"
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    assert not {m for m in loaded if m.split(".")[0] in ("torch", "fastapi", "sqlalchemy", "celery", "app", "pandas")}

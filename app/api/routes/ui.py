@@ -28,6 +28,7 @@ HEADLINE = (("eval_accuracy", "held-out accuracy"), ("eval_macro_f1", "held-out 
             ("noise_precision", "report precision (gold)"), ("noise_recall", "report recall (gold)"),
             ("noise_auroc", "report AUROC (gold)"), ("train_gold_accuracy", "training accuracy (gold)"),
             ("wall_time_s", "training time (s)"))
+DIGITS = {"wall_time_s": 0}
 
 router = APIRouter(prefix=UI_URL, include_in_schema=False)
 templates = Jinja2Templates(directory=str(UI_DIR / "templates"))
@@ -95,4 +96,5 @@ def job_page(request: Request, session: SessionDep, job_id: str):
         "job": job, "api": f"/v1/jobs/{job.id}", "stats": stats, "flagged_rows": flagged, "data": data,
         "dataset_name": dataset.name if dataset else job.dataset_id, "progress_text": progress_text(snapshot),
         "duration": _duration(job),
-        "headline": [(label, fmt(metrics[key])) for key, label in HEADLINE if metrics.get(key) is not None]})
+        "headline": [(label, fmt(metrics[key], DIGITS.get(key, 3))) for key, label in HEADLINE
+                     if metrics.get(key) is not None]})
