@@ -131,8 +131,8 @@ def reap(session: Session, settings: Settings, enqueue: Callable[[str], None]) -
         if done:
             getattr(result, {"queued": "requeued", "failed": "failed", "cancelled": "cancelled"}[status]).append(job.id)
     cutoff = now - timedelta(seconds=settings.redispatch_after_s)
-    stale_queue = select(Job.id).where(Job.status == "queued",
-                                       or_(Job.enqueued_at < cutoff, Job.enqueued_at.is_(None) & (Job.created_at < cutoff)))
+    stale_queue = select(Job.id).where(
+        Job.status == "queued", or_(Job.enqueued_at < cutoff, Job.enqueued_at.is_(None) & (Job.created_at < cutoff)))
     for job_id in list(session.scalars(stale_queue)) + result.requeued:
         if job_id not in result.redispatched and dispatch(session, job_id, enqueue):
             result.redispatched.append(job_id)

@@ -36,7 +36,8 @@ def missing_column(role: str, column: str, found: list[str]) -> InvalidInput:
     """The error for a mapped column that is not in the file."""
     return InvalidInput(f"column {column!r} (the {role} column) is not in the file; its columns are {found}",
                         param=f"{role}_column", code="missing_column",
-                        details=[{"row": None, "code": "missing_column", "column": column, "message": "not in the file"}])
+                        details=[{"row": None, "code": "missing_column", "column": column,
+                                  "message": "not in the file"}])
 
 
 def check_parquet_types(schema: pa.Schema, mapping: dict[str, str | None]) -> None:

@@ -222,8 +222,9 @@ def test_a_transient_fault_requeues_the_job_and_the_retry_resumes(client, settin
     assert _get(settings, job_id).attempt == 2
 
 
-@pytest.mark.parametrize("error, code", [(ValueError("label 'x' is not a class"), "invalid_input"),
-                                         (RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"), "out_of_memory")])
+@pytest.mark.parametrize("error, code", [
+    (ValueError("label 'x' is not a class"), "invalid_input"),
+    (RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"), "out_of_memory")])
 def test_bad_input_and_out_of_memory_fail_at_once(client, settings, dataset, monkeypatch, error, code):
     job_id = _job(client, dataset["id"])
 

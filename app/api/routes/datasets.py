@@ -30,8 +30,10 @@ async def upload_dataset(
     text_pair_column: Column = None,
     label_column: Annotated[str, Form(max_length=200)] = "label",
     id_column: Column = None,
-    gold_label_column: Annotated[str | None, Form(max_length=200, description="Ground truth; scores reports only.")] = None,
-    labels: Annotated[str | None, Form(max_length=100_000, description="Declared labels: JSON list or comma-separated.")] = None,
+    gold_label_column: Annotated[str | None, Form(max_length=200,
+                                                  description="Ground truth; scores reports only.")] = None,
+    labels: Annotated[str | None, Form(max_length=100_000,
+                                       description="Declared labels: JSON list or comma-separated.")] = None,
 ) -> DatasetPublic:
     """Upload a labelled dataset; every row is validated before it is stored (all rows or none).
 
