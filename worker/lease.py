@@ -43,7 +43,10 @@ class Lease:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.renew()
+            try:
+                self.renew()
+            except Exception:  # keep beating: the step callback still renews, the reaper decides
+                logger.exception("heartbeat of job %s failed", self.job_id)
             if self.lost.is_set():
                 return
 
