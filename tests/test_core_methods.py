@@ -31,9 +31,10 @@ TRAINABLE = {
 NAMES = ["0", "1"]
 
 
-def _build(tiny_model_dir, method, routed, seed=0) -> ClearModel:
+def _build(tiny_model_dir, method, routed, seed=0, inference="full") -> ClearModel:
     torch.manual_seed(seed)
-    return ClearModel.build(tiny_model_dir, ClearConfig(method=method, routed=routed), NAMES, max_length=32)
+    cfg = ClearConfig(method=method, routed=routed, inference=inference)
+    return ClearModel.build(tiny_model_dir, cfg, NAMES, max_length=32)
 
 
 def _perturb(model: ClearModel, seed: int = 1) -> None:
@@ -139,7 +140,7 @@ def _full_peft_reference(model: ClearModel, base, batch) -> torch.Tensor:
 
 @pytest.mark.parametrize("method,routed", MATRIX)
 def test_inference_is_deterministic_and_save_load_roundtrips(tiny_model_dir, tmp_path, method, routed):
-    model = _build(tiny_model_dir, method, routed)
+    model = _build(tiny_model_dir, method, routed, inference="expected" if routed and method != "prefix" else "full")
     _perturb(model)
     texts, _ = toy_texts(10, seed=5)
     first = model.predict_logits(texts)
@@ -152,12 +153,12 @@ def test_inference_is_deterministic_and_save_load_roundtrips(tiny_model_dir, tmp
     np.testing.assert_allclose(reloaded.predict_logits(texts), first, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("method", ["lora", "prefix"])
-def test_stock_peft_loads_the_adapter_with_the_same_logits(tiny_model_dir, tmp_path, method):
+@pytest.mark.parametrize("method,inference", [("lora", "full"), ("lora", "expected"), ("prefix", "full")])
+def test_stock_peft_loads_the_adapter_with_the_same_logits(tiny_model_dir, tmp_path, method, inference):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    model = _build(tiny_model_dir, method, True)
+    model = _build(tiny_model_dir, method, True, inference=inference)
     _perturb(model)
     texts, _ = toy_texts(6, seed=7)
     ours = model.predict_logits(texts)
@@ -182,7 +183,7 @@ def test_stock_peft_loads_the_adapter_with_the_same_logits(tiny_model_dir, tmp_p
 
 
 def test_expected_gate_scales_the_lora_delta(tiny_model_dir):
-    model = _build(tiny_model_dir, "lora", True)
+    model = _build(tiny_model_dir, "lora", True, inference="expected")
     _perturb(model)
     batch = _batch(model)
     n, layers = batch["input_ids"].shape[0], model.num_layers
