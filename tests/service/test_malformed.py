@@ -108,3 +108,18 @@ def test_a_1gb_stream_without_length_is_cut_off_at_the_limit(strict_settings):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_every_string_cell_of_the_report_csv_is_formula_safe():
+    import csv as csv_module
+    import io
+
+    from app.services.reports import REPORT_FIELDS, csv_lines
+
+    row = {name: None for name in REPORT_FIELDS}
+    attacks = {"text": "=HYPERLINK(\"http://x\")", "text_pair": "+1+2", "id": "-2+3", "given_label": "@SUM(A1)",
+               "predicted_label": "\t=1", "suggested_label": "\r=1"}
+    row.update(attacks, rank=1, row_index=0, p_clean_history=[0.5], label_quality=0.1, flagged=True)
+    parsed = list(csv_module.DictReader(io.StringIO("".join(csv_lines(iter([row]))))))
+    for name, value in attacks.items():
+        assert parsed[0][name] == "'" + value, name
