@@ -155,11 +155,7 @@ class Attempt:
         with self.factory() as session:
             inputs = load_inputs(session, self.job, self.settings)
         with tempfile.TemporaryDirectory(prefix=f"{self.id}-") as tmp:
-            resume = self._resume_from(Path(tmp) / "resume")
-            result = train(inputs.data, clear=inputs.clear, training=inputs.training, model_path=inputs.model_path,
-                           eval_data=inputs.eval_data, label_names=inputs.label_names,
-                           callbacks=[self.progress, CheckpointSync(self.lease, self.store)],
-                           checkpoint_dir=Path(tmp) / "checkpoints", resume_from=resume)
+            result = self._train(inputs, Path(tmp))
             if self.lease.lost.is_set():
                 return self._lost()
             key = package_adapter(result, self.id, inputs, Path(tmp), self.store)
@@ -171,6 +167,22 @@ class Attempt:
             return self._lost()
         delete_checkpoints(self.store, self.id)
         return "succeeded"
+
+    def _train(self, inputs: JobInputs, tmp: Path):
+        resume = self._resume_from(tmp / "resume")
+        run = dict(clear=inputs.clear, training=inputs.training, model_path=inputs.model_path,
+                   eval_data=inputs.eval_data, label_names=inputs.label_names,
+                   callbacks=[self.progress, CheckpointSync(self.lease, self.store)], checkpoint_dir=tmp / "checkpoints")
+        try:
+            return train(inputs.data, resume_from=resume, **run)
+        except ValueError as exc:
+            # a checkpoint this worker cannot take (other settings, e.g. CLEAR_WORKER_DEVICE): redo, do not fail
+            if resume is None or "checkpoint" not in str(exc):
+                raise
+            with self.factory() as session:
+                record_event(session, self.id, self.number, "message",
+                             f"the stored checkpoint cannot be resumed here ({exc}); attempt {self.number} starts over")
+            return train(inputs.data, resume_from=None, **run)
 
     def _resume_from(self, directory: Path) -> Path | None:
         if not self.job.checkpoint_uri or self.job.checkpoint_step is None:

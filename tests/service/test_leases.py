@@ -244,3 +244,22 @@ def test_the_broker_waits_longer_than_the_longest_job(settings):
     assert config["task_acks_late"] and config["task_reject_on_worker_lost"] and config["worker_prefetch_multiplier"] == 1
     visibility = config["broker_transport_options"]["visibility_timeout"]
     assert settings.max_job_seconds < config["task_time_limit"] < visibility
+
+
+def test_a_checkpoint_this_worker_cannot_resume_is_redone_not_failed(client, settings, dataset, tiny_model_dir,
+                                                                      tmp_path):
+    from clear_core import ClearConfig, TextClassificationData, TrainingConfig, train
+    from clear_core.checkpoint import STATE_FILE, latest_checkpoint
+
+    from app.storage import ArtifactStore
+
+    train(TextClassificationData(["market bank", "team goal"] * 2, ["x", "y"] * 2), clear=ClearConfig(),
+          training=TrainingConfig(epochs=1, batch_size=2, max_length=8), model_path=tiny_model_dir,
+          checkpoint_dir=tmp_path / "other")  # another run's checkpoint
+    job_id = _job(client, dataset["id"], training={**FAST, "epochs": 1})
+    key = ArtifactStore(settings.artifact_url).put_file(str(latest_checkpoint(tmp_path / "other") / STATE_FILE),
+                                                       f"jobs/{job_id}/checkpoints/step-2.pt")
+    _set(settings, job_id, checkpoint_uri=key, checkpoint_step=2)
+    assert execute_job(job_id, settings=settings) == "succeeded"
+    messages = [e["message"] or "" for e in client.get(f"/v1/jobs/{job_id}/events").json()["data"]]
+    assert any("cannot be resumed here" in m and "starts over" in m for m in messages)
