@@ -172,7 +172,8 @@ class Attempt:
         resume = self._resume_from(tmp / "resume")
         run = dict(clear=inputs.clear, training=inputs.training, model_path=inputs.model_path,
                    eval_data=inputs.eval_data, label_names=inputs.label_names,
-                   callbacks=[self.progress, CheckpointSync(self.lease, self.store)], checkpoint_dir=tmp / "checkpoints")
+                   callbacks=[self.progress, CheckpointSync(self.lease, self.store)],
+                   checkpoint_dir=tmp / "checkpoints")
         try:
             return train(inputs.data, resume_from=resume, **run)
         except ValueError as exc:

@@ -241,7 +241,8 @@ def test_the_broker_waits_longer_than_the_longest_job(settings):
     from worker.celery_app import celery_config
 
     config = celery_config(settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"}))
-    assert config["task_acks_late"] and config["task_reject_on_worker_lost"] and config["worker_prefetch_multiplier"] == 1
+    assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
+    assert config["worker_prefetch_multiplier"] == 1
     visibility = config["broker_transport_options"]["visibility_timeout"]
     assert settings.max_job_seconds < config["task_time_limit"] < visibility
 
