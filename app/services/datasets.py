@@ -12,9 +12,9 @@ from sqlalchemy.orm import Session
 from app.errors import InvalidInput, NotFound
 from app.models import Dataset, DatasetRow
 from app.services.pagination import Page, newest_first
-from app.services.parsing import detect_format, iter_chunks, parquet_schema
-from app.services.uploads import StoredUpload, safe_name
-from app.services.validation import LABEL_MAX, RowValidator, check_parquet_types
+from app.services.parsing import check_unique_names, detect_format, iter_chunks, parquet_schema
+from app.services.uploads import StoredUpload, check_gzip_name, safe_name
+from app.services.validation import LABEL_MAX, RowValidator, check_mapping, check_parquet_types
 
 INSERT_BATCH = 5000
 
@@ -72,8 +72,11 @@ def create_dataset(session: Session, upload: Upload, limits: Limits) -> Dataset:
     declared = parse_declared_labels(upload.labels)
     fmt = detect_format(upload.filename, upload.format)
     mapping = {role: (column or None) for role, column in upload.mapping.items()}
+    check_mapping(mapping)
+    check_gzip_name(upload.file.path, upload.filename)
     columns = None
     if fmt == "parquet" and (schema := parquet_schema(upload.file.path)) is not None:
+        check_unique_names(schema.names, "the Parquet schema")
         check_parquet_types(schema, mapping)
         columns = sorted({c for c in mapping.values() if c})  # only the mapped columns are ever decoded
     validator = RowValidator(mapping, declared, limits.min_rows_per_class, limits.max_rows, limits.max_text_chars,

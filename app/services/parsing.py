@@ -1,9 +1,11 @@
 """Parse an uploaded CSV, JSONL or Parquet file in chunks of rows, so a large file is never held in
 memory whole: pandas' chunked C reader for CSV, one line at a time for JSONL, row-group batches for
-Parquet. Each chunk is a frame of ``str`` cells (None where a cell is empty).
+Parquet. Each chunk is a frame of ``str`` cells (None where a cell is missing); JSONL cells keep their
+JSON type (str, int, float, bool, list, dict) so the validator can name a wrong one.
 
 Every failure raises ``InvalidInput`` with a code (``unsupported_format``, ``bad_encoding``,
-``parse_error``, ``empty_file``, ``wrong_type``) and, where known, the 0-based data row and the line.
+``parse_error``, ``empty_file``, ``wrong_type``, ``duplicate_column``) and, where known, the 0-based
+data row and the line.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path, PurePath
 
@@ -46,11 +49,13 @@ def detect_format(filename: str | None, declared: str | None) -> str:
 
 def iter_chunks(path: Path, fmt: str, *, max_uncompressed: int, chunk_rows: int = CHUNK_ROWS,
                 columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
-    """Frames of at most ``chunk_rows`` rows, in file order, with ``str``/None cells (Parquet: only
-    ``columns``, when given).
+    """Frames of at most ``chunk_rows`` rows, in file order, of object cells: None where a cell is
+    missing, ``str`` otherwise (Parquet integers as their decimal strings), JSONL values as parsed
+    (Parquet: only ``columns``, when given).
 
     Raises:
-        InvalidInput: an empty file, bytes that are not UTF-8, or a file the parser rejects.
+        InvalidInput: an empty file, bytes that are not UTF-8, invalid gzip, a repeated column name,
+            or a file the parser rejects.
         PayloadTooLarge: a compressed file that expands past ``max_uncompressed`` bytes.
     """
     if path.stat().st_size == 0:
@@ -60,19 +65,12 @@ def iter_chunks(path: Path, fmt: str, *, max_uncompressed: int, chunk_rows: int 
     else:
         frames = (_csv_chunks if fmt == "csv" else _jsonl_chunks)(path, max_uncompressed, chunk_rows)
     for frame in frames:
-        yield frame.astype(object).where(frame.notna(), None).map(_to_text)
+        yield frame.astype(object).where(frame.notna(), None)
 
 
 def _empty() -> InvalidInput:
     return InvalidInput("the file is empty: upload a file with a header and at least one row", param="file",
                         code="empty_file")
-
-
-def _to_text(value: object) -> str | None:
-    if value is None:
-        return None
-    text = value if isinstance(value, str) else str(value)
-    return text if text.strip() else None
 
 
 def _bad_encoding(path: Path, max_uncompressed: int) -> InvalidInput:
@@ -95,18 +93,42 @@ def _bad_encoding(path: Path, max_uncompressed: int) -> InvalidInput:
                         details=[{"row": max(0, line - 2), "line": line, "code": "bad_encoding"}])
 
 
+def duplicate_column(name: str, count: int, where: str, details: dict | None = None) -> InvalidInput:
+    """The error for a column name that appears more than once."""
+    return InvalidInput(f"column {name!r} appears {count} times in {where}: rename or remove the extra ones so "
+                        "every column has its own name", param="file", code="duplicate_column",
+                        details=[{"row": None, "code": "duplicate_column", "column": name,
+                                  "message": f"appears {count} times", **(details or {})}])
+
+
+def check_unique_names(names: list[str], where: str) -> None:
+    """Raise ``duplicate_column`` for the first non-empty name that appears more than once."""
+    for name, count in Counter(n for n in names if n).items():
+        if count > 1:
+            raise duplicate_column(name, count, where)
+
+
+def _csv_header(fh) -> list[str]:
+    """The header's names as written (pandas would rename a repeated ``x`` to ``x.1``)."""
+    header = pd.read_csv(fh, header=None, nrows=1, dtype=str, keep_default_na=False, na_filter=False,
+                         encoding="utf-8-sig")
+    return [str(name) for name in header.iloc[0].tolist()] if len(header) else []
+
+
 def _csv_chunks(path: Path, max_uncompressed: int, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    with open_binary(path, max_uncompressed) as fh:
-        try:
+    try:
+        with open_binary(path, max_uncompressed) as fh:
+            check_unique_names(_csv_header(fh), "the CSV header")
+        with open_binary(path, max_uncompressed) as fh:
             yield from pd.read_csv(fh, dtype=str, keep_default_na=False, na_filter=False, chunksize=chunk_rows,
                                    encoding="utf-8-sig")
-        except UnicodeDecodeError:
-            raise _bad_encoding(path, max_uncompressed) from None
-        except pd.errors.EmptyDataError:
-            raise _empty() from None
-        except (pd.errors.ParserError, ValueError) as exc:
-            raise InvalidInput(f"the CSV file cannot be parsed: {str(exc).strip()}", param="file",
-                               code="parse_error", details=_csv_error_rows(str(exc))) from exc
+    except UnicodeDecodeError:
+        raise _bad_encoding(path, max_uncompressed) from None
+    except pd.errors.EmptyDataError:
+        raise _empty() from None
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise InvalidInput(f"the CSV file cannot be parsed: {str(exc).strip()}", param="file",
+                           code="parse_error", details=_csv_error_rows(str(exc))) from exc
 
 
 def _csv_error_rows(message: str) -> list[dict] | None:
@@ -119,12 +141,17 @@ def _csv_error_rows(message: str) -> list[dict] | None:
     return None
 
 
-def _json_cell(value: object) -> object:
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return json.dumps(value) if isinstance(value, (list, dict)) else value
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str, count: int) -> None:
+        super().__init__(key)
+        self.key, self.count = key, count
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    for key, count in Counter(k for k, _ in pairs).items():
+        if count > 1:
+            raise _DuplicateKey(key, count)
+    return dict(pairs)
 
 
 def _jsonl_record(raw: bytes, line_no: int, row: int, path: Path, max_uncompressed: int) -> dict | None:
@@ -135,14 +162,17 @@ def _jsonl_record(raw: bytes, line_no: int, row: int, path: Path, max_uncompress
     if not text.strip():
         return None
     try:
-        record = json.loads(text)
+        record = json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise duplicate_column(exc.key, exc.count, f"the object on line {line_no}",
+                               {"row": row, "line": line_no}) from None
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"line {line_no} is not valid JSON: {exc.msg}", param="file", code="parse_error",
                            details=[{"row": row, "line": line_no, "code": "parse_error"}]) from exc
     if not isinstance(record, dict):
         raise InvalidInput(f"line {line_no} is not a JSON object", param="file", code="parse_error",
                            details=[{"row": row, "line": line_no, "code": "parse_error"}])
-    return {k: _json_cell(v) for k, v in record.items()}
+    return record
 
 
 def _jsonl_chunks(path: Path, max_uncompressed: int, chunk_rows: int) -> Iterator[pd.DataFrame]:
@@ -155,12 +185,12 @@ def _jsonl_chunks(path: Path, max_uncompressed: int, chunk_rows: int) -> Iterato
             records.append(record)
             rows += 1
             if len(records) >= chunk_rows:
-                yield pd.DataFrame.from_records(records)
+                yield pd.DataFrame(records, dtype=object)
                 records = []
     if rows == 0:
         raise _empty()
     if records:
-        yield pd.DataFrame.from_records(records)
+        yield pd.DataFrame(records, dtype=object)
 
 
 def _parquet_file(path: Path, max_uncompressed: int, columns: list[str] | None = None) -> pq.ParquetFile:
@@ -168,6 +198,7 @@ def _parquet_file(path: Path, max_uncompressed: int, columns: list[str] | None =
         parquet = pq.ParquetFile(path, read_dictionary=columns)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise InvalidInput(f"the Parquet file cannot be read: {exc}", param="file", code="parse_error") from exc
+    check_unique_names(parquet.schema_arrow.names, "the Parquet schema")
     meta = parquet.metadata
     expanded = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
     if expanded > max_uncompressed:  # a Parquet "zip bomb": tiny on disk, huge once decoded
@@ -203,9 +234,16 @@ def _parquet_chunks(path: Path, max_uncompressed: int, chunk_rows: int, columns:
             if decoded > max_uncompressed:
                 raise PayloadTooLarge(f"the Parquet file's text expands past {max_uncompressed} bytes once decoded",
                                       param="file", code="decompressed_too_large")
-            yield batch.to_pandas()
+            yield _ints_as_strings(batch).to_pandas()
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise InvalidInput(f"the Parquet file cannot be read: {exc}", param="file", code="parse_error") from exc
+
+
+def _ints_as_strings(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Integer columns as strings, so a null cell does not turn the column into floats (``1`` -> ``1.0``)."""
+    arrays = [pc.cast(column, pa.string()) if pa.types.is_integer(column.type) else column
+              for column in batch.columns]
+    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
 
 
 def parquet_schema(path: Path) -> pa.Schema | None:

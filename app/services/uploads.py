@@ -14,6 +14,7 @@ import os
 import re
 import tempfile
 import unicodedata
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import BinaryIO
@@ -95,6 +96,30 @@ class CappedReader(io.RawIOBase):
         super().close()
 
 
+class GzipReader(CappedReader):
+    """A ``CappedReader`` over a gzip stream that turns a corrupt or truncated stream into
+    ``InvalidInput`` (code ``parse_error``) instead of a bare ``EOFError``/``zlib.error``."""
+
+    def readinto(self, buffer) -> int:
+        """Decompress into ``buffer``; raises ``InvalidInput`` where the gzip data is broken."""
+        try:
+            return super().readinto(buffer)
+        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+            raise not_gzip(f"{exc} (after {self.count} decompressed bytes)") from exc
+
+
+def not_gzip(reason: str) -> InvalidInput:
+    """The error for a file that should be gzip but is not valid gzip."""
+    return InvalidInput(f"the file is not valid gzip: {reason}; upload the file again, compressed with gzip, "
+                        "or uncompressed without the .gz extension", param="file", code="parse_error")
+
+
+def check_gzip_name(path: Path, filename: str | None) -> None:
+    """A file named ``*.gz`` must start like gzip; raises ``InvalidInput`` (``parse_error``) otherwise."""
+    if PurePosixPath(filename or "").suffix.lower() == ".gz" and sniff(path) != "gzip":
+        raise not_gzip("it is named .gz but does not start with the gzip magic bytes")
+
+
 def sniff(path: Path) -> str | None:
     """``"gzip"`` for a gzip file; raises for a zip archive (not accepted); None otherwise."""
     with open(path, "rb") as fh:
@@ -108,5 +133,5 @@ def sniff(path: Path) -> str | None:
 def open_binary(path: Path, max_uncompressed: int) -> BinaryIO:
     """The file's content as a buffered binary stream, decompressed (with a cap) if it is gzip."""
     if sniff(path) == "gzip":
-        return io.BufferedReader(CappedReader(gzip.open(path, "rb"), max_uncompressed), buffer_size=CHUNK)
+        return io.BufferedReader(GzipReader(gzip.open(path, "rb"), max_uncompressed), buffer_size=CHUNK)
     return open(path, "rb")

@@ -6,11 +6,14 @@ data row (header excluded). Codes: ``missing_column``, ``wrong_type``, ``no_rows
 ``too_many_rows``, ``empty_text``, ``empty_text_pair``, ``text_too_long``, ``missing_label``,
 ``unknown_label``, ``float_label``, ``label_too_long``, ``missing_gold_label``,
 ``unknown_gold_label``, ``missing_id``, ``duplicate_id``, ``id_too_long``, ``nul_character``,
-``class_too_small``, ``too_few_classes``.
+``class_too_small``, ``too_few_classes``, and for JSONL values of the wrong JSON type
+``text_not_string``, ``bad_label_type``, ``bad_id_type``. A mapping that names one column for two
+roles is ``invalid_mapping``.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +24,9 @@ import pyarrow as pa
 from app.errors import InvalidInput
 
 ROLES = ("text", "text_pair", "label", "id", "gold_label")
+_TYPE_CODES = {"text": "text_not_string", "text_pair": "text_not_string", "label": "bad_label_type",
+               "gold_label": "bad_label_type", "id": "bad_id_type"}
+_JSON_TYPES = {bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}
 LABEL_MAX = ID_MAX = 200  # the database columns' width
 _FLOAT = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+|nan|inf(inity)?)$", re.IGNORECASE)
 
@@ -30,6 +36,42 @@ def label_order(labels: list[str]) -> list[str]:
     if all(label.lstrip("-").isdigit() for label in labels):
         return sorted(labels, key=int)
     return sorted(labels)
+
+
+def check_mapping(mapping: dict[str, str | None]) -> None:
+    """Each mapped column may serve one role only; raises ``InvalidInput`` (``invalid_mapping``) naming
+    the two roles that share a column."""
+    seen: dict[str, str] = {}
+    for role in ROLES:
+        column = mapping.get(role)
+        if not column:
+            continue
+        if column in seen:
+            message = (f"{seen[column]}_column and {role}_column both name column {column!r}: each role needs its "
+                       f"own column; map {role}_column to another column or leave it out")
+            raise InvalidInput(message, param=f"{role}_column", code="invalid_mapping",
+                               details=[{"row": None, "code": "invalid_mapping", "column": column,
+                                         "message": f"used as {seen[column]} and {role}"}])
+        seen[column] = role
+
+
+def cell_text(value: object) -> str | None:
+    """A cell as text: None for a missing or blank cell, JSON spelling for booleans, arrays, objects."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, (list, dict)):
+        text = json.dumps(value)
+    else:
+        text = value if isinstance(value, str) else str(value)
+    return text if text.strip() else None
+
+
+def _wrong_json_type(value: object, role: str) -> bool:
+    if value is None or isinstance(value, str):
+        return False
+    return role in ("text", "text_pair") or isinstance(value, (list, dict))
 
 
 def missing_column(role: str, column: str, found: list[str]) -> InvalidInput:
@@ -90,6 +132,25 @@ class RowValidator:
             out[role] = frame[column] if column is not None and column in frame.columns else None
         return out.reset_index(drop=True)
 
+    def _check_types(self, rows: pd.DataFrame) -> pd.Series:
+        """Flag JSONL values of a type the role cannot hold (text must be a string, labels and ids not
+        arrays or objects; numbers and booleans become their text); returns the rows whose label is
+        of a wrong type, kept out of the class histogram."""
+        bad_label = pd.Series(False, index=rows.index)
+        for role, code in _TYPE_CODES.items():
+            if not self.mapping.get(role):
+                continue
+            wrong = rows[role].map(lambda v, r=role: _wrong_json_type(v, r))
+            if wrong.any():
+                kinds = sorted({_JSON_TYPES.get(type(v), type(v).__name__) for v in rows[role][wrong]})
+                wanted = "a string" if role in ("text", "text_pair") else "a string or an integer"
+                self._flag(rows, wrong, code, role, f"{role.replace('_', ' ')} is a JSON {'/'.join(kinds)}; it must "
+                                                    f"be {wanted}")
+                if role == "label":
+                    bad_label = wrong
+            rows[role] = rows[role].map(cell_text)
+        return bad_label
+
     def _flag(self, rows: pd.DataFrame, mask: pd.Series, code: str, role: str, message: str) -> None:
         hits = mask.index[mask.eq(True).to_numpy()]
         self.error_count += len(hits)
@@ -112,10 +173,11 @@ class RowValidator:
             raise InvalidInput(f"the file has more than {self.max_rows} rows, the limit; split it", param="file",
                                code="invalid_rows", details=[{"row": self.max_rows, "code": "too_many_rows",
                                                               "column": None, "message": f"limit {self.max_rows}"}])
+        bad_label = self._check_types(rows)
         for role in ("label", "gold_label", "id"):
             rows[role] = rows[role].map(lambda v: v.strip() if isinstance(v, str) else v)
         self._check_cells(rows)
-        labels = rows["label"].dropna()
+        labels = rows.loc[~bad_label, "label"].dropna()
         for label, count in labels.value_counts().items():
             self.histogram[str(label)] = self.histogram.get(str(label), 0) + int(count)
         return None if self.error_count else rows.rename(columns={"id": "row_id"})

@@ -26,6 +26,9 @@ class Case:
     code: str = "invalid_rows"
     rows: list[tuple[int | None, str]] = field(default_factory=list)
     form: dict[str, Any] = field(default_factory=dict)
+    exact: bool = False  # the (row, code) details are exactly ``rows``, nothing else
+    message: str = ""  # a phrase the error message must contain
+    columns: list[str] = field(default_factory=list)  # column names the details must name
 
 
 def rows(n: int = 12) -> list[tuple[str, str]]:
@@ -84,6 +87,29 @@ def parquet_bomb(rows_: int = 50_000, value_chars: int = 200_000) -> bytes:
     text = pa.DictionaryArray.from_arrays(pa.array([0] * rows_, pa.int32()), pa.array(["x" * value_chars]))
     label = pa.array(["ab"[i % 2] for i in range(rows_)])
     return parquet(pa.table({"text": text, "label": label}), compression="zstd")
+
+
+def broken_gzip(kind: str) -> bytes:
+    """The toy CSV gzipped, then broken: ``truncated``, ``bad_crc`` or ``bad_deflate``."""
+    whole = gzip.compress(csv(rows(200)))
+    if kind == "truncated":
+        return whole[: len(whole) // 2]
+    if kind == "bad_crc":
+        return whole[:-8] + bytes(4) + whole[-4:]
+    return whole[:10] + b"\xff" * 64  # a gzip header, then bytes that are not deflate data
+
+
+def int_labels_with_a_null(row: int = 3) -> list[int | None]:
+    """Twelve integer labels 0/1 with ``row`` left empty."""
+    return [None if i == row else i % 2 for i in range(12)]
+
+
+def json_rows(**replace: dict[str, Any]) -> bytes:
+    """The valid rows as JSONL, with row ``r<N>`` updated by the given fields."""
+    records = [{"text": t, "label": y} for t, y in rows()]
+    for key, fields in replace.items():
+        records[int(key[1:])].update(fields)
+    return jsonl(records)
 
 
 def toy_table(**columns: Any) -> pa.Table:
@@ -155,5 +181,44 @@ def cases() -> dict[str, Case]:
         "declared_labels_bad_json": Case(good, code="invalid_input", form={"labels": '["a", '}),
         "unknown_declared_label": Case(csv(with_row(0, "text", "c")), form={"labels": "a,b"},
                                        rows=[(0, "unknown_label")]),
+        "gzip_named_but_plain_csv": Case(good, "data.csv.gz", code="parse_error", message="not valid gzip"),
+        "gzip_truncated": Case(broken_gzip("truncated"), "data.csv.gz", code="parse_error",
+                               message="not valid gzip"),
+        "gzip_bad_crc": Case(broken_gzip("bad_crc"), "data.csv.gz", code="parse_error", message="not valid gzip"),
+        "gzip_bad_deflate_data": Case(broken_gzip("bad_deflate"), "data.jsonl.gz", code="parse_error",
+                                      message="not valid gzip"),
+        "jsonl_int_labels_one_null": Case(jsonl([{"text": t, "label": y} for (t, _), y in
+                                                 zip(rows(), int_labels_with_a_null())]), "data.jsonl",
+                                          rows=[(3, "missing_label")], exact=True),
+        "parquet_int_labels_one_null": Case(parquet(toy_table(label=pa.array(int_labels_with_a_null(), pa.int64()))),
+                                            "data.parquet", rows=[(3, "missing_label")], exact=True),
+        "csv_int_labels_one_empty": Case(csv([(t, "" if y is None else str(y)) for (t, _), y in
+                                              zip(rows(), int_labels_with_a_null())]),
+                                         rows=[(3, "missing_label")], exact=True),
+        "jsonl_text_number_and_object": Case(json_rows(r2={"text": 42}, r4={"text": {"a": 1}}), "data.jsonl",
+                                             rows=[(2, "text_not_string"), (4, "text_not_string")], exact=True,
+                                             columns=["text"]),
+        "jsonl_label_list_and_object": Case(json_rows(r5={"label": ["a"]}, r6={"label": {"x": 1}}), "data.jsonl",
+                                            rows=[(5, "bad_label_type"), (6, "bad_label_type")], exact=True,
+                                            columns=["label"]),
+        "jsonl_id_object": Case(json_rows(**{f"r{i}": {"id": {"n": i}} if i == 1 else {"id": i} for i in range(12)}),
+                                "data.jsonl", form={"id_column": "id"}, rows=[(1, "bad_id_type")], exact=True),
+        "csv_duplicate_header": Case(csv(header="text,text"), code="duplicate_column",
+                                     rows=[(None, "duplicate_column")], columns=["text"], message="'text'"),
+        "csv_duplicate_header_unmapped": Case(csv([(t, y, "x", "y") for t, y in rows()], header="text,label,n,n"),
+                                              code="duplicate_column", columns=["n"]),
+        "jsonl_duplicate_key": Case(jsonl([{"text": t, "label": y} for t, y in rows()[:2]]
+                                          + ['{"text": "x", "label": "a", "label": "b"}']), "data.jsonl",
+                                    code="duplicate_column", rows=[(2, "duplicate_column")], columns=["label"]),
+        "parquet_duplicate_column": Case(parquet(pa.table([pa.array([t for t, _ in rows()]), pa.array(["ab"[i % 2] for i
+                                                                                                      in range(12)]),
+                                                           pa.array(["x"] * 12)], names=["text", "label", "text"])),
+                                         "data.parquet", code="duplicate_column", columns=["text"]),
+        "mapping_text_pair_is_text": Case(good, code="invalid_mapping", form={"text_pair_column": "text"},
+                                          message="text_pair_column"),
+        "mapping_gold_label_is_label": Case(good, code="invalid_mapping", form={"gold_label_column": "label"},
+                                            message="gold_label_column"),
+        "mapping_label_is_text": Case(good, code="invalid_mapping", form={"label_column": "text"},
+                                      message="label_column"),
         "over_the_size_limit": Case(csv(rows(500)) + b"x" * (5 << 20), status=413, code="payload_too_large"),
     }

@@ -48,6 +48,11 @@ def test_malformed_upload_is_a_4xx_with_row_and_code_and_stores_nothing(strict_c
     found = [(d.get("row"), d["code"]) for d in error.get("details") or []]
     for expected in case.rows:
         assert expected in found, (name, found[:10])
+    if case.exact:
+        assert sorted(found, key=str) == sorted(case.rows, key=str), (name, found[:10])
+    assert case.message in error["message"], (name, error["message"])
+    named = {d.get("column") for d in error.get("details") or []}
+    assert set(case.columns) <= named, (name, named)
     assert set(table_counts(settings.database_url).values()) == {0}, name
     assert strict_client.get("/healthz").status_code == 200
 
