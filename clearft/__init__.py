@@ -12,8 +12,8 @@ It talks HTTP only (httpx); it imports neither the service nor torch.
 """
 
 from clearft.client import Client
-from clearft.errors import ApiError, ClearFTError, JobFailed, WaitTimeout
+from clearft.errors import ApiError, ClearFTError, JobFailed, UsageError, WaitTimeout
 from clearft.models import Dataset, Event, Job, StreamEvent
 
 __all__ = ["ApiError", "ClearFTError", "Client", "Dataset", "Event", "Job", "JobFailed", "StreamEvent",
-           "WaitTimeout"]
+           "UsageError", "WaitTimeout"]

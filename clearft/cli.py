@@ -19,9 +19,10 @@ import httpx
 
 from clearft import commands
 from clearft.client import Client
-from clearft.errors import ClearFTError
+from clearft.errors import ApiError, ClearFTError, UsageError
 
 PEFT_METHODS = ("lora", "adapter", "prefix", "bitfit", "full")
+SHOWN_DETAILS = 20
 
 
 def _datasets(sub: argparse._SubParsersAction) -> None:
@@ -82,7 +83,9 @@ def _jobs(sub: argparse._SubParsersAction) -> None:
     events.add_argument("-f", "--follow", action="store_true", help="keep printing new events until the job ends")
     adapter = group.add_parser("adapter", help="download the trained adapter")
     adapter.add_argument("id")
-    adapter.add_argument("-o", "--output", required=True, help="folder to unpack it into")
+    adapter.add_argument("-o", "--output", required=True,
+                         help="folder to unpack it into; with --archive, the archive's file name (FILE.tar.gz or "
+                              "FILE.tgz) or a folder to save JOB-adapter.tar.gz in")
     adapter.add_argument("--archive", action="store_true", help="keep the .tar.gz instead of unpacking it")
     report = group.add_parser("noise-report", help="download the noise report (CSV, or JSONL by suffix)")
     report.add_argument("id")
@@ -106,6 +109,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def print_details(details: list[dict], limit: int = SHOWN_DETAILS) -> None:
+    """The row errors of a refused upload on stderr: the first ``limit`` as a table, then how many more."""
+    rows = [["-" if d.get("row") is None else str(d["row"]), str(d.get("column") or "-"), str(d.get("code", "")),
+             str(d.get("message") or "")] for d in details[:limit]]
+    header = ["ROW", "COLUMN", "CODE", "MESSAGE"]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    for row in [header, *rows]:
+        print("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)) + "  " + row[3], file=sys.stderr)
+    if len(details) > limit:
+        print(f"  ... and {len(details) - limit} more listed by the service (see --json or the API's `details`)",
+              file=sys.stderr)
+    print("  (ROW is the 0-based data row: the header is not counted)", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None, *, client: Client | None = None) -> int:
     """Run one ``clearft`` command; returns the exit status (``client`` replaces the one built from flags)."""
     args = build_parser().parse_args(argv)
@@ -114,8 +131,13 @@ def main(argv: list[str] | None = None, *, client: Client | None = None) -> int:
     client = client or Client(args.url, args.api_key)
     try:
         return handler(client, args)
+    except UsageError as exc:
+        print(f"clearft: {exc}", file=sys.stderr)
+        return 2
     except ClearFTError as exc:
         print(f"clearft: {exc}", file=sys.stderr)
+        if isinstance(exc, ApiError) and exc.details:
+            print_details(exc.details)
         return 1
     except httpx.TransportError as exc:
         print(f"clearft: cannot reach the service at {client.url}: {exc}", file=sys.stderr)

@@ -188,9 +188,14 @@ def jobs_noise_report(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         print(frame.head(args.top).to_json(orient="records", indent=2))
         return 0
-    summary = frame.attrs["summary"]
+    summary = frame.attrs.get("summary") or {}
+    if frame.empty:
+        which = " matching these filters" if any(v is not None for v in filters.values()) else ""
+        print(f"the noise report of {args.id} has no rows{which} ({summary.get('rows', 0)} rows in all, "
+              f"{summary.get('flagged', 0)} flagged)")
+        return 0
     print(f"{summary.get('flagged')} of {summary.get('rows')} rows flagged; the {min(args.top, len(frame))} "
           "likeliest wrong:")
     columns = ["rank", "row_index", "given_label", "suggested_label", "label_quality", "flagged", "text"]
-    print(frame.head(args.top)[columns].to_string(index=False, max_colwidth=60))
+    print(frame.head(args.top).reindex(columns=columns).to_string(index=False, max_colwidth=60))
     return 0

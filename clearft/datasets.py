@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import IO, TYPE_CHECKING, Any
 
+from clearft.errors import UsageError
 from clearft.models import Dataset
+
+EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 
 if TYPE_CHECKING:
     from clearft.client import Client
@@ -26,6 +29,21 @@ def collect_pages(client: "Client", path: str, limit: int, params: dict[str, Any
     return items
 
 
+def file_format(filename: str) -> str:
+    """The format the service will read ``filename`` as, from its extension (``.gz`` looked through).
+
+    Raises:
+        UsageError: an extension the service does not read (e.g. ``.xlsx``), saying what to upload instead.
+    """
+    path = PurePath(filename)
+    suffix = PurePath(path.stem).suffix if path.suffix.lower() == ".gz" else path.suffix
+    if suffix.lower() not in EXTENSIONS:
+        raise UsageError(f"cannot upload {path.name!r}: the service reads CSV (.csv), JSON lines (.jsonl, .ndjson) "
+                         "or Parquet (.parquet, .pq), optionally gzipped (.gz); save it in one of those formats "
+                         "(a spreadsheet: export it as CSV), or pass the format if the name is misleading")
+    return EXTENSIONS[suffix.lower()]
+
+
 class DatasetsAPI:
     """Datasets of the service."""
 
@@ -37,16 +55,30 @@ class DatasetsAPI:
                gold_label_column: str | None = None, labels: list[str] | None = None, name: str | None = None,
                format: str | None = None, filename: str | None = None) -> Dataset:
         """Upload a CSV, JSONL or Parquet file (a path or an open binary file); every row is validated
-        by the service first (``ApiError`` 422 lists bad rows in ``details``)."""
+        by the service first (``ApiError`` 422 lists bad rows in ``details``).
+
+        Raises:
+            UsageError: ``file`` is a path that is not a file, or (without ``format``) its name does not
+                end in an extension the service reads; nothing is sent.
+            ApiError: the service refused the file.
+        """
         form = {"text_column": text_column, "label_column": label_column, "text_pair_column": text_pair_column,
                 "id_column": id_column, "gold_label_column": gold_label_column, "name": name, "format": format,
                 "labels": json.dumps(labels) if labels is not None else None}
         form = {k: v for k, v in form.items() if v is not None}
         if isinstance(file, (str, Path)):
             path = Path(file).expanduser()
+            if not path.is_file():
+                raise UsageError(f"{str(path)!r} is not a file: check the path" if path.exists() else
+                                 f"no such file: {str(path)!r}; check the path")
+            if format is None:
+                file_format(filename or path.name)
             with path.open("rb") as fh:
                 return self._post(fh, filename or path.name, form)
-        return self._post(file, filename or getattr(file, "name", "upload"), form)
+        name = filename or str(getattr(file, "name", "upload"))
+        if format is None:
+            file_format(name)
+        return self._post(file, name, form)
 
     def _post(self, fh: IO[bytes], filename: str, form: dict[str, str]) -> Dataset:
         response = self.client.request("POST", "/v1/datasets", files={"file": (Path(filename).name, fh)}, data=form)

@@ -28,6 +28,10 @@ class ApiError(ClearFTError):
             return cls(response.status_code, "http_error", response.text[:500] or response.reason_phrase)
 
 
+class UsageError(ClearFTError, ValueError):
+    """A request the client refuses before sending it (a missing file, a format the service does not read)."""
+
+
 class JobFailed(ClearFTError):
     """``wait(check=True)`` saw the job end ``failed`` or ``cancelled``."""
 

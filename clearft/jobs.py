@@ -129,14 +129,17 @@ class JobsAPI:
 
     def download_adapter(self, job_id: str, directory: str | Path, *, extract: bool = True) -> Path:
         """Save the adapter: unpacked into ``directory`` (peft files, label map, CleaR config, tokenizer),
-        or with ``extract=False`` as ``directory/<job>-adapter.tar.gz``; returns that path."""
+        or with ``extract=False`` as an archive: to ``directory`` itself when it is a file name ending in
+        ``.tar.gz`` or ``.tgz`` (and not an existing folder), else as
+        ``directory/<job>-adapter.tar.gz``; returns the folder or the archive's path."""
         directory = Path(directory).expanduser()
-        directory.mkdir(parents=True, exist_ok=True)
         if not extract:
-            archive = directory / f"{job_id}-adapter.tar.gz"
+            archive = _archive_path(directory, job_id)
+            archive.parent.mkdir(parents=True, exist_ok=True)
             with archive.open("wb") as out:
                 self.client.download(f"/v1/jobs/{job_id}/adapter", out)
             return archive
+        directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile() as tmp:
             self.client.download(f"/v1/jobs/{job_id}/adapter", tmp)
             tmp.seek(0)
@@ -176,6 +179,13 @@ class JobsAPI:
         import pandas as pd
 
         return pd.DataFrame([e.data for e in self.events(job_id) if e.type == "epoch" and e.data])
+
+
+def _archive_path(target: Path, job_id: str) -> Path:
+    """``target`` itself if it names an archive file, else ``target/<job>-adapter.tar.gz``."""
+    if not target.is_dir() and target.name.lower().endswith((".tar.gz", ".tgz")):
+        return target
+    return target / f"{job_id}-adapter.tar.gz"
 
 
 def _query(filters: dict[str, Any]) -> dict[str, Any]:

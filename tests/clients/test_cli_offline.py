@@ -1,0 +1,102 @@
+"""``clearft`` against a fake transport (no service): an empty noise report, a missing or unsupported
+local file, the row errors of a refused upload, and ``--archive -o FILE.tgz``."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import httpx
+import pytest
+
+from clearft import Client, UsageError
+from clearft.cli import main
+
+
+def _fake(handler) -> Client:
+    return Client(http=httpx.Client(base_url="http://service", transport=httpx.MockTransport(handler)))
+
+
+def _never_called(request: httpx.Request) -> httpx.Response:
+    raise AssertionError(f"nothing should be sent, got {request.method} {request.url}")
+
+
+def run(capsys, handler, *argv: str) -> tuple[int, str, str]:
+    """Run one command on a fake service; returns (status, stdout, stderr)."""
+    code = main(list(argv), client=_fake(handler))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("flags", [[], ["--flagged"]])
+def test_noise_report_of_an_empty_report_says_so(capsys, flags):
+    summary = {"rows": 0, "flagged": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/v1/jobs/job_x/noise-report.jsonl"
+        return httpx.Response(200, text=json.dumps({"summary": summary}) + "\n")
+
+    code, out, err = run(capsys, handler, "jobs", "noise-report", "job_x", *flags)
+    assert code == 0 and "has no rows" in out and err == ""
+
+
+def test_upload_of_a_missing_file_is_one_line_and_exit_2(capsys, tmp_path):
+    code, out, err = run(capsys, _never_called, "datasets", "upload", str(tmp_path / "nope.csv"))
+    assert code == 2 and out == "" and "no such file" in err and "nope.csv" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    code, _, err = run(capsys, _never_called, "datasets", "upload", str(tmp_path))
+    assert code == 2 and "is not a file" in err
+
+
+@pytest.mark.parametrize("name", ["sheet.xlsx", "data.txt", "data", "data.xlsx.gz"])
+def test_an_unsupported_extension_is_refused_before_sending(capsys, tmp_path, name):
+    (tmp_path / name).write_bytes(b"PK\x03\x04 not really a spreadsheet")
+    code, _, err = run(capsys, _never_called, "datasets", "upload", str(tmp_path / name))
+    assert code == 2 and "cannot upload" in err and "CSV" in err and "Traceback" not in err
+    with pytest.raises(UsageError):
+        _fake(_never_called).datasets.upload(tmp_path / name)
+
+
+def test_a_declared_format_or_a_gzipped_csv_is_sent(capsys, tmp_path):
+    sent = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.content)
+        return httpx.Response(422, json={"error": {"code": "invalid_rows", "message": "bad", "param": "file"}})
+
+    (tmp_path / "data.csv.gz").write_bytes(gzip.compress(b"text,label\n"))
+    (tmp_path / "export.txt").write_bytes(b"text,label\n")
+    assert run(capsys, handler, "datasets", "upload", str(tmp_path / "data.csv.gz"))[0] == 1
+    assert run(capsys, handler, "datasets", "upload", str(tmp_path / "export.txt"), "--format", "csv")[0] == 1
+    assert len(sent) == 2
+
+
+def test_a_refused_upload_lists_its_row_errors(capsys, tmp_path):
+    details = [{"row": i, "code": "missing_label", "column": "label", "message": "label is empty"} for i in range(25)]
+    details.append({"row": None, "code": "class_too_small", "column": "label", "message": "class 'a' has 1 row(s)"})
+    body = {"error": {"code": "invalid_rows", "message": "26 validation error(s)", "param": "file", "details": details}}
+    (tmp_path / "train.csv").write_text("text,label\nx,\n")
+    code, _, err = run(capsys, lambda _: httpx.Response(422, json=body), "datasets", "upload",
+                       str(tmp_path / "train.csv"))
+    assert code == 1 and "422 invalid_rows: 26 validation error(s)" in err
+    lines = err.splitlines()
+    assert any(line.split()[:4] == ["0", "label", "missing_label", "label"] for line in lines), err
+    assert any(line.split()[:3] == ["19", "label", "missing_label"] for line in lines), err
+    assert not any(line.split()[:1] == ["20"] for line in lines), err
+    assert "and 6 more" in err and "ROW" in err and "COLUMN" in err and "CODE" in err and "MESSAGE" in err
+
+
+def test_adapter_archive_is_written_to_the_named_file(capsys, tmp_path):
+    payload = gzip.compress(b"not checked")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/v1/jobs/job_x/adapter"
+        return httpx.Response(200, content=payload)
+
+    for name in ("x.tgz", "sub/x.tar.gz"):
+        code, out, _ = run(capsys, handler, "jobs", "adapter", "job_x", "--archive", "-o", str(tmp_path / name))
+        assert code == 0 and (tmp_path / name).is_file() and (tmp_path / name).read_bytes() == payload, name
+        assert str(tmp_path / name) in out
+    folder = tmp_path / "folder"
+    code, _, _ = run(capsys, handler, "jobs", "adapter", "job_x", "--archive", "-o", str(folder))
+    assert code == 0 and (folder / "job_x-adapter.tar.gz").read_bytes() == payload
