@@ -15,6 +15,7 @@ import numpy as np
 from clear_core import ClearConfig, TextClassificationData, TrainerCallback, TrainingConfig, train
 from clear_core.data import TokenizedTexts
 from clear_core.metrics import classification_metrics
+from clear_core.config import resolve_configs
 
 
 class EpochRecorder(TrainerCallback):
@@ -109,7 +110,8 @@ def run_configs(method: str, arm: str, overrides: dict[str, Any], *, epochs: int
 
     Unrouted arms get ``warmup_epochs = epochs``, which skips the clean-probability passes they
     do not use (only the final pass for the report remains), so their cost is plain PEFT's.
-    The ceiling is plain PEFT (trained on true labels by the caller).
+    The ceiling is plain PEFT (trained on true labels by the caller). Both configs come back
+    resolved (``resolve_configs``): the warm-up and learning rate the run will use.
     """
     routed = arm == "routed"
     fields = dict(overrides)
@@ -118,4 +120,4 @@ def run_configs(method: str, arm: str, overrides: dict[str, Any], *, epochs: int
     fields.update(method="full" if arm == "full" else method, routed=routed)
     if not routed:
         fields.pop("inference", None)
-    return ClearConfig(**fields), TrainingConfig(epochs=epochs, **training)
+    return resolve_configs(ClearConfig(**fields), TrainingConfig(epochs=epochs, **training))

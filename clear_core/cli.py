@@ -30,13 +30,18 @@ def read_table(path: str | Path):
     if not p.is_file():
         raise ValueError(f"file {str(path)!r} does not exist")
     suffix = p.suffix.lower()
-    if suffix == ".csv":
-        return pd.read_csv(p, dtype=str, keep_default_na=False)
-    if suffix in (".jsonl", ".json"):
-        return pd.read_json(p, lines=suffix == ".jsonl", dtype=False)
-    if suffix == ".parquet":
+    if suffix not in (".csv", ".jsonl", ".json", ".parquet"):
+        raise ValueError(f"cannot read {str(path)!r}: use a .csv, .jsonl or .parquet file")
+    try:
+        if suffix == ".csv":
+            return pd.read_csv(p, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        if suffix in (".jsonl", ".json"):
+            return pd.read_json(p, lines=suffix == ".jsonl", dtype=False, encoding="utf-8")
         return pd.read_parquet(p)
-    raise ValueError(f"cannot read {str(path)!r}: use a .csv, .jsonl or .parquet file")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{str(path)!r} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from exc
+    except (ValueError, OSError, pd.errors.ParserError) as exc:  # pyarrow's errors subclass these
+        raise ValueError(f"cannot parse {str(path)!r} as {suffix[1:]}: {exc}") from exc
 
 
 def load_data(path: str | Path, args: argparse.Namespace, *, limit: int | None) -> TextClassificationData:
@@ -94,9 +99,11 @@ class ProgressPrinter(TrainerCallback):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``clear_core`` argument parser (one sub-command: ``train``)."""
-    parser = argparse.ArgumentParser(prog="python -m clear_core", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m clear_core", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="fine-tune with CleaR and write the adapter and the noise report")
+    t = sub.add_parser("train", help="fine-tune with CleaR and write the adapter and the noise report",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("--train", required=True, help="training file (.csv, .jsonl, .parquet)")
     t.add_argument("--eval", help="held-out file with true labels, scored every epoch")
     t.add_argument("--output", default="clear-output", help="output folder")
@@ -116,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-length", type=int, default=128)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--keep", default="last", choices=("last", "best"))
-    t.add_argument("--warmup-epochs", type=int, default=3)
+    t.add_argument("--warmup-epochs", type=int, help="epochs before routing starts (default: min(3, epochs - 1))")
     t.add_argument("--routing-cap", type=float, default=0.85)
     t.add_argument("--distill-weight", type=float, default=1.0)
     t.add_argument("--temperature", type=float, default=1.0)

@@ -12,6 +12,8 @@ E epochs, W warm-up epochs, c the routing cap.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +25,15 @@ DEFAULT_ROUTING_CAP = 0.85
 # AdamW learning rates per method when the caller gives none: LoRA's from the measured
 # minimal run (DESIGN.md), the others from common practice for each method on BERT-size
 # encoders (adapters and BitFit ~1e-3, prefix tuning ~1e-2, full fine-tuning ~3e-5).
+# Upper bounds that catch typos and abuse (1e308 epochs) before a job is queued.
+CLEAR_LIMITS = {
+    "warmup_epochs": 1000, "distill_weight": 100.0, "distill_ramp_epochs": 1000, "temperature": 100.0,
+    "lora_r": 1024, "lora_alpha": 1e4, "adapter_size": 4096, "num_virtual_tokens": 512,
+}
+TRAINING_LIMITS = {
+    "epochs": 1000, "learning_rate": 10.0, "weight_decay": 10.0, "batch_size": 4096, "eval_batch_size": 65536,
+    "max_length": 8192, "seed": 2**32 - 1, "max_grad_norm": 1e6, "checkpoint_every_steps": 10**7,
+}
 DEFAULT_LEARNING_RATES = {"lora": 5e-4, "adapter": 1e-3, "prefix": 1e-2, "bitfit": 1e-3, "full": 3e-5}
 
 
@@ -31,6 +42,32 @@ def _check_range(name: str, value: float, low: float, high: float, *, low_open: 
     if bad or value > high:
         interval = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
         raise ValueError(f"{name}={value!r} is out of range: give a value in {interval}")
+
+
+def _check_types(obj: Any, limits: dict[str, float]) -> None:
+    """Raise ValueError naming the field if a value has the wrong type, is not finite, or exceeds its limit."""
+    for f in dataclasses.fields(obj):
+        value, kind = getattr(obj, f.name), str(f.type)
+        if value is None and "None" in kind:
+            continue
+        if kind.startswith("bool"):
+            if not isinstance(value, bool):
+                raise ValueError(f"{f.name}={value!r} must be true or false")
+        elif kind.startswith("int"):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{f.name}={value!r} must be an integer")
+        elif kind.startswith("float"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{f.name}={value!r} must be a finite number")
+        elif kind.startswith("str"):
+            if not isinstance(value, str):
+                raise ValueError(f"{f.name}={value!r} must be a string")
+        elif kind.startswith("list"):
+            if not isinstance(value, list) or not all(isinstance(x, str) and x for x in value):
+                raise ValueError(f"{f.name}={value!r} must be a list of module names")
+        limit = limits.get(f.name)
+        if limit is not None and value > limit:
+            raise ValueError(f"{f.name}={value!r} is too large: give at most {limit:g}")
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -59,7 +96,13 @@ class ClearConfig:
         default=DEFAULT_ROUTING_CAP,
         metadata={"help": "c in (0, 1]: the gate probability of a surely clean row; warm-up gates use c."},
     )
-    warmup_epochs: int = field(default=3, metadata={"help": "W >= 0 epochs of plain CE before p_clean is estimated."})
+    warmup_epochs: int | None = field(
+        default=None,
+        metadata={
+            "help": "W >= 0 epochs of plain CE before p_clean is estimated; None = min(3, epochs - 1), "
+            "resolved by resolve_configs so that a routed run always routes."
+        },
+    )
     distill_weight: float = field(
         default=1.0, metadata={"help": "lambda >= 0: weight of the soft-target CE toward the epoch's teacher."}
     )
@@ -112,9 +155,10 @@ class ClearConfig:
     num_virtual_tokens: int = field(default=20, metadata={"help": "Prefix length of prefix tuning, >= 1."})
 
     def __post_init__(self) -> None:
+        _check_types(self, CLEAR_LIMITS)
         _check_choice("method", self.method, METHODS)
         _check_range("routing_cap", float(self.routing_cap), 0.0, 1.0, low_open=True)
-        if int(self.warmup_epochs) != self.warmup_epochs or self.warmup_epochs < 0:
+        if self.warmup_epochs is not None and self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs={self.warmup_epochs!r} must be an integer >= 0")
         if self.distill_weight < 0:
             raise ValueError(f"distill_weight={self.distill_weight!r} must be >= 0")
@@ -196,6 +240,9 @@ class TrainingConfig:
     )
 
     def __post_init__(self) -> None:
+        _check_types(self, TRAINING_LIMITS)
+        if self.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device):
+            raise ValueError(f"device={self.device!r} is not a device name: use 'cpu', 'cuda', 'cuda:N' or 'mps'")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
             if int(value) != value or value < 1:
@@ -230,6 +277,33 @@ class TrainingConfig:
     def from_dict(cls, data: dict[str, Any]) -> "TrainingConfig":
         """Build from ``to_dict`` output; unknown keys raise ``ValueError`` naming them."""
         return cls(**_known_fields(cls, data))
+
+
+DEFAULT_WARMUP_EPOCHS = 3
+
+
+def resolve_configs(clear: ClearConfig, training: TrainingConfig) -> tuple[ClearConfig, TrainingConfig]:
+    """Both configs with every run-dependent default filled in: the ones a run actually uses.
+
+    ``warmup_epochs=None`` becomes ``min(3, epochs - 1)`` (0 for a one-epoch run, whose
+    p_clean then comes from the untrained model); ``learning_rate=None`` the method's
+    default (``DEFAULT_LEARNING_RATES``).
+
+    Raises:
+        ValueError: for a routed run whose explicit warm-up covers every epoch (routing would
+            never start); the message starts with ``warmup_epochs=``.
+    """
+    if clear.warmup_epochs is None:
+        warmup = min(DEFAULT_WARMUP_EPOCHS, max(0, training.epochs - 1))
+        clear = dataclasses.replace(clear, warmup_epochs=warmup)
+    elif clear.routed and clear.warmup_epochs >= training.epochs:
+        raise ValueError(
+            f"warmup_epochs={clear.warmup_epochs} is not below epochs={training.epochs}: CleaR routing would never "
+            "start; lower warmup_epochs, train more epochs, or set routed=false for plain PEFT"
+        )
+    else:
+        clear = dataclasses.replace(clear)
+    return clear, training.resolved(clear)
 
 
 def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:

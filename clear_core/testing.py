@@ -37,8 +37,8 @@ def build_tiny_model(
         directory: Target folder; created if missing. Loadable afterwards with
             ``AutoModelForSequenceClassification.from_pretrained(directory)`` and
             ``AutoTokenizer.from_pretrained(directory)``, offline.
-        corpus: Texts to train the WordPiece vocabulary on; a small built-in news-like corpus
-            when None.
+        corpus: Texts whose most frequent words (plus every character) make the WordPiece
+            vocabulary, deterministically; a small built-in news-like corpus when None.
         vocab_size: Upper bound on the WordPiece vocabulary, >= 50.
         hidden_size, num_layers: Size of the encoder (4 heads; intermediate = 2 * hidden).
         num_labels: Head size written into the config (callers may override when loading).
@@ -51,7 +51,7 @@ def build_tiny_model(
         ValueError: if ``vocab_size`` < 50 or ``hidden_size`` is not divisible by 4.
     """
     import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
     if vocab_size < 50:
@@ -65,7 +65,20 @@ def build_tiny_model(
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
+    # A deterministic WordPiece vocabulary: tokenizers' trainer breaks ties between merges of
+    # equal frequency differently from run to run, which made seeded results machine-dependent.
+    # Here: the most frequent whole words (ties by spelling), then every character alone and as a
+    # "##" continuation, so any text tokenizes without [UNK] for known characters.
+    counts: dict[str, int] = {}
+    for text in texts:
+        for word, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text)):
+            counts[word] = counts.get(word, 0) + 1
+    chars = sorted({c for word in counts for c in word})
+    pieces = chars + [f"##{c}" for c in chars]
+    room = max(0, vocab_size - len(specials) - len(pieces))
+    words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if w not in pieces][:room]
+    vocab = specials + pieces + words
+    tok.model = models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]")
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",

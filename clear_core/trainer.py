@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .callbacks import CallbackList, TrainerCallback, TrainerState, TrainingCancelled
 from .checkpoint import data_fingerprint, latest_checkpoint, read_checkpoint, rng_state, set_rng_state, write_checkpoint
-from .config import ClearConfig, TrainingConfig
+from .config import ClearConfig, TrainingConfig, resolve_configs
 from .data import TextClassificationData, TokenizedTexts, build_label_names, encode_labels
 from .evaluation import epoch_metrics
 from .model import ClearModel
@@ -94,11 +94,29 @@ def train(
         TypeError: a backbone without a transformer layer stack.
         TrainingCancelled: a callback asked training to stop.
     """
-    clear = clear or ClearConfig()
+    clear, training = resolve_configs(clear or ClearConfig(), training or TrainingConfig())
     return _Trainer(
-        train_data, clear, (training or TrainingConfig()).resolved(clear), model_path, eval_data, label_names,
+        train_data, clear, training, model_path, eval_data, label_names,
         list(callbacks), checkpoint_dir,
     ).run(resume_from)
+
+
+def _pick_device(name: str | None) -> torch.device:
+    """The device a run uses: ``name`` if given and present, else CUDA when present, else CPU.
+
+    Raises:
+        ValueError: ``name`` names a device this machine does not have (``cuda`` without a GPU,
+            ``cuda:N`` past the last GPU, ``mps`` off Apple silicon).
+    """
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"device={name!r} is not available here ({torch.cuda.device_count()} CUDA devices): "
+                         "leave device unset or use 'cpu'")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={name!r} is not available here: leave device unset or use 'cpu'")
+    return device
 
 
 class _Trainer:
@@ -108,10 +126,16 @@ class _Trainer:
         self.given = encode_labels(data.labels, self.names)
         self.eval_y = encode_labels(eval_data.labels, self.names) if eval_data is not None else None
         self.gold = encode_labels(data.gold_labels, self.names) if data.gold_labels is not None else None
-        self.device = torch.device(training.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = _pick_device(training.device)
         self.autocast = self.device.type == "cuda" and training.precision in ("auto", "bf16")
         torch.manual_seed(training.seed)
         self.model = ClearModel.build(model_path, clear, self.names, training.max_length).to(self.device)
+        max_positions = getattr(self.model.model.config, "max_position_embeddings", None)
+        if max_positions is not None and training.max_length > max_positions:
+            raise ValueError(
+                f"max_length={training.max_length} is longer than the model's {max_positions} positions: "
+                f"give max_length <= {max_positions}"
+            )
         self.tokens = TokenizedTexts(self.model.tokenizer, data.texts, data.text_pairs, training.max_length)
         self.eval_tokens = (
             TokenizedTexts(self.model.tokenizer, eval_data.texts, eval_data.text_pairs, training.max_length)

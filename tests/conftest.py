@@ -29,7 +29,7 @@ def toy_texts(n: int, *, num_classes: int = 2, seed: int = 0, words_per_text: in
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    """A random hidden-32, 2-layer BERT with a locally trained WordPiece tokenizer."""
+    """A random hidden-32, 2-layer BERT with a WordPiece tokenizer built from the topic words."""
     from clear_core.testing import build_tiny_model
 
     corpus = [" ".join(words) for words in TOPIC_WORDS.values()] * 4

@@ -90,7 +90,7 @@ def test_detection_skips_cleanlab_when_it_is_missing(bench_data, tiny_model_dir,
 
     monkeypatch.setattr(detection, "_import_cleanlab", lambda: None)
     out = tmp_path / "detection.json"
-    detection.main(_common(bench_data, tiny_model_dir, out) + ["--epochs", "1", "--clear", "warmup_epochs=1",
+    detection.main(_common(bench_data, tiny_model_dir, out) + ["--epochs", "2", "--clear", "warmup_epochs=1",
                                                                "--train-rows", "40"])
     row = json.loads(out.read_text())["detectors"][2]
     assert "not installed" in row["skipped"]

@@ -55,6 +55,15 @@ def _noisy_toy(n=240, rate=0.3, seed=0):
     return texts, clean, noisy, flipped
 
 
+def test_tiny_model_is_the_same_on_every_build(tmp_path):
+    """Seeded tests are only reproducible across machines if the tiny model's files are."""
+    from clear_core.testing import build_tiny_model
+
+    a, b = build_tiny_model(tmp_path / "a"), build_tiny_model(tmp_path / "b")
+    for name in ("tokenizer.json", "config.json", "model.safetensors"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
 def test_p_clean_finds_flipped_rows_on_a_separable_task(tiny_model_dir):
     texts, clean, noisy, flipped = _noisy_toy()
     result = train(
@@ -225,3 +234,38 @@ def test_rank_breaks_label_quality_ties_by_loss():
     assert report.rank.tolist() == [3, 2, 4, 1]  # row 3 (loss ~4) before row 1 (loss ~3); rows 0, 2 tie fully
     assert report.flagged.tolist() == [False, True, False, True]
     assert report.suggested.tolist() == [0, 1, 1, 0]
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: TrainingConfig(epochs=10**308), "epochs=.*too large"),
+    (lambda: TrainingConfig(epochs="3"), "epochs='3' must be an integer"),
+    (lambda: TrainingConfig(learning_rate=float("nan")), "learning_rate=nan must be a finite number"),
+    (lambda: TrainingConfig(device="gpu0"), "device='gpu0' is not a device name"),
+    (lambda: ClearConfig(routed="yes"), "routed='yes' must be true or false"),
+    (lambda: ClearConfig(lora_r=10**9), "lora_r=.*too large"),
+])
+def test_config_rejects_wrong_types_and_absurd_values(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_default_warmup_leaves_epochs_to_route():
+    from clear_core.config import resolve_configs
+
+    for epochs, warmup in ((1, 0), (2, 1), (4, 3), (15, 3)):
+        clear, _ = resolve_configs(ClearConfig(), TrainingConfig(epochs=epochs))
+        assert clear.warmup_epochs == warmup
+    with pytest.raises(ValueError, match="warmup_epochs=3 is not below epochs=3"):
+        resolve_configs(ClearConfig(warmup_epochs=3), TrainingConfig(epochs=3))
+    clear, _ = resolve_configs(ClearConfig(warmup_epochs=3, routed=False), TrainingConfig(epochs=3))
+    assert clear.warmup_epochs == 3  # plain PEFT never routes anyway
+
+
+def test_unavailable_device_and_too_long_max_length_are_value_errors(tiny_model_dir):
+    texts, labels = toy_texts(8)
+    data = TextClassificationData(texts, labels.tolist())
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device='cuda' is not available here"):
+            train(data, training=TrainingConfig(epochs=1, device="cuda"), model_path=tiny_model_dir)
+    with pytest.raises(ValueError, match="max_length=4096 is longer than the model's 128 positions"):
+        train(data, training=TrainingConfig(epochs=1, max_length=4096), model_path=tiny_model_dir)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from clear_core.config import ClearConfig, TrainingConfig  # plain dataclasses: no torch behind them
+from clear_core.config import ClearConfig, TrainingConfig, resolve_configs as _resolve  # no torch behind them
 
 from app.errors import InvalidInput
 from app.settings import DEFAULT_MODEL, Settings
@@ -34,7 +34,14 @@ def resolve_configs(method: str, routed: bool, clear: dict[str, Any], training: 
         if key in clear:
             raise InvalidInput(f"set {key} at the top level of the job, not inside clear", param=f"clear.{key}")
     clear_config = _build("clear", ClearConfig, {**clear, "method": method, "routed": routed})
-    training_config = _build("training", TrainingConfig, training).resolved(clear_config)
+    training_config = _build("training", TrainingConfig, training)
+    if training_config.device is not None:
+        raise InvalidInput("training.device is chosen by the worker (CLEAR_WORKER_DEVICE), not by a job; "
+                           "remove it", param="training.device")
+    try:
+        clear_config, training_config = _resolve(clear_config, training_config)
+    except ValueError as exc:  # the warm-up / epochs cross-check
+        raise InvalidInput(str(exc), param=_param("clear", str(exc))) from exc
     return clear_config.to_dict(), training_config.to_dict()
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import text
 from app.db import get_engine, session_factory
 from app.main import create_app
 from app.models import Job
-from clear_core.config import ClearConfig, TrainingConfig
+from clear_core.config import ClearConfig, TrainingConfig, resolve_configs
 from app.services.transitions import transition
 from tests.service.conftest import table_counts
 from tests.service.helpers import toy_frame, upload_frame
@@ -32,11 +32,12 @@ def test_create_echoes_every_resolved_default(client, dataset, enqueued):
     job = response.json()
     assert job["status"] == "queued" and job["attempt"] == 0 and job["progress"] == 0.0
     clear = ClearConfig(method="lora", routed=True, routing_cap=0.7)
-    assert job["clear"] == clear.to_dict()
     # the service checkpoints mid-epoch by default (CLEAR_CHECKPOINT_EVERY_STEPS) so a crash loses little
-    assert job["training"] == TrainingConfig(epochs=2, checkpoint_every_steps=200).resolved(clear).to_dict()
+    clear, training = resolve_configs(clear, TrainingConfig(epochs=2, checkpoint_every_steps=200))
+    assert job["clear"] == clear.to_dict() and job["training"] == training.to_dict()
     assert job["time_limit_s"] == 24 * 3600 and job["soft_time_limit_s"] == int(24 * 3600 * 0.95)
     assert job["training"]["learning_rate"] is not None  # every default resolved, none left open
+    assert job["clear"]["warmup_epochs"] == 1  # min(3, epochs - 1): a routed job always routes
     assert job["base_model"] == "tiny-bert" and enqueued == [job["id"]]
     assert client.get(f"/v1/jobs/{job['id']}").json() == job
 
