@@ -8,7 +8,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.handlers import envelope, install_error_handlers
 from app.api.limits import install_request_guards
-from app.api.routes import datasets, jobs, ops, report_stats, reports, stream, ui
+from app.api.routes import datasets, docs, jobs, ops, report_stats, reports, stream, ui
 from app.db import session_factory
 from app.ops.logs import configure_from_env
 from app.ops.metrics import RequestMetrics, make_registry
@@ -45,7 +45,8 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
     settings = settings or get_settings()
     app = FastAPI(title="CleaR fine-tuning service", version="0.1.0",
                   description="Fine-tune text classifiers on noisily labelled data with CleaR; get an adapter "
-                              "and a ranked noise report.")
+                              "and a ranked noise report.",
+                  docs_url=None, redoc_url=None)  # /docs comes from routes.docs, with vendored assets
     app.state.settings = settings
     app.state.session_factory = session_factory(settings.database_url)
     app.state.store = ArtifactStore(settings.artifact_url)
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
     install_error_handlers(app)
     for module in (datasets, jobs, stream, reports, report_stats, ops, ui):
         app.include_router(module.router)
+    app.include_router(docs.router)
     app.mount(ui.STATIC_URL, StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
     install_request_guards(app, settings)  # streaming body cap and Idempotency-Key, inside UploadLimit
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
