@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .callbacks import TrainerCallback, TrainerControl, TrainerState
-from .config import METHODS, ClearConfig, TrainingConfig
+from .config import DEFAULT_DISTILL_WEIGHT, DEFAULT_ROUTING_CAP, METHODS, ClearConfig, TrainingConfig
 from .data import TextClassificationData
 
 
@@ -124,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--keep", default="last", choices=("last", "best"))
     t.add_argument("--warmup-epochs", type=int, help="epochs before routing starts (default: min(3, epochs - 1))")
-    t.add_argument("--routing-cap", type=float, default=0.85)
-    t.add_argument("--distill-weight", type=float, default=1.0)
+    t.add_argument("--routing-cap", type=float, default=DEFAULT_ROUTING_CAP)
+    t.add_argument("--distill-weight", type=float, default=DEFAULT_DISTILL_WEIGHT)
     t.add_argument("--temperature", type=float, default=1.0)
     t.add_argument("--loss-ema", type=float, default=0.0)
     t.add_argument("--global-gmm", action="store_true", help="one GMM for all classes instead of one per class")
