@@ -1,5 +1,13 @@
-"""Command line: ``python -m app.cli migrate`` (Alembic upgrade head) and ``python -m app.cli serve``
-(the embedded service: migrations, then one API process and one worker process, stopped together)."""
+"""Command line: ``python -m app.cli migrate`` (Alembic upgrade head), ``python -m app.cli serve`` (the
+embedded service: migrations, the local tenant's key at first start, then one API process and one worker
+process, stopped together), and the administration of keys and quotas:
+
+    python -m app.cli create-key --tenant NAME --scopes read,write [--name LABEL]   # prints the key once
+    python -m app.cli list-keys [--tenant NAME]
+    python -m app.cli revoke-key PREFIX
+    python -m app.cli set-quotas --tenant NAME [--concurrent-jobs N] [--stored-rows N] [--upload-bytes N]
+                                 [--jobs-per-hour N]                               # 0: back to the default
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+from app.db import session_factory
+from app.errors import ServiceError
+from app.services import api_keys
 from app.settings import Settings, get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,11 +64,33 @@ def _stop(procs: list[subprocess.Popen], timeout: float = 20.0) -> None:
             proc.wait()
 
 
+def ensure_local_key(settings: Settings) -> tuple[str | None, Path]:
+    """The embedded service's key: if ``settings.api_key_file`` holds an active key, None (nothing new);
+    otherwise a new key of the tenant ``local`` with every scope, written to that file (mode 0600) and
+    returned, so that it is printed once."""
+    path = Path(settings.api_key_file)
+    with session_factory(settings.database_url)() as session:
+        if path.exists() and api_keys.find_key(session, path.read_text().strip()) is not None:
+            return None, path
+        new = api_keys.create_key(session, api_keys.LOCAL_TENANT, list(api_keys.SCOPES), name="embedded default")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(new.key + "\n")
+    return new.key, path
+
+
 def serve(settings: Settings, host: str, port: int, worker: bool = True) -> int:
-    """Run the API (and a worker) until either exits or this process gets SIGINT/SIGTERM."""
+    """Run the API (and a worker) until either exits or this process gets SIGINT/SIGTERM; the embedded
+    mode migrates first and makes the local tenant's key at first start."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.is_embedded:
         migrate(settings)
+        key, path = ensure_local_key(settings)
+        if key:
+            print(f"API key of the local tenant (shown once; also in {path}):\n    {key}", flush=True)
+        else:
+            print(f"API key of the local tenant: in {path}", flush=True)
     procs = _children(settings, host, port, worker)
     stopping = []
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -71,21 +104,67 @@ def serve(settings: Settings, host: str, port: int, worker: bool = True) -> int:
     return 0 if stopping else 1
 
 
+def _key_commands(sub: argparse._SubParsersAction) -> None:
+    create = sub.add_parser("create-key", help="make an API key (printed once; only its hash is stored)")
+    create.add_argument("--tenant", required=True, help="the tenant (made if new)")
+    create.add_argument("--scopes", default="read,write", help="comma-separated: read, write, admin")
+    create.add_argument("--name", help="a label for the key")
+    sub.add_parser("list-keys", help="prefix, tenant, scopes and state of every key").add_argument("--tenant")
+    sub.add_parser("revoke-key", help="revoke a key by its prefix").add_argument("prefix")
+    quotas = sub.add_parser("set-quotas", help="a tenant's own quotas (0 resets one to the default)")
+    quotas.add_argument("--tenant", required=True)
+    for flag in ("concurrent-jobs", "stored-rows", "upload-bytes", "jobs-per-hour"):
+        quotas.add_argument(f"--{flag}", type=int)
+
+
+def run_key_command(settings: Settings, args: argparse.Namespace) -> int:
+    """create-key, list-keys, revoke-key or set-quotas; prints the result, returns the exit status."""
+    if settings.is_embedded:
+        migrate(settings)
+    with session_factory(settings.database_url)() as session:
+        if args.command == "create-key":
+            new = api_keys.create_key(session, args.tenant, args.scopes, name=args.name)
+            print(f"API key for tenant {args.tenant} (scopes {','.join(new.record.scopes)}), shown only now:")
+            print(new.key)
+            print(f"prefix {new.record.prefix} (revoke with: python -m app.cli revoke-key {new.record.prefix})")
+        elif args.command == "list-keys":
+            for k in api_keys.list_keys(session, args.tenant):
+                state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
+                print(f"{k.prefix}  {k.tenant_id}  {','.join(k.scopes)}  {state}  {k.name or ''}".rstrip())
+        elif args.command == "revoke-key":
+            record = api_keys.revoke_key(session, args.prefix)
+            print(f"revoked {record.prefix} (tenant {record.tenant_id})")
+        else:
+            tenant = api_keys.set_quotas(session, args.tenant, **{f"max_{k}": getattr(args, k) for k in (
+                "concurrent_jobs", "stored_rows", "upload_bytes", "jobs_per_hour")})
+            print(f"tenant {tenant.id}: " + ", ".join(f"{c} {getattr(tenant, c) or 'default'}"
+                                                      for c in api_keys.QUOTA_COLUMNS))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse the command line and run the sub-command."""
-    parser = argparse.ArgumentParser(prog="python -m app.cli", description=__doc__)
+    """Parse the command line and run the sub-command (exit status 2 when a key command is refused)."""
+    parser = argparse.ArgumentParser(prog="python -m app.cli", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply the database migrations")
     run = sub.add_parser("serve", help="start the API and one worker")
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8000)
     run.add_argument("--no-worker", action="store_true", help="start the API only")
+    _key_commands(sub)
     args = parser.parse_args(argv)
     settings = get_settings()
     if args.command == "migrate":
         migrate(settings)
         return 0
-    return serve(settings, args.host, args.port, worker=not args.no_worker)
+    if args.command == "serve":
+        return serve(settings, args.host, args.port, worker=not args.no_worker)
+    try:
+        return run_key_command(settings, args)
+    except ServiceError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -48,3 +48,48 @@ class Unavailable(ServiceError):
     """A service the request depends on (database, broker) cannot be reached; retry later."""
 
     code = "unavailable"
+
+
+class Unauthorized(ServiceError):
+    """No API key, or one that is unknown or revoked (401 with ``WWW-Authenticate: Bearer``)."""
+
+    code = "unauthorized"
+
+
+class Forbidden(ServiceError):
+    """The API key is valid but lacks the scope the request needs (403); ``scope`` names it."""
+
+    code = "forbidden"
+
+    def __init__(self, message: str, *, scope: str) -> None:
+        super().__init__(message, code="insufficient_scope")
+        self.scope = scope
+
+
+class TooManyRequests(ServiceError):
+    """Base of the 429 answers: ``retry_after_s`` (whole seconds, >= 1) goes to ``Retry-After`` and
+    ``extra`` (e.g. ``{"quota": "concurrent_jobs", "limit": 2}``) into the error body."""
+
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after_s: int, code: str | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = max(1, int(retry_after_s))
+        self.extra = extra or {}
+
+
+class QuotaExceeded(TooManyRequests):
+    """A tenant quota (``concurrent_jobs``, ``stored_rows``, ``upload_bytes``, ``jobs_per_hour``) is used up."""
+
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, *, quota: str, limit: int, retry_after_s: int) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, extra={"quota": quota, "limit": limit})
+        self.quota = quota
+
+
+class RateLimited(TooManyRequests):
+    """The API key sent more requests than its rate limit allows in the current window."""
+
+    code = "rate_limited"

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.auth import authenticate
 from app.api.handlers import envelope, install_error_handlers
 from app.api.limits import install_request_guards
-from app.api.routes import datasets, docs, jobs, ops, report_stats, reports, stream, ui
+from app.api.ratelimit import KeyRateLimiter
+from app.api.routes import datasets, docs, jobs, ops, report_stats, reports, stream, ui, ui_auth
 from app.db import session_factory
 from app.ops.logs import configure_from_env
 from app.ops.metrics import RequestMetrics, make_registry
@@ -52,9 +54,15 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
     app.state.store = ArtifactStore(settings.artifact_url)
     app.state.enqueue = enqueue or CeleryEnqueuer(settings)
     app.state.metrics_registry, latency = make_registry(app.state.session_factory)
+    app.state.rate_limiter = KeyRateLimiter(settings.rate_limit, settings.rate_limit_storage_url)
     install_error_handlers(app)
-    for module in (datasets, jobs, stream, reports, report_stats, ops, ui):
-        app.include_router(module.router)
+    # Every API route needs a key (the routes also read it for their tenant); ops decides per route
+    # (health checks open, /metrics admin); the dashboard sends a signed-out visitor to its login form.
+    for module in (datasets, jobs, stream, reports, report_stats):
+        app.include_router(module.router, dependencies=[Depends(authenticate)])
+    app.include_router(ops.router)
+    app.include_router(ui.router, dependencies=[Depends(ui_auth.ui_principal)])
+    ui_auth.install(app)
     app.include_router(docs.router)
     app.mount(ui.STATIC_URL, StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
     install_request_guards(app, settings)  # streaming body cap and Idempotency-Key, inside UploadLimit

@@ -1,6 +1,7 @@
 """Database tables (SQLAlchemy 2 declarative); created only by the Alembic migrations.
 
-Datasets and their rows, jobs, the append-only job event log, and the per-row noise report.
+Tenants and their API keys (stored as sha256 hashes only); datasets and their rows, jobs, the
+append-only job event log, and the per-row noise report, each owned by a tenant.
 Ids of datasets and jobs are opaque strings (``ds_...``, ``job_...``); events have an
 increasing integer id that serves as their cursor.
 """
@@ -38,11 +39,39 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
 
 
+class Tenant(Base):
+    """A team sharing the deployment; owns datasets, jobs and keys. A ``max_*`` column left null takes the
+    ``quota_*`` setting of the service."""
+
+    __tablename__ = "tenants"
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    max_concurrent_jobs: Mapped[int | None] = mapped_column(Integer)
+    max_stored_rows: Mapped[int | None] = mapped_column(BigInteger)
+    max_upload_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    max_jobs_per_hour: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key of a tenant: only its sha256 (``key_hash``) and its visible ``prefix`` are stored."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("key"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    prefix: Mapped[str] = mapped_column(String(20), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[Any]] = mapped_column(JSON)
+    name: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+
 class Dataset(Base):
     """An uploaded, validated labelled dataset."""
 
     __tablename__ = "datasets"
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ds"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(20), default="ready")
     format: Mapped[str] = mapped_column(String(10))
@@ -73,6 +102,7 @@ class Job(Base):
 
     __tablename__ = "jobs"
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("job"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
     validation_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))
     validation_fraction: Mapped[float | None] = mapped_column(Float)
@@ -115,6 +145,7 @@ class JobEvent(Base):
     __tablename__ = "job_events"
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
     type: Mapped[str] = mapped_column(String(20))
     message: Mapped[str | None] = mapped_column(Text)
     data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
@@ -127,6 +158,7 @@ class NoiseRow(Base):
     __tablename__ = "noise_rows"
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     row_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
     row_id: Mapped[str | None] = mapped_column(String(200))
     given_label: Mapped[str] = mapped_column(String(200))
     predicted_label: Mapped[str] = mapped_column(String(200))
@@ -143,9 +175,10 @@ class NoiseRow(Base):
 
 
 class IdempotencyKey(Base):
-    """A POST's ``Idempotency-Key``: the request's fingerprint and, once answered, its response."""
+    """A POST's ``Idempotency-Key`` (per tenant): the request's fingerprint and, once answered, its response."""
 
     __tablename__ = "idempotency_keys"
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     fingerprint: Mapped[str] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(20))  # in_progress | done

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -49,6 +49,30 @@ class Settings(BaseSettings):
     worker_torch_threads: int | None = Field(None, ge=1, description="torch threads per worker process.")
     retry_after_s: int = Field(5, ge=1, description="Retry-After of a 503 while the database or broker is down.")
     idempotency_ttl_s: int = Field(24 * 3600, gt=0, description="How long an Idempotency-Key is remembered.")
+    # keys, quotas (per tenant; a tenant's own max_* columns override these) and rate limits (per key)
+    api_key_file: Path | None = Field(None, description="Where the embedded service writes the local tenant's "
+                                                        "key at first start; default <data_dir>/api-key.")
+    quota_concurrent_jobs: int = Field(20, ge=1, description="Jobs a tenant may have queued or running at once.")
+    quota_stored_rows: int = Field(20_000_000, ge=1, description="Dataset rows a tenant may store in all.")
+    quota_upload_bytes: int | None = Field(None, ge=1, description="Largest upload of a tenant (429 above); "
+                                                                   "default max_upload_bytes.")
+    quota_jobs_per_hour: int = Field(200, ge=1, description="Jobs a tenant may create in any 60 minutes.")
+    quota_retry_after_s: int = Field(30, ge=1, description="Retry-After of a 429 for a quota with no known end.")
+    rate_limit: str = Field("1200/minute", description="Requests per API key, in the limits package's notation "
+                                                       "(e.g. '20/second;1200/minute').")
+    rate_limit_storage_url: str = Field("", description="limits storage URI; default the broker when it is Redis "
+                                                        "(shared by every API process), else memory://.")
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _check_rate_limit(cls, value: str) -> str:
+        from limits import parse_many
+
+        try:
+            parse_many(value)
+        except ValueError as exc:
+            raise ValueError(f"rate_limit={value!r} is not a limits rate such as '1200/minute': {exc}") from exc
+        return value
 
     @model_validator(mode="after")
     def _derive_urls(self) -> "Settings":
@@ -59,6 +83,11 @@ class Settings(BaseSettings):
             self.broker_url = f"sqla+sqlite:///{base / 'broker.db'}"
         if not self.artifact_url:
             self.artifact_url = str(base / "artifacts")
+        if self.api_key_file is None:
+            self.api_key_file = base / "api-key"
+        if not self.rate_limit_storage_url:
+            redis = self.broker_url.startswith(("redis://", "rediss://"))
+            self.rate_limit_storage_url = self.broker_url if redis else "memory://"
         return self
 
     @property

@@ -15,7 +15,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 
 class ArtifactStore:
-    """Files addressed by keys such as ``jobs/<id>/adapter.tar.gz`` below the root URL."""
+    """Files addressed by keys such as ``tenants/<tenant>/jobs/<id>/adapter.tar.gz`` below the root URL."""
 
     def __init__(self, url: str) -> None:
         self.fs, self.root = fsspec.core.url_to_fs(url)
@@ -68,6 +68,6 @@ class ArtifactStore:
         return self.fs.open(self._path(key), "rb")
 
 
-def adapter_key(job_id: str) -> str:
-    """Where a job's adapter archive is stored."""
-    return f"jobs/{job_id}/adapter.tar.gz"
+def adapter_key(tenant_id: str, job_id: str) -> str:
+    """Where a job's adapter archive is stored: below its tenant's folder."""
+    return f"tenants/{tenant_id}/jobs/{job_id}/adapter.tar.gz"

@@ -158,7 +158,7 @@ class Attempt:
             result = self._train(inputs, Path(tmp))
             if self.lease.lost.is_set():
                 return self._lost()
-            key = package_adapter(result, self.id, inputs, Path(tmp), self.store)
+            key = package_adapter(result, self.id, inputs, Path(tmp), self.store, tenant_id=self.job.tenant_id)
             metrics = json_safe(dict(result.metrics, wall_time_s=result.wall_time_s))
             records, summary = result.report.to_records(), result.report.summary()
         del result

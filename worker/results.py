@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from clear_core import load_adapter
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from app.models import NoiseRow
+from app.models import Job, NoiseRow
 from app.storage import ArtifactStore, adapter_key
 
 if TYPE_CHECKING:
@@ -41,10 +42,12 @@ def _upsert(session: Session):
 def write_noise_rows(session: Session, job_id: str, records: list[dict[str, Any]], row_indices: list[int]) -> None:
     """Upsert one noise row per training row on (job_id, row_index), in batches (not committed), so
     writing the same report twice (a retried finish, a duplicate delivery) leaves one row each;
-    ``row_indices`` maps the report's row order back to the dataset's row index."""
+    ``row_indices`` maps the report's row order back to the dataset's row index. The rows belong to the
+    job's tenant."""
+    tenant_id = session.scalar(select(Job.tenant_id).where(Job.id == job_id))
     rows = []
     for rec in records:
-        row = dict(rec, job_id=job_id, row_id=None if rec["id"] is None else str(rec["id"]),
+        row = dict(rec, job_id=job_id, tenant_id=tenant_id, row_id=None if rec["id"] is None else str(rec["id"]),
                    row_index=row_indices[rec["row_index"]])
         row.pop("id")
         rows.append(row)
@@ -70,8 +73,9 @@ def verify_adapter(result: "TrainResult", directory: Path, inputs: "JobInputs") 
 
 
 def package_adapter(result: "TrainResult", job_id: str, inputs: "JobInputs", tmp: Path,
-                    store: ArtifactStore) -> str:
-    """Save, verify, archive (.tar.gz, files at the top level) and store the adapter; returns its key."""
+                    store: ArtifactStore, *, tenant_id: str) -> str:
+    """Save, verify, archive (.tar.gz, files at the top level) and store the adapter below its tenant's
+    folder; returns its key."""
     directory = tmp / "adapter"
     result.model.save(directory, training=inputs.training.to_dict())
     verify_adapter(result, directory, inputs)
@@ -80,4 +84,4 @@ def package_adapter(result: "TrainResult", job_id: str, inputs: "JobInputs", tmp
         for path in sorted(directory.rglob("*")):
             if path.is_file():
                 tar.add(path, arcname=str(path.relative_to(directory)))
-    return store.put_file(str(archive), adapter_key(job_id))
+    return store.put_file(str(archive), adapter_key(tenant_id, job_id))

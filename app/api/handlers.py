@@ -12,15 +12,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, ServiceError, Unavailable
+from app.errors import (Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, ServiceError, TooManyRequests,
+                        Unauthorized, Unavailable)
 from app.faults import is_transient
 
 logger = logging.getLogger(__name__)
 STATUS_BY_ERROR: dict[type[ServiceError], int] = {
+    Unauthorized: 401,
+    Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
     PayloadTooLarge: 413,
     InvalidInput: 422,
+    TooManyRequests: 429,
     Unavailable: 503,
 }
 CODE_BY_STATUS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
@@ -30,15 +34,29 @@ RETRY_AFTER_S = 5
 
 
 def envelope(status: int, code: str, message: str, param: str | None = None,
-             details: list[dict[str, Any]] | None = None, retry_after_s: int | None = None) -> JSONResponse:
-    """A JSON error response in the service's envelope; a 503 carries ``Retry-After``."""
-    body: dict[str, Any] = {"code": code, "message": message, "param": param}
+             details: list[dict[str, Any]] | None = None, retry_after_s: int | None = None,
+             extra: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    """A JSON error response in the service's envelope (``extra`` adds fields to it); a 503 carries
+    ``Retry-After``."""
+    body: dict[str, Any] = {"code": code, "message": message, "param": param, **(extra or {})}
     if details is not None:
         body["details"] = details
     if status == 503 and retry_after_s is None:
         retry_after_s = RETRY_AFTER_S
-    headers = {"Retry-After": str(retry_after_s)} if retry_after_s else None
-    return JSONResponse({"error": body}, status_code=status, headers=headers)
+    headers = dict(headers or {})
+    if retry_after_s:
+        headers["Retry-After"] = str(retry_after_s)
+    return JSONResponse({"error": body}, status_code=status, headers=headers or None)
+
+
+def _auth_headers(exc: ServiceError) -> dict[str, str] | None:
+    # RFC 6750: a 401 names the scheme; a bad key and a missing scope say which error it was.
+    if isinstance(exc, Unauthorized):
+        error = ', error="invalid_token"' if exc.code == "invalid_api_key" else ""
+        return {"WWW-Authenticate": f'Bearer realm="clear"{error}'}
+    if isinstance(exc, Forbidden):
+        return {"WWW-Authenticate": f'Bearer realm="clear", error="insufficient_scope", scope="{exc.scope}"'}
+    return None
 
 
 def _retry_after(request: Request) -> int:
@@ -48,8 +66,14 @@ def _retry_after(request: Request) -> int:
 
 async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
     status = next((s for cls, s in STATUS_BY_ERROR.items() if isinstance(exc, cls)), 400)
-    return envelope(status, exc.code, exc.message, exc.param, exc.details,
-                    retry_after_s=_retry_after(request) if status == 503 else None)
+    retry_after = _retry_after(request) if status == 503 else None
+    extra = None
+    if isinstance(exc, TooManyRequests):
+        retry_after, extra = exc.retry_after_s, exc.extra
+    elif isinstance(exc, Forbidden):
+        extra = {"scope": exc.scope}
+    return envelope(status, exc.code, exc.message, exc.param, exc.details, retry_after_s=retry_after, extra=extra,
+                    headers=_auth_headers(exc))
 
 
 def database_unavailable(retry_after_s: int = RETRY_AFTER_S) -> JSONResponse:

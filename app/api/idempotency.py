@@ -1,10 +1,14 @@
 """``Idempotency-Key`` on every POST: the same key and body replay the first answer (with
 ``Idempotent-Replayed: true``); the same key with another body is a 409; the same key while the
-first request still runs is a 409 with ``Retry-After``.
+first request still runs is a 409 with ``Retry-After``. A 5xx or 429 answer is not remembered.
 
 The body is spooled (memory, then disk) while its fingerprint is computed, then fed to the app.
 A multipart body is fingerprinted part by part (names, file names, contents), not byte for byte,
 because clients choose a new random boundary for every request.
+
+Keys belong to the tenant of the request's API key. A request without a valid key, or whose key may
+not write, passes through untouched: the route's authentication answers it (401/403), and nothing
+is remembered.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.handlers import database_unavailable, envelope
 from app.faults import is_transient
+from app.api.auth import bearer_token
+from app.services import api_keys
 from app.services import idempotency as keys
 
 logger = logging.getLogger(__name__)
@@ -83,15 +89,23 @@ class Idempotency:
             await envelope(422, "invalid_idempotency_key", "Idempotency-Key must be 1-255 visible ASCII characters",
                            "Idempotency-Key")(scope, receive, send)
             return
+        tenant_id = await self._db(_writer_tenant, bearer_token(
+            dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")))
+        if isinstance(tenant_id, Exception):
+            await database_unavailable(self.retry_after_s)(scope, receive, send)
+            return
+        if tenant_id is None:
+            await self.app(scope, receive, send)
+            return
         with tempfile.SpooledTemporaryFile(max_size=MAX_STORED_BODY) as body:
             fingerprint = await self._spool(scope, receive, body)
             if fingerprint is None:  # the client went away (or a size cap outside cut the body off)
                 return
-            claim = await self._db(keys.begin, key_text, fingerprint)
+            claim = await self._db(keys.begin, tenant_id, key_text, fingerprint)
             if isinstance(claim, Exception):
                 await database_unavailable(self.retry_after_s)(scope, receive, send)
             elif claim.outcome == "new":
-                await self._run(key_text, scope, body, receive, send)
+                await self._run((tenant_id, key_text), scope, body, receive, send)
             else:
                 await self._refuse(claim, scope, receive, send)
 
@@ -134,7 +148,7 @@ class Idempotency:
             await envelope(409, "idempotency_key_in_use", "a request with this Idempotency-Key is still running; "
                            "retry later", "Idempotency-Key", retry_after_s=self.retry_after_s)(scope, receive, send)
 
-    async def _run(self, key: str, scope: Scope, body, receive: Receive, send: Send) -> None:
+    async def _run(self, key: tuple[str, str], scope: Scope, body, receive: Receive, send: Send) -> None:
         answer = {"status": 500, "headers": {}, "body": bytearray(), "fed": False}
         total = _size(body)
 
@@ -157,12 +171,20 @@ class Idempotency:
         try:
             await self.app(scope, replay_receive, capture_send)
         except BaseException:
-            await self._db(keys.abandon, key)
+            await self._db(keys.abandon, *key)
             raise
-        if answer["status"] >= 500 or len(answer["body"]) > MAX_STORED_BODY:
-            await self._db(keys.abandon, key)
+        if answer["status"] >= 500 or answer["status"] == 429 or len(answer["body"]) > MAX_STORED_BODY:
+            await self._db(keys.abandon, *key)
         else:
-            await self._db(keys.complete, key, answer["status"], answer["headers"], bytes(answer["body"]))
+            await self._db(keys.complete, *key, answer["status"], answer["headers"], bytes(answer["body"]))
+
+
+def _writer_tenant(session: Session, token: str | None) -> str | None:
+    """The tenant of an active key that may write, or None (then the route refuses the request)."""
+    found = api_keys.find_key(session, token) if token else None
+    if found is None or not ({"write", "admin"} & set(found[0].scopes)):
+        return None
+    return found[1].id
 
 
 def _size(spooled) -> int:

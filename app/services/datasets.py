@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from app.errors import InvalidInput, NotFound
 from app.models import Dataset, DatasetRow
 from app.services.pagination import Page, newest_first
+from app.services.quotas import Quotas, check_stored_rows, lock_tenant
 from app.services.parsing import check_unique_names, detect_format, iter_chunks, parquet_schema
 from app.services.uploads import StoredUpload, check_gzip_name, safe_name
 from app.services.validation import LABEL_MAX, RowValidator, check_mapping, check_parquet_types
@@ -60,15 +61,20 @@ def parse_declared_labels(raw: str | None) -> list[str] | None:
     return labels
 
 
-def create_dataset(session: Session, upload: Upload, limits: Limits) -> Dataset:
+def create_dataset(session: Session, upload: Upload, limits: Limits, *, tenant_id: str,
+                   quotas: Quotas | None = None) -> Dataset:
     """Parse ``upload`` in chunks, validate every row and store the dataset as ``ready`` with all its
-    rows in one transaction, or store nothing.
+    rows in one transaction, or store nothing; it belongs to ``tenant_id``, whose ``quotas`` (if given)
+    bound the rows it may store.
 
     Raises:
         InvalidInput: a bad file, a missing column or failing rows; ``details`` lists up to
             ``limits.max_errors`` row errors ``{"row", "code", "column", "message"}``.
         PayloadTooLarge: a compressed file that expands past ``limits.max_uncompressed_bytes``.
+        QuotaExceeded: the tenant's ``stored_rows`` quota would be passed (checked before and after parsing).
     """
+    if quotas is not None:
+        check_stored_rows(session, tenant_id, quotas, 0)
     declared = parse_declared_labels(upload.labels)
     fmt = detect_format(upload.filename, upload.format)
     mapping = {role: (column or None) for role, column in upload.mapping.items()}
@@ -81,7 +87,8 @@ def create_dataset(session: Session, upload: Upload, limits: Limits) -> Dataset:
         columns = sorted({c for c in mapping.values() if c})  # only the mapped columns are ever decoded
     validator = RowValidator(mapping, declared, limits.min_rows_per_class, limits.max_rows, limits.max_text_chars,
                              limits.max_errors, fixed_columns=fmt != "jsonl")
-    dataset = Dataset(name=safe_name(upload.name, upload.filename), status="processing", format=fmt,
+    dataset = Dataset(tenant_id=tenant_id, name=safe_name(upload.name, upload.filename), status="processing",
+                      format=fmt,
                       sha256=upload.file.sha256, size_bytes=upload.file.size, row_count=0, label_names=[],
                       class_histogram={}, columns={k: v for k, v in mapping.items() if v})
     try:
@@ -93,6 +100,9 @@ def create_dataset(session: Session, upload: Upload, limits: Limits) -> Dataset:
             if rows is not None:
                 _insert_rows(session, dataset.id, rows)
         names, histogram = validator.finish()
+        if quotas is not None:
+            lock_tenant(session, tenant_id)  # held until the commit: concurrent uploads count one after another
+            check_stored_rows(session, tenant_id, quotas, validator.rows)
     except BaseException:
         session.rollback()  # nothing of an invalid file is kept
         raise
@@ -109,14 +119,14 @@ def _insert_rows(session: Session, dataset_id: str, frame) -> None:
         session.execute(insert(DatasetRow), records[start:start + INSERT_BATCH])
 
 
-def get_dataset(session: Session, dataset_id: str, *, param: str = "dataset_id") -> Dataset:
-    """The dataset with this id; raises ``NotFound`` otherwise."""
-    dataset = session.get(Dataset, dataset_id)
+def get_dataset(session: Session, dataset_id: str, *, tenant_id: str, param: str = "dataset_id") -> Dataset:
+    """The tenant's dataset with this id; raises ``NotFound`` otherwise (another tenant's id included)."""
+    dataset = session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id))
     if dataset is None:
         raise NotFound(f"no dataset with id {dataset_id!r}", param=param)
     return dataset
 
 
-def list_datasets(session: Session, *, limit: int, cursor: str | None) -> Page:
-    """Datasets newest first, ``limit`` per page, continuing after ``cursor``."""
-    return newest_first(session, Dataset, conditions=[], limit=limit, cursor=cursor)
+def list_datasets(session: Session, *, tenant_id: str, limit: int, cursor: str | None) -> Page:
+    """The tenant's datasets newest first, ``limit`` per page, continuing after ``cursor``."""
+    return newest_first(session, Dataset, conditions=[Dataset.tenant_id == tenant_id], limit=limit, cursor=cursor)

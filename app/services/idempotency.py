@@ -1,5 +1,6 @@
 """Idempotency keys: remember the first answer to a POST carrying ``Idempotency-Key`` so that a retry
 with the same key and body gets the same answer, and a reuse of the key for another body is refused.
+Keys are per tenant: two tenants using the same key never see each other's answers.
 
 A key is taken with an INSERT (the primary key makes concurrent requests with one key race
 safely); a request still running holds it until ``locked_until``; a 5xx answer frees the key so the
@@ -29,26 +30,27 @@ class Claim:
     record: IdempotencyKey | None = None
 
 
-def begin(session: Session, key: str, fingerprint: str) -> Claim:
-    """Take ``key`` for a request with ``fingerprint``, or say why not (committed)."""
+def begin(session: Session, tenant_id: str, key: str, fingerprint: str) -> Claim:
+    """Take the tenant's ``key`` for a request with ``fingerprint``, or say why not (committed)."""
     now = utcnow()
     try:
-        session.add(IdempotencyKey(key=key, fingerprint=fingerprint, state="in_progress",
+        session.add(IdempotencyKey(tenant_id=tenant_id, key=key, fingerprint=fingerprint, state="in_progress",
                                    locked_until=now + timedelta(seconds=LOCK_S), created_at=now))
         session.commit()
         return Claim("new")
     except IntegrityError:
         session.rollback()
-    record = session.get(IdempotencyKey, key, populate_existing=True)
+    record = session.get(IdempotencyKey, (tenant_id, key), populate_existing=True)
     if record is None:  # freed meanwhile by a failed first request: take it now
-        return begin(session, key, fingerprint)
+        return begin(session, tenant_id, key, fingerprint)
     if record.fingerprint != fingerprint:
         return Claim("mismatch", record)
     if record.state == "done":
         return Claim("replay", record)
     if as_utc(record.locked_until) > now:
         return Claim("busy", record)
-    taken = session.execute(update(IdempotencyKey).where(IdempotencyKey.key == key,
+    taken = session.execute(update(IdempotencyKey).where(IdempotencyKey.tenant_id == tenant_id,
+                                                         IdempotencyKey.key == key,
                                                          IdempotencyKey.state == "in_progress",
                                                          IdempotencyKey.locked_until == record.locked_until)
                             .values(locked_until=now + timedelta(seconds=LOCK_S))).rowcount
@@ -56,14 +58,15 @@ def begin(session: Session, key: str, fingerprint: str) -> Claim:
     return Claim("new") if taken else Claim("busy", record)
 
 
-def complete(session: Session, key: str, status: int, headers: dict[str, str], body: bytes) -> None:
-    """Store the answer of the request holding ``key``."""
-    session.execute(update(IdempotencyKey).where(IdempotencyKey.key == key)
+def complete(session: Session, tenant_id: str, key: str, status: int, headers: dict[str, str], body: bytes) -> None:
+    """Store the answer of the request holding the tenant's ``key``."""
+    session.execute(update(IdempotencyKey).where(IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == key)
                     .values(state="done", response_status=status, response_headers=headers, response_body=body))
     session.commit()
 
 
-def abandon(session: Session, key: str) -> None:
-    """Free ``key`` (the request failed on the service's side: a retry must run again)."""
-    session.execute(delete(IdempotencyKey).where(IdempotencyKey.key == key, IdempotencyKey.state == "in_progress"))
+def abandon(session: Session, tenant_id: str, key: str) -> None:
+    """Free the tenant's ``key`` (the request failed on the service's side: a retry must run again)."""
+    session.execute(delete(IdempotencyKey).where(IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == key,
+                                                 IdempotencyKey.state == "in_progress"))
     session.commit()

@@ -13,14 +13,15 @@ from app.models import JOB_STATUSES, Dataset, Job, JobEvent, utcnow
 from app.services.configs import resolve_base_model, resolve_configs
 from app.services.datasets import get_dataset
 from app.services.pagination import Page, decode_cursor, encode_cursor, newest_first
+from app.services.quotas import Quotas, check_job_quotas
 from app.services.transitions import add_event, transition
 from app.settings import Settings
 
 Enqueue = Callable[[str], None]
 
 
-def _ready_dataset(session: Session, dataset_id: str, param: str) -> Dataset:
-    dataset = get_dataset(session, dataset_id, param=param)
+def _ready_dataset(session: Session, tenant_id: str, dataset_id: str, param: str) -> Dataset:
+    dataset = get_dataset(session, dataset_id, tenant_id=tenant_id, param=param)
     if dataset.status != "ready":
         raise Conflict(f"dataset {dataset_id!r} is {dataset.status}, not ready: wait until it is ready or upload "
                        "it again", param=param, code="dataset_not_ready")
@@ -31,7 +32,7 @@ def _check_validation(session: Session, train: Dataset, spec: dict[str, Any]) ->
     if spec.get("validation_dataset_id") and spec.get("validation_fraction"):
         raise InvalidInput("give validation_dataset_id or validation_fraction, not both", param="validation_fraction")
     if spec.get("validation_dataset_id"):
-        held_out = _ready_dataset(session, spec["validation_dataset_id"], "validation_dataset_id")
+        held_out = _ready_dataset(session, train.tenant_id, spec["validation_dataset_id"], "validation_dataset_id")
         unknown = sorted(set(held_out.label_names) - set(train.label_names))
         if unknown:
             raise InvalidInput(f"the validation dataset has labels {unknown} that the training dataset lacks",
@@ -50,20 +51,25 @@ def resolve_time_limits(spec: dict[str, Any], settings: Settings) -> tuple[int, 
     return hard, soft
 
 
-def create_job(session: Session, spec: dict[str, Any], *, settings: Settings, enqueue: Enqueue) -> Job:
-    """Validate ``spec`` (a ``JobCreate`` dump), store the job as ``queued``, commit, then enqueue it.
+def create_job(session: Session, spec: dict[str, Any], *, tenant_id: str, settings: Settings, enqueue: Enqueue,
+               quotas: Quotas | None = None) -> Job:
+    """Validate ``spec`` (a ``JobCreate`` dump), store the job as ``queued`` for ``tenant_id``, commit, then
+    enqueue it.
 
     Raises:
-        NotFound: an unknown dataset. Conflict: a dataset that is not ready.
+        NotFound: an unknown dataset (or another tenant's). Conflict: a dataset that is not ready.
         InvalidInput: a bad setting (``param`` names it). Unavailable: the broker refused the job.
+        QuotaExceeded: the tenant's ``concurrent_jobs`` or ``jobs_per_hour`` quota (when ``quotas`` is given).
     """
-    train = _ready_dataset(session, spec["dataset_id"], "dataset_id")
+    train = _ready_dataset(session, tenant_id, spec["dataset_id"], "dataset_id")
     _check_validation(session, train, spec)
     hard, soft = resolve_time_limits(spec, settings)
     # mid-epoch checkpoints by default, so a crashed attempt loses at most that many steps
     training = {"checkpoint_every_steps": settings.checkpoint_every_steps, **(spec.get("training") or {})}
     clear, training = resolve_configs(spec["method"], spec["routed"], spec.get("clear") or {}, training)
-    job = Job(dataset_id=train.id, validation_dataset_id=spec.get("validation_dataset_id"),
+    if quotas is not None:
+        check_job_quotas(session, tenant_id, quotas)  # last, after validation: locks the tenant until the commit
+    job = Job(tenant_id=tenant_id, dataset_id=train.id, validation_dataset_id=spec.get("validation_dataset_id"),
               validation_fraction=spec.get("validation_fraction"),
               base_model=resolve_base_model(spec.get("base_model"), settings), method=clear["method"],
               routed=clear["routed"], clear_config=clear, training_config=training, status="queued",
@@ -83,30 +89,31 @@ def create_job(session: Session, spec: dict[str, Any], *, settings: Settings, en
     return job
 
 
-def get_job(session: Session, job_id: str) -> Job:
-    """The job with this id; raises ``NotFound`` otherwise."""
-    job = session.get(Job, job_id)
+def get_job(session: Session, job_id: str, *, tenant_id: str) -> Job:
+    """The tenant's job with this id; raises ``NotFound`` otherwise (another tenant's id included)."""
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
     if job is None:
         raise NotFound(f"no job with id {job_id!r}", param="job_id")
     return job
 
 
-def list_jobs(session: Session, *, status: str | None, limit: int, cursor: str | None) -> Page:
-    """Jobs newest first, optionally only those in ``status``."""
+def list_jobs(session: Session, *, tenant_id: str, status: str | None, limit: int, cursor: str | None) -> Page:
+    """The tenant's jobs newest first, optionally only those in ``status``."""
     if status is not None and status not in JOB_STATUSES:
         raise InvalidInput(f"status={status!r} is not a job state: use one of {', '.join(JOB_STATUSES)}",
                            param="status")
-    conditions = [Job.status == status] if status else []
+    conditions = [Job.tenant_id == tenant_id] + ([Job.status == status] if status else [])
     return newest_first(session, Job, conditions=conditions, limit=limit, cursor=cursor)
 
 
-def cancel_job(session: Session, job_id: str) -> Job:
-    """Cancel: a queued job becomes ``cancelled`` at once, a running one ``cancelling`` (the worker stops it).
+def cancel_job(session: Session, job_id: str, *, tenant_id: str) -> Job:
+    """Cancel the tenant's job: a queued one becomes ``cancelled`` at once, a running one ``cancelling`` (the
+    worker stops it).
 
     Raises:
-        NotFound: unknown job. Conflict: the job already succeeded or failed.
+        NotFound: unknown job (or another tenant's). Conflict: the job already succeeded or failed.
     """
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, tenant_id=tenant_id)
     if not transition(session, job_id, ("queued",), "cancelled", message="cancelled before it started"):
         transition(session, job_id, ("running",), "cancelling", message="cancel requested")
     session.refresh(job)
@@ -116,15 +123,16 @@ def cancel_job(session: Session, job_id: str) -> Job:
     return job
 
 
-def list_events(session: Session, job_id: str, *, limit: int, cursor: str | None) -> Page:
-    """The job's events oldest first, after the event id held in ``cursor``."""
-    get_job(session, job_id)
+def list_events(session: Session, job_id: str, *, tenant_id: str, limit: int, cursor: str | None) -> Page:
+    """The tenant's job's events oldest first, after the event id held in ``cursor``."""
+    get_job(session, job_id, tenant_id=tenant_id)
     after = decode_cursor(cursor, 1)[0] if cursor else 0
     if not isinstance(after, int):
         raise InvalidInput(f"cursor={cursor!r} is not an events cursor", param="cursor")
-    query = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after).order_by(JobEvent.id)
+    mine = (JobEvent.job_id == job_id, JobEvent.tenant_id == tenant_id)
+    query = select(JobEvent).where(*mine, JobEvent.id > after).order_by(JobEvent.id)
     items = list(session.scalars(query.limit(limit + 1)))
-    count = session.scalar(select(func.count()).select_from(JobEvent).where(JobEvent.job_id == job_id)) or 0
+    count = session.scalar(select(func.count()).select_from(JobEvent).where(*mine)) or 0
     more = len(items) > limit
     items = items[:limit]
     # The cursor always points after the last event seen, so a poller can resume from it.

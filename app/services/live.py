@@ -43,18 +43,21 @@ def parse_last_event_id(value: str | None) -> int:
     return int(value)
 
 
-def poll_job(factory: sessionmaker[Session], job_id: str, after: int, *, limit: int = POLL_BATCH) -> StreamPoll:
-    """Read the job, then its events with id > ``after`` (in that order: a job read as final has
-    already written its last event, so the events read next include it)."""
+def poll_job(factory: sessionmaker[Session], job_id: str, after: int, *, tenant_id: str,
+             limit: int = POLL_BATCH) -> StreamPoll:
+    """Read the tenant's job, then its events with id > ``after`` (in that order: a job read as final has
+    already written its last event, so the events read next include it); ``NotFound`` for another's job."""
     with factory() as session:
-        job = get_job(session, job_id)
+        job = get_job(session, job_id, tenant_id=tenant_id)
         snapshot = progress_snapshot(job)
-        query = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after).order_by(JobEvent.id)
+        query = (select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.tenant_id == tenant_id, JobEvent.id > after)
+                 .order_by(JobEvent.id))
         events = list(session.scalars(query.limit(limit)))
     return StreamPoll(snapshot, events, final=snapshot["status"] in TERMINAL_STATUSES and len(events) < limit)
 
 
-def epoch_metrics(session: Session, job_id: str) -> list[dict[str, Any]]:
-    """The metrics of each finished epoch, oldest first (the data of the job's ``epoch`` events)."""
-    query = select(JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.type == "epoch").order_by(JobEvent.id)
+def epoch_metrics(session: Session, job_id: str, *, tenant_id: str) -> list[dict[str, Any]]:
+    """The metrics of each finished epoch, oldest first (the data of the tenant's job's ``epoch`` events)."""
+    query = (select(JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.tenant_id == tenant_id,
+                                         JobEvent.type == "epoch").order_by(JobEvent.id))
     return [dict(data) for data in session.scalars(query) if data]

@@ -16,7 +16,8 @@ DEFAULT_BINS = 20
 
 
 def _labels(session: Session, job: Job, seen: set[str]) -> list[str]:
-    declared = list(session.get(Dataset, job.dataset_id).label_names)
+    dataset = session.scalar(select(Dataset).where(Dataset.id == job.dataset_id, Dataset.tenant_id == job.tenant_id))
+    declared = list(dataset.label_names)
     return declared + sorted(seen - set(declared))
 
 
@@ -25,7 +26,7 @@ def confusion_and_classes(session: Session, job: Job) -> tuple[dict[str, Any], l
     the estimated noise rate (flagged / rows, as in the report's summary)."""
     flagged = func.sum(case((NoiseRow.flagged.is_(True), 1), else_=0))
     cells = session.execute(select(NoiseRow.given_label, NoiseRow.predicted_label, func.count(), flagged)
-                            .where(NoiseRow.job_id == job.id)
+                            .where(NoiseRow.job_id == job.id, NoiseRow.tenant_id == job.tenant_id)
                             .group_by(NoiseRow.given_label, NoiseRow.predicted_label)).all()
     labels = _labels(session, job, {c[0] for c in cells} | {c[1] for c in cells})
     where = {name: k for k, name in enumerate(labels)}
@@ -45,7 +46,7 @@ def histogram(session: Session, job: Job, *, bins: int = DEFAULT_BINS) -> dict[s
     """Counts per bin of p_clean over [0, 1] (``bins`` equal bins), unflagged and flagged rows apart;
     label_quality instead when no row has a p_clean (unrouted runs)."""
     rows = session.execute(select(NoiseRow.p_clean, NoiseRow.label_quality, NoiseRow.flagged)
-                           .where(NoiseRow.job_id == job.id)).all()
+                           .where(NoiseRow.job_id == job.id, NoiseRow.tenant_id == job.tenant_id)).all()
     use_p_clean = any(r[0] is not None for r in rows)
     pairs = [(r[0] if use_p_clean else r[1], r[2]) for r in rows if (r[0] if use_p_clean else r[1]) is not None]
     values = np.clip(np.array([v for v, _ in pairs], dtype=np.float64), 0.0, 1.0)

@@ -23,9 +23,9 @@ REPORT_FIELDS = ("rank", "row_index", "id", "text", "text_pair", "given_label", 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-def report_job(session: Session, job_id: str) -> Job:
-    """The job, which must have finished with a report; ``NotFound`` / ``Conflict`` otherwise."""
-    job = get_job(session, job_id)
+def report_job(session: Session, job_id: str, *, tenant_id: str) -> Job:
+    """The tenant's job, which must have finished with a report; ``NotFound`` / ``Conflict`` otherwise."""
+    job = get_job(session, job_id, tenant_id=tenant_id)
     if job.status != "succeeded" or job.report_summary is None:
         raise Conflict(f"job {job_id!r} is {job.status}: its noise report exists once it has succeeded",
                        param="job_id", code="report_not_ready")
@@ -36,7 +36,7 @@ def _query(job: Job, filters: dict[str, Any]):
     query = (select(NoiseRow, DatasetRow.text, DatasetRow.text_pair)
              .join(DatasetRow, and_(DatasetRow.dataset_id == job.dataset_id,
                                     DatasetRow.row_index == NoiseRow.row_index))
-             .where(NoiseRow.job_id == job.id))
+             .where(NoiseRow.job_id == job.id, NoiseRow.tenant_id == job.tenant_id))
     if filters.get("flagged") is not None:
         query = query.where(NoiseRow.flagged == filters["flagged"])
     for name in ("given_label", "predicted_label"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from app.models import Job, JobEvent, utcnow
@@ -16,8 +16,9 @@ from app.models import Job, JobEvent, utcnow
 
 def add_event(session: Session, job_id: str, type_: str, *, message: str | None = None,
               data: dict[str, Any] | None = None) -> None:
-    """Append one event to the job's log (not committed)."""
-    session.execute(insert(JobEvent).values(job_id=job_id, type=type_, message=message, data=data,
+    """Append one event to the job's log (not committed); it belongs to the job's tenant."""
+    tenant = select(Job.tenant_id).where(Job.id == job_id).scalar_subquery()
+    session.execute(insert(JobEvent).values(job_id=job_id, tenant_id=tenant, type=type_, message=message, data=data,
                                             created_at=utcnow()))
 
 

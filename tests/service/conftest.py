@@ -1,5 +1,6 @@
 """Service fixtures: a fresh Postgres database migrated with Alembic, a Redis broker database,
-settings pointing at them, and an API client whose enqueue step is recorded."""
+settings pointing at them, API keys, and an API client (tenant ``tenant-a``, every scope) whose enqueue
+step is recorded."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ PG_ADMIN = os.environ.get("CLEAR_TEST_PG_ADMIN", "host=127.0.0.1 port=5432 user=
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
 REDIS_URL = os.environ.get("CLEAR_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
 TABLES = ("noise_rows", "job_events", "jobs", "dataset_rows", "datasets", "idempotency_keys")
+AUTH_TABLES = ("api_keys", "tenants")
+TENANT_A = "tenant-a"
+ALL_SCOPES = "read,write,admin"
 
 
 def run_alembic(url: str, *args: str) -> None:
@@ -69,7 +73,28 @@ def settings(pg_url, tmp_path, model_dir):
     yield Settings(data_dir=tmp_path, database_url=pg_url, broker_url=REDIS_URL,
                    artifact_url=str(tmp_path / "artifacts"), model_dir=model_dir)
     with get_engine(pg_url).begin() as conn:
-        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
+        conn.execute(text(f"TRUNCATE {', '.join(TABLES + AUTH_TABLES)} CASCADE"))
+
+
+def create_key(url: str, tenant: str, scopes: str = ALL_SCOPES) -> str:
+    """A new API key of ``tenant`` (made if new) in the database at ``url``; returns the plaintext."""
+    from app.db import session_factory
+    from app.services.api_keys import create_key as make
+
+    with session_factory(url)() as session:
+        return make(session, tenant, scopes).key
+
+
+@pytest.fixture
+def api_key(settings) -> str:
+    """A key of tenant ``tenant-a`` with every scope (the one ``client`` sends)."""
+    return create_key(settings.database_url, TENANT_A)
+
+
+@pytest.fixture
+def auth(api_key) -> dict[str, str]:
+    """The ``Authorization`` header of ``api_key``, for test clients made in a test."""
+    return {"Authorization": f"Bearer {api_key}"}
 
 
 @pytest.fixture
@@ -79,13 +104,13 @@ def enqueued():
 
 
 @pytest.fixture
-def client(settings, enqueued):
-    """An API client whose queue only records job ids."""
+def client(settings, enqueued, auth):
+    """An API client of tenant ``tenant-a`` whose queue only records job ids."""
     from fastapi.testclient import TestClient
 
     from app.main import create_app
 
-    with TestClient(create_app(settings, enqueue=enqueued.append)) as test_client:
+    with TestClient(create_app(settings, enqueue=enqueued.append), headers=auth) as test_client:
         yield test_client
 
 

@@ -10,15 +10,18 @@ from sqlalchemy import insert
 from app.db import session_factory
 from app.models import NoiseRow, utcnow
 from app.services.transitions import add_event, transition
+from tests.service.conftest import TENANT_A
 from tests.service.helpers import toy_frame, upload_frame
 
 EPOCHS = [{"epoch": 1, "phase": "warmup", "train_loss": 1.0, "eval_loss": 0.9, "eval_accuracy": 0.6},
           {"epoch": 2, "phase": "routed", "train_loss": 0.7, "eval_loss": 0.8, "eval_accuracy": 0.7}]
 
 
-def noise_rows(job_id: str, labels: list[str], n: int) -> list[dict]:
-    """n report rows: row i has p_clean = label_quality = (7i mod n)/n, predicted i mod 3, every third flagged."""
-    rows = [dict(job_id=job_id, row_index=i, row_id=f"r{i}", given_label=labels[i], predicted_label=str(i % 3),
+def noise_rows(job_id: str, labels: list[str], n: int, tenant_id: str = TENANT_A) -> list[dict]:
+    """n report rows of the tenant's job: row i has p_clean = label_quality = (7i mod n)/n, predicted i mod 3,
+    every third flagged."""
+    rows = [dict(job_id=job_id, tenant_id=tenant_id, row_index=i, row_id=f"r{i}", given_label=labels[i],
+                 predicted_label=str(i % 3),
                  suggested_label=str(i % 3), suggested_confidence=0.9, p_clean=(i * 7 % n) / n,
                  p_clean_history=[0.5, (i * 7 % n) / n], label_quality=(i * 7 % n) / n, flagged=i % 3 == 0,
                  flag_threshold=0.5, rank=0) for i in range(n)]
@@ -27,14 +30,14 @@ def noise_rows(job_id: str, labels: list[str], n: int) -> list[dict]:
     return rows
 
 
-def make_finished_job(client, settings, n: int = 30) -> tuple[str, list[dict]]:
-    """Upload a toy dataset, create a job, and finish it with two epoch events and an n-row report;
-    returns the job id and its report rows."""
+def make_finished_job(client, settings, n: int = 30, tenant_id: str = TENANT_A) -> tuple[str, list[dict]]:
+    """Upload a toy dataset, create a job, and finish it with two epoch events and an n-row report, with
+    ``client`` (whose key is of ``tenant_id``); returns the job id and its report rows."""
     frame = toy_frame(n)
     dataset = upload_frame(client, frame)
     job_id = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "base_model": "tiny-bert",
                                            "training": {"epochs": 2}}).json()["id"]
-    rows = noise_rows(job_id, [str(v) for v in frame["label"]], n)
+    rows = noise_rows(job_id, [str(v) for v in frame["label"]], n, tenant_id)
     summary = {"rows": n, "flagged": sum(r["flagged"] for r in rows), "flag_threshold": 0.5}
     started = utcnow()
     with session_factory(settings.database_url)() as session:

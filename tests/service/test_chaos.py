@@ -19,6 +19,7 @@ from app.db import session_factory
 from app.main import create_app
 from app.models import Job, NoiseRow, utcnow
 from app.queue import CeleryEnqueuer
+from tests.service.conftest import TENANT_A, create_key
 from tests.service.helpers import toy_frame, upload_frame
 from tests.service.outages import RedisServer, free_port
 from tests.service.workers import ROOT, kill_worker, start_worker, stop_worker, wait_for, worker_env
@@ -39,9 +40,9 @@ def redis_server(tmp_path):
 
 
 @pytest.fixture
-def api(settings, redis_server):
+def api(settings, redis_server, auth):
     """An API client whose jobs go to the private Redis."""
-    with TestClient(create_app(settings.model_copy(update={"broker_url": redis_server.url}))) as client:
+    with TestClient(create_app(settings.model_copy(update={"broker_url": redis_server.url})), headers=auth) as client:
         yield client
 
 
@@ -168,12 +169,14 @@ def test_the_embedded_service_reaps_a_job_whose_worker_died(model_dir, tmp_path)
     data = tmp_path / "var"
     settings = Settings(data_dir=data, model_dir=model_dir)
     migrate(settings)
-    with TestClient(create_app(settings, enqueue=lambda _id: None)) as client:
+    key = create_key(settings.database_url, TENANT_A)
+    auth = {"Authorization": f"Bearer {key}"}
+    with TestClient(create_app(settings, enqueue=lambda _id: None), headers=auth) as client:
         dataset = upload_frame(client, toy_frame(36))
     factory = session_factory(settings.database_url)
     with factory() as session:  # a job a dead worker had claimed: running, stale, no message anywhere
         job = create_job(session, {"dataset_id": dataset["id"], "method": "lora", "routed": True, **JOB,
-                                   "training": {**JOB["training"], "epochs": 1}}, settings=settings,
+                                   "training": {**JOB["training"], "epochs": 1}}, tenant_id=TENANT_A, settings=settings,
                          enqueue=lambda _id: None)
         session.execute(update(Job).where(Job.id == job.id).values(status="running", attempt=1, started_at=utcnow(),
                                                                    heartbeat_at=utcnow()))

@@ -97,9 +97,9 @@ def test_every_bad_row_is_listed_at_once(client):
     assert [(d["row"], d["code"]) for d in details] == [(1, "empty_text"), (5, "empty_text"), (8, "duplicate_id")]
 
 
-def test_upload_over_the_limit_is_413_and_stores_nothing(settings):
+def test_upload_over_the_limit_is_413_and_stores_nothing(settings, auth):
     small = settings.model_copy(update={"max_upload_bytes": 1000})
-    with TestClient(create_app(small, enqueue=lambda _id: None)) as client:
+    with TestClient(create_app(small, enqueue=lambda _id: None), headers=auth) as client:
         content = to_bytes(toy_frame(60), "csv")  # a few KB: passes the header check, fails while reading
         assert len(content) > 1000
         assert _error(upload(client, content), 413)["code"] == "payload_too_large"

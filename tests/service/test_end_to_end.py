@@ -71,7 +71,7 @@ def _submit(http, rows: int) -> str:
     return job.json()["id"]
 
 
-def test_a_real_worker_runs_a_job_from_redis_on_postgres(settings, tmp_path):
+def test_a_real_worker_runs_a_job_from_redis_on_postgres(settings, tmp_path, auth):
     from fastapi.testclient import TestClient
 
     redis.Redis.from_url(settings.broker_url).flushdb()
@@ -82,7 +82,7 @@ def test_a_real_worker_runs_a_job_from_redis_on_postgres(settings, tmp_path):
                                "1", "--queues", "jobs", "--without-gossip", "--without-mingle", "--loglevel",
                                "WARNING"], cwd=ROOT, env=env)
     try:
-        with TestClient(create_app(settings)) as http:  # the real Celery enqueuer
+        with TestClient(create_app(settings), headers=auth) as http:  # the real Celery enqueuer
             job_id = _submit(http, 48)
             job = _wait_for_terminal(lambda j: http.get(f"/v1/jobs/{j}").json(), job_id)
             assert job["status"] == "succeeded", job
@@ -113,6 +113,9 @@ def test_the_embedded_service_runs_a_job_from_one_command(model_dir, tmp_path):
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.3)
+            assert http.get("/v1/jobs").status_code == 401  # no key, no answer
+            key = (tmp_path / "var" / "api-key").read_text().strip()  # made and written at first start
+            http.headers["Authorization"] = f"Bearer {key}"
             job_id = _submit(http, 36)
             job = _wait_for_terminal(lambda j: http.get(f"/v1/jobs/{j}").json(), job_id)
             assert job["status"] == "succeeded", job

@@ -21,12 +21,12 @@ def _unavailable(response, code: str) -> None:
     assert int(response.headers["Retry-After"]) > 0 and response.json()["error"]["code"] == code
 
 
-def test_postgres_down_is_503_with_retry_after_and_recovers(settings):
+def test_postgres_down_is_503_with_retry_after_and_recovers(settings, auth):
     url = make_url(settings.database_url)
     proxy = TcpProxy((url.host, url.port or 5432)).start()
     via_proxy = settings.model_copy(update={"database_url": url.set(port=proxy.port).render_as_string(False)})
     try:
-        with TestClient(create_app(via_proxy, enqueue=lambda _id: None)) as client:
+        with TestClient(create_app(via_proxy, enqueue=lambda _id: None), headers=auth) as client:
             dataset = upload_frame(client, toy_frame(30))
             assert client.get("/v1/jobs").status_code == 200
             proxy.stop()
@@ -43,10 +43,10 @@ def test_postgres_down_is_503_with_retry_after_and_recovers(settings):
         proxy.stop()
 
 
-def test_redis_down_is_503_on_submit_and_recovers(settings, tmp_path):
+def test_redis_down_is_503_on_submit_and_recovers(settings, tmp_path, auth):
     redis = RedisServer(tmp_path / "redis").start()
     try:
-        with TestClient(create_app(settings.model_copy(update={"broker_url": redis.url}))) as client:
+        with TestClient(create_app(settings.model_copy(update={"broker_url": redis.url})), headers=auth) as client:
             dataset = upload_frame(client, toy_frame(30))
             body = {"dataset_id": dataset["id"], "base_model": "tiny-bert"}
             assert client.post("/v1/jobs", json=body).status_code == 201

@@ -56,7 +56,7 @@ def test_an_upload_is_replayed_though_the_multipart_boundary_changes(client, set
     assert other.status_code == 409
 
 
-def test_a_4xx_is_replayed_and_a_5xx_is_not_remembered(settings, dataset):
+def test_a_4xx_is_replayed_and_a_5xx_is_not_remembered(settings, dataset, auth):
     calls = []
 
     def flaky_enqueue(job_id):
@@ -64,7 +64,7 @@ def test_a_4xx_is_replayed_and_a_5xx_is_not_remembered(settings, dataset):
         if len(calls) == 1:
             raise ConnectionError("broker down")
 
-    with TestClient(create_app(settings, enqueue=flaky_enqueue)) as client:
+    with TestClient(create_app(settings, enqueue=flaky_enqueue), headers=auth) as client:
         bad = [_post_job(client, "ds_nope", "bad-1") for _ in range(2)]
         assert [b.status_code for b in bad] == [404, 404] and bad[1].headers["Idempotent-Replayed"] == "true"
         assert _post_job(client, dataset["id"], "flaky").status_code == 503

@@ -42,14 +42,14 @@ def test_create_echoes_every_resolved_default(client, dataset, enqueued):
     assert client.get(f"/v1/jobs/{job['id']}").json() == job
 
 
-def test_enqueue_happens_after_the_commit(settings, dataset):
+def test_enqueue_happens_after_the_commit(settings, dataset, auth):
     seen = []
 
     def enqueue(job_id):  # a worker in another process must already find the row
         with session_factory(settings.database_url)() as other:
             seen.append(other.get(Job, job_id).status)
 
-    with TestClient(create_app(settings, enqueue=enqueue)) as client:
+    with TestClient(create_app(settings, enqueue=enqueue), headers=auth) as client:
         assert _create(client, dataset["id"]).status_code == 201
     assert seen == ["queued"]
 
@@ -142,11 +142,11 @@ def test_events_page_with_a_resumable_cursor(client, dataset):
     assert empty["data"] == [] and empty["next_cursor"] == second["next_cursor"]
 
 
-def test_broker_down_gives_503_and_a_failed_job(settings, dataset):
+def test_broker_down_gives_503_and_a_failed_job(settings, dataset, auth):
     def enqueue(_job_id):
         raise ConnectionError("broker unreachable")
 
-    with TestClient(create_app(settings, enqueue=enqueue)) as client:
+    with TestClient(create_app(settings, enqueue=enqueue), headers=auth) as client:
         response = _create(client, dataset["id"])
         assert response.status_code == 503 and response.json()["error"]["code"] == "unavailable"
         job = client.get("/v1/jobs").json()["data"][0]

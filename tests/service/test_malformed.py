@@ -28,9 +28,9 @@ def strict_settings(settings):
 
 
 @pytest.fixture
-def strict_client(strict_settings):
+def strict_client(strict_settings, auth):
     """An API client on the strict settings."""
-    with TestClient(create_app(strict_settings, enqueue=lambda _id: None)) as client:
+    with TestClient(create_app(strict_settings, enqueue=lambda _id: None), headers=auth) as client:
         yield client
 
 
@@ -91,7 +91,7 @@ def _lazy_gigabyte(sent: list[int], boundary: str):
     yield f"\r\n--{boundary}--\r\n".encode()
 
 
-def test_a_1gb_stream_without_length_is_cut_off_at_the_limit(strict_settings):
+def test_a_1gb_stream_without_length_is_cut_off_at_the_limit(strict_settings, auth):
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(strict_settings, enqueue=lambda _id: None), host="127.0.0.1",
                                            port=port, log_level="warning"))
@@ -105,7 +105,7 @@ def test_a_1gb_stream_without_length_is_cut_off_at_the_limit(strict_settings):
         sent, boundary = [0], "lazyboundary7d2f"
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
             response = http.post("/v1/datasets", content=_lazy_gigabyte(sent, boundary),
-                                 headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+                                 headers={"content-type": f"multipart/form-data; boundary={boundary}", **auth})
             assert response.status_code == 413 and response.json()["error"]["code"] == "payload_too_large"
             assert sent[0] < 64 << 20, f"the client got to send {sent[0]} bytes"  # far from 1 GiB
             assert http.get("/healthz").status_code == 200

@@ -42,13 +42,13 @@ def test_metrics_report_jobs_queue_durations_and_latency(client, settings):
     assert got[("clear_http_request_duration_seconds_count", latency)] == 1
 
 
-def test_readyz_checks_the_database_and_the_broker(client, settings):
+def test_readyz_checks_the_database_and_the_broker(client, settings, auth):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
     down = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
-    with TestClient(create_app(down, enqueue=lambda _: None)) as other:
+    with TestClient(create_app(down, enqueue=lambda _: None), headers=auth) as other:
         response = other.get("/readyz")
     assert response.status_code == 503
     error = response.json()["error"]

@@ -15,6 +15,7 @@ from app.db import session_factory
 from app.models import NoiseRow
 from app.services.transitions import transition
 from app.storage import ArtifactStore, adapter_key
+from tests.service.conftest import TENANT_A
 from tests.service.helpers import toy_frame, upload_frame
 
 N = 30
@@ -26,7 +27,7 @@ def finished_job(client, settings, tmp_path):
     frame = toy_frame(N).assign(text=lambda f: f["text"].where(f.index != 0, "=HYPERLINK(\"x\")"))
     dataset = upload_frame(client, frame)
     job_id = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "base_model": "tiny-bert"}).json()["id"]
-    rows = [dict(job_id=job_id, row_index=i, row_id=f"r{i}", given_label=str(frame["label"][i]),
+    rows = [dict(job_id=job_id, tenant_id=TENANT_A, row_index=i, row_id=f"r{i}", given_label=str(frame["label"][i]),
                  predicted_label=str((i % 3)), suggested_label=str(i % 3), suggested_confidence=0.9,
                  p_clean=(i * 7 % N) / N, p_clean_history=[0.5, (i * 7 % N) / N], label_quality=(i * 7 % N) / N,
                  flagged=i % 3 == 0, flag_threshold=0.5, rank=0) for i in range(N)]
@@ -38,7 +39,7 @@ def finished_job(client, settings, tmp_path):
         payload = b'{"method": "lora"}'
         info.size = len(payload)
         tar.addfile(info, io.BytesIO(payload))
-    key = ArtifactStore(settings.artifact_url).put_file(str(archive), adapter_key(job_id))
+    key = ArtifactStore(settings.artifact_url).put_file(str(archive), adapter_key(TENANT_A, job_id))
     summary = {"rows": N, "flagged": sum(r["flagged"] for r in rows), "flag_threshold": 0.5,
                "estimated_noise_rate_per_class": {"0": 0.3, "1": 0.3, "2": 0.4}}
     with session_factory(settings.database_url)() as session:

@@ -7,9 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from app.api.auth import PrincipalDep
 from app.api.deps import CursorQuery, IdempotencyKeyHeader, LimitQuery, SessionDep, SettingsDep
+from app.errors import PayloadTooLarge
 from app.schemas import DatasetPublic, DatasetsPublic, ErrorResponse
 from app.services import datasets as service
+from app.services.quotas import upload_too_large
 from app.services.uploads import spool
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"],
@@ -18,8 +21,9 @@ Column = Annotated[str | None, Form(max_length=200)]
 
 
 @router.post("", status_code=201, response_model=DatasetPublic,
-             responses={409: {"model": ErrorResponse}, 413: {"model": ErrorResponse}})
+             responses={409: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 429: {"model": ErrorResponse}})
 async def upload_dataset(
+    principal: PrincipalDep,
     session: SessionDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="CSV, JSONL or Parquet, UTF-8 (CSV/JSONL may be gzipped).")],
@@ -38,9 +42,16 @@ async def upload_dataset(
     """Upload a labelled dataset; every row is validated before it is stored (all rows or none).
 
     The file is copied to a temporary file (413 past the size limit) and parsed in chunks, so it is
-    never held in memory whole; its name is only a label, never a path.
+    never held in memory whole; its name is only a label, never a path. Over the tenant's upload or
+    stored-rows quota: 429 naming the quota.
     """
-    stored = await spool(file, settings.max_upload_bytes)
+    quotas = principal.quotas
+    try:
+        stored = await spool(file, quotas.upload_bytes)
+    except PayloadTooLarge:
+        if quotas.upload_bytes < settings.max_upload_bytes:
+            raise upload_too_large(quotas) from None
+        raise
     try:
         mapping = {"text": text_column, "text_pair": text_pair_column, "label": label_column,
                    "id": id_column, "gold_label": gold_label_column}
@@ -49,21 +60,23 @@ async def upload_dataset(
         limits = service.Limits(min_rows_per_class=settings.min_rows_per_class, max_rows=settings.max_rows,
                                 max_errors=settings.max_errors_listed, max_text_chars=settings.max_text_chars,
                                 max_uncompressed_bytes=settings.max_uncompressed_bytes)
-        dataset = await run_in_threadpool(service.create_dataset, session, upload, limits)
+        dataset = await run_in_threadpool(lambda: service.create_dataset(
+            session, upload, limits, tenant_id=principal.tenant_id, quotas=quotas))
     finally:
         stored.path.unlink(missing_ok=True)
     return DatasetPublic.model_validate(dataset)
 
 
 @router.get("", response_model=DatasetsPublic)
-def list_datasets(session: SessionDep, limit: LimitQuery = 50, cursor: CursorQuery = None) -> DatasetsPublic:
-    """Datasets, newest first."""
-    page = service.list_datasets(session, limit=limit, cursor=cursor)
+def list_datasets(principal: PrincipalDep, session: SessionDep, limit: LimitQuery = 50,
+                  cursor: CursorQuery = None) -> DatasetsPublic:
+    """The caller's tenant's datasets, newest first."""
+    page = service.list_datasets(session, tenant_id=principal.tenant_id, limit=limit, cursor=cursor)
     return DatasetsPublic(data=[DatasetPublic.model_validate(d) for d in page.items], count=page.count,
                           next_cursor=page.next_cursor)
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic)
-def get_dataset(session: SessionDep, dataset_id: str) -> DatasetPublic:
-    """One dataset: status, row count, class histogram, sha256."""
-    return DatasetPublic.model_validate(service.get_dataset(session, dataset_id))
+def get_dataset(principal: PrincipalDep, session: SessionDep, dataset_id: str) -> DatasetPublic:
+    """One dataset: status, row count, class histogram, sha256 (404 for another tenant's id)."""
+    return DatasetPublic.model_validate(service.get_dataset(session, dataset_id, tenant_id=principal.tenant_id))

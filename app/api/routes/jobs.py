@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from app.api.auth import PrincipalDep
 from app.api.deps import CursorQuery, EnqueueDep, IdempotencyKeyHeader, LimitQuery, SessionDep, SettingsDep
 from app.schemas import ErrorResponse, EventPublic, EventsPublic, JobCreate, JobPublic, JobsPublic
 from app.services import jobs as service
@@ -15,40 +16,43 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"],
 
 
 @router.post("", status_code=201, response_model=JobPublic,
-             responses={409: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
-def create_job(session: SessionDep, settings: SettingsDep, enqueue: EnqueueDep, body: JobCreate,
-               idempotency_key: IdempotencyKeyHeader = None) -> JobPublic:
+             responses={409: {"model": ErrorResponse}, 429: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+def create_job(principal: PrincipalDep, session: SessionDep, settings: SettingsDep, enqueue: EnqueueDep,
+               body: JobCreate, idempotency_key: IdempotencyKeyHeader = None) -> JobPublic:
     """Submit a fine-tuning job; the answer echoes every resolved setting. Send an ``Idempotency-Key``
-    to retry safely: a repeat with the same key and body gets the first answer, not a second job."""
-    job = service.create_job(session, body.model_dump(), settings=settings, enqueue=enqueue)
+    to retry safely: a repeat with the same key and body gets the first answer, not a second job.
+    Over the tenant's ``concurrent_jobs`` or ``jobs_per_hour`` quota: 429 naming it."""
+    job = service.create_job(session, body.model_dump(), tenant_id=principal.tenant_id, settings=settings,
+                             enqueue=enqueue, quotas=principal.quotas)
     return JobPublic.from_job(job)
 
 
 @router.get("", response_model=JobsPublic)
-def list_jobs(session: SessionDep, limit: LimitQuery = 50, cursor: CursorQuery = None,
+def list_jobs(principal: PrincipalDep, session: SessionDep, limit: LimitQuery = 50, cursor: CursorQuery = None,
               status: Annotated[str | None, Query(description="Only jobs in this state.")] = None) -> JobsPublic:
-    """Jobs, newest first, optionally filtered by state."""
-    page = service.list_jobs(session, status=status, limit=limit, cursor=cursor)
+    """The caller's tenant's jobs, newest first, optionally filtered by state."""
+    page = service.list_jobs(session, tenant_id=principal.tenant_id, status=status, limit=limit, cursor=cursor)
     return JobsPublic(data=[JobPublic.from_job(j) for j in page.items], count=page.count,
                       next_cursor=page.next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(session: SessionDep, job_id: str) -> JobPublic:
+def get_job(principal: PrincipalDep, session: SessionDep, job_id: str) -> JobPublic:
     """A job: state, attempt, progress (0-1, epoch, step), latest metrics, error."""
-    return JobPublic.from_job(service.get_job(session, job_id))
+    return JobPublic.from_job(service.get_job(session, job_id, tenant_id=principal.tenant_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses={409: {"model": ErrorResponse}})
-def cancel_job(session: SessionDep, job_id: str, idempotency_key: IdempotencyKeyHeader = None) -> JobPublic:
+def cancel_job(principal: PrincipalDep, session: SessionDep, job_id: str,
+               idempotency_key: IdempotencyKeyHeader = None) -> JobPublic:
     """Cancel a job: queued ones stop at once, running ones within a training step."""
-    return JobPublic.from_job(service.cancel_job(session, job_id))
+    return JobPublic.from_job(service.cancel_job(session, job_id, tenant_id=principal.tenant_id))
 
 
 @router.get("/{job_id}/events", response_model=EventsPublic)
-def list_events(session: SessionDep, job_id: str, limit: LimitQuery = 100,
+def list_events(principal: PrincipalDep, session: SessionDep, job_id: str, limit: LimitQuery = 100,
                 cursor: CursorQuery = None) -> EventsPublic:
     """The job's events, oldest first; pass ``next_cursor`` back to get only newer ones."""
-    page = service.list_events(session, job_id, limit=limit, cursor=cursor)
+    page = service.list_events(session, job_id, tenant_id=principal.tenant_id, limit=limit, cursor=cursor)
     return EventsPublic(data=[EventPublic.model_validate(e) for e in page.items], count=page.count,
                         next_cursor=page.next_cursor, has_more=bool(page.has_more))

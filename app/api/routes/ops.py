@@ -1,11 +1,12 @@
-"""Operations routes: ``/healthz`` (the process answers), ``/readyz`` (database and broker reachable)
-and ``/metrics`` (Prometheus text format)."""
+"""Operations routes: ``/healthz`` (the process answers), ``/readyz`` (database and broker reachable),
+both open to anyone, and ``/metrics`` (Prometheus text format; a key with the ``admin`` scope)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.api.auth import authenticate_admin
 from app.api.handlers import envelope
 from app.ops.health import readiness
 from app.schemas import ErrorResponse
@@ -30,8 +31,10 @@ def readyz(request: Request):
     return {"status": "ready", "checks": checks}
 
 
-@router.get("/metrics", response_class=Response,
-            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}})
+@router.get("/metrics", response_class=Response, dependencies=[Depends(authenticate_admin)],
+            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."},
+                       401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
 def metrics(request: Request) -> Response:
-    """Jobs by state, queue depth, job durations and API latency, in Prometheus' text format."""
+    """Jobs by state, queue depth, job durations and API latency, in Prometheus' text format. They count
+    every tenant's jobs, so they need a key with the ``admin`` scope."""
     return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)

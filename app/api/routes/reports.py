@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
+from app.api.auth import PrincipalDep
 from app.api.deps import CursorQuery, LimitQuery, SessionDep, StoreDep
 from app.errors import Conflict
 from app.schemas import ErrorResponse, NoiseReportPublic, NoiseRowPublic
@@ -25,19 +26,21 @@ def _filters(flagged: bool | None, given_label: str | None, predicted_label: str
 
 
 @router.get("/noise-report", response_model=NoiseReportPublic)
-def noise_report(session: SessionDep, job_id: str, limit: LimitQuery = 100, cursor: CursorQuery = None,
+def noise_report(principal: PrincipalDep, session: SessionDep, job_id: str, limit: LimitQuery = 100,
+                 cursor: CursorQuery = None,
                  flagged: FlaggedQuery = None, given_label: LabelQuery = None,
                  predicted_label: LabelQuery = None) -> NoiseReportPublic:
     """The noise report, likeliest-wrong rows first (``label_quality`` ascending), with its summary."""
-    job = service.report_job(session, job_id)
+    job = service.report_job(session, job_id, tenant_id=principal.tenant_id)
     page = service.report_page(session, job, filters=_filters(flagged, given_label, predicted_label), limit=limit,
                                cursor=cursor)
     return NoiseReportPublic(data=[NoiseRowPublic(**r) for r in page.items], count=page.count,
                              next_cursor=page.next_cursor, summary=job.report_summary or {})
 
 
-def _stream(request: Request, session: SessionDep, job_id: str, kind: str, filters: dict[str, Any]):
-    job = service.report_job(session, job_id)
+def _stream(request: Request, session: SessionDep, tenant_id: str, job_id: str, kind: str,
+            filters: dict[str, Any]):
+    job = service.report_job(session, job_id, tenant_id=tenant_id)
     summary = job.report_summary or {}
     rows = service.iter_report(request.app.state.session_factory, job, filters)
     body = service.csv_lines(rows) if kind == "csv" else service.jsonl_lines(summary, rows)
@@ -48,23 +51,27 @@ def _stream(request: Request, session: SessionDep, job_id: str, kind: str, filte
 
 
 @router.get("/noise-report.csv", response_class=StreamingResponse)
-def noise_report_csv(request: Request, session: SessionDep, job_id: str, flagged: FlaggedQuery = None,
+def noise_report_csv(request: Request, principal: PrincipalDep, session: SessionDep, job_id: str,
+                     flagged: FlaggedQuery = None,
                      given_label: LabelQuery = None, predicted_label: LabelQuery = None) -> StreamingResponse:
     """The whole report as CSV, streamed; the summary is in the ``X-Noise-Report-Summary`` header."""
-    return _stream(request, session, job_id, "csv", _filters(flagged, given_label, predicted_label))
+    filters = _filters(flagged, given_label, predicted_label)
+    return _stream(request, session, principal.tenant_id, job_id, "csv", filters)
 
 
 @router.get("/noise-report.jsonl", response_class=StreamingResponse)
-def noise_report_jsonl(request: Request, session: SessionDep, job_id: str, flagged: FlaggedQuery = None,
+def noise_report_jsonl(request: Request, principal: PrincipalDep, session: SessionDep, job_id: str,
+                       flagged: FlaggedQuery = None,
                        given_label: LabelQuery = None, predicted_label: LabelQuery = None) -> StreamingResponse:
     """The whole report as JSON lines, streamed: a ``{"summary": ...}`` line, then one line per row."""
-    return _stream(request, session, job_id, "jsonl", _filters(flagged, given_label, predicted_label))
+    filters = _filters(flagged, given_label, predicted_label)
+    return _stream(request, session, principal.tenant_id, job_id, "jsonl", filters)
 
 
 @router.get("/adapter", response_class=StreamingResponse)
-def adapter(session: SessionDep, store: StoreDep, job_id: str) -> StreamingResponse:
+def adapter(principal: PrincipalDep, session: SessionDep, store: StoreDep, job_id: str) -> StreamingResponse:
     """The trained adapter as a .tar.gz (peft files, label map, CleaR config, tokenizer)."""
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, tenant_id=principal.tenant_id)
     if job.status != "succeeded" or not job.adapter_uri:
         raise Conflict(f"job {job_id!r} is {job.status}: its adapter exists once it has succeeded",
                        param="job_id", code="adapter_not_ready")

@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from app.api.auth import PrincipalDep
 from app.schemas import ErrorResponse, EventPublic
 from app.services.jobs import get_job
 from app.services.live import parse_last_event_id, poll_job
@@ -35,13 +36,13 @@ def sse(data: Any, *, event: str, event_id: int | None = None) -> str:
     return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'), default=str)}\n\n"
 
 
-async def event_stream(factory: sessionmaker[Session], job_id: str, after: int, *, poll_s: float = POLL_S,
-                       heartbeat_s: float = HEARTBEAT_S) -> AsyncIterator[str]:
-    """Poll the job and its events until it is final; yield them as SSE text, heartbeats while idle."""
+async def event_stream(factory: sessionmaker[Session], job_id: str, after: int, *, tenant_id: str,
+                       poll_s: float = POLL_S, heartbeat_s: float = HEARTBEAT_S) -> AsyncIterator[str]:
+    """Poll the tenant's job and its events until it is final; yield them as SSE text, heartbeats while idle."""
     yield f"retry: {RETRY_MS}\n\n"
     last_snapshot, idle = None, 0.0
     while True:
-        poll = await run_in_threadpool(poll_job, factory, job_id, after)
+        poll = await run_in_threadpool(lambda: poll_job(factory, job_id, after, tenant_id=tenant_id))
         for event in poll.events:
             yield sse(EventPublic.model_validate(event).model_dump(mode="json"), event=event.type,
                       event_id=event.id)
@@ -65,7 +66,7 @@ async def event_stream(factory: sessionmaker[Session], job_id: str, after: int, 
 @router.get("/{job_id}/events/stream", response_class=StreamingResponse, description=STREAM_DOC,
             responses={200: {"content": {"text/event-stream": {}}, "description": "An event stream."}})
 async def stream_events(
-    request: Request, job_id: str,
+    request: Request, principal: PrincipalDep, job_id: str,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     last_event_id_query: Annotated[str | None, Query(alias="last_event_id",
                                                      description="Resume after this event id.")] = None,
@@ -76,8 +77,9 @@ async def stream_events(
 
     def exists() -> None:
         with factory() as session:
-            get_job(session, job_id)  # 404 before the stream starts
+            get_job(session, job_id, tenant_id=principal.tenant_id)  # 404 before the stream starts
 
     await run_in_threadpool(exists)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(event_stream(factory, job_id, after), media_type="text/event-stream", headers=headers)
+    return StreamingResponse(event_stream(factory, job_id, after, tenant_id=principal.tenant_id),
+                             media_type="text/event-stream", headers=headers)

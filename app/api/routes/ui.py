@@ -1,5 +1,9 @@
 """The web dashboard at ``/ui``: server-rendered pages (Jinja2) over the same services as the REST
-routes; charts are drawn in the browser by the vendored Chart.js from JSON embedded in the page."""
+routes; charts are drawn in the browser by the vendored Chart.js from JSON embedded in the page.
+
+``app.main`` includes this router behind ``ui_auth.ui_principal`` (a signed-out visitor is sent to the
+login form), which leaves the caller in ``request.state.principal``: every page shows its tenant's
+objects only."""
 
 from __future__ import annotations
 
@@ -56,13 +60,20 @@ def progress_text(snapshot: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
+def tenant_of(request: Request) -> str:
+    """The tenant of the signed-in caller (set by the router's authentication dependency)."""
+    return request.state.principal.tenant_id
+
+
 @router.get("", response_class=HTMLResponse)
 def jobs_page(request: Request, session: SessionDep,
               status: Annotated[str | None, Query()] = None, cursor: Annotated[str | None, Query()] = None):
     """The job list with states, progress and headline results, newest first."""
-    page = jobs_service.list_jobs(session, status=status or None, limit=50, cursor=cursor)
+    tenant_id = tenant_of(request)
+    page = jobs_service.list_jobs(session, tenant_id=tenant_id, status=status or None, limit=50, cursor=cursor)
     ids = {job.dataset_id for job in page.items}
-    names = dict(session.execute(select(Dataset.id, Dataset.name).where(Dataset.id.in_(ids))).all()) if ids else {}
+    names = dict(session.execute(select(Dataset.id, Dataset.name).where(
+        Dataset.id.in_(ids), Dataset.tenant_id == tenant_id)).all()) if ids else {}
     jobs = [JobPublic.from_job(job) for job in page.items]
     return templates.TemplateResponse(request, "jobs.html", {
         "jobs": jobs, "datasets": names, "status": status, "statuses": JOB_STATUSES,
@@ -79,8 +90,9 @@ def _duration(job: JobPublic) -> str | None:
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, session: SessionDep, job_id: str):
     """One job: progress (live while it runs), per-epoch plots, the report's plots, the flagged rows."""
+    tenant_id = tenant_of(request)
     try:
-        row = jobs_service.get_job(session, job_id)
+        row = jobs_service.get_job(session, job_id, tenant_id=tenant_id)
     except NotFound as exc:
         return templates.TemplateResponse(request, "missing.html", {"message": exc.message}, status_code=404)
     job, snapshot = JobPublic.from_job(row), progress_snapshot(row)
@@ -88,9 +100,11 @@ def job_page(request: Request, session: SessionDep, job_id: str):
     stats = report_stats(session, row) if has_report else None
     flagged = report_page(session, row, filters={"flagged": True}, limit=FLAGGED_SHOWN,
                           cursor=None).items if has_report else []
-    dataset = session.get(Dataset, job.dataset_id)
+    dataset = session.scalar(select(Dataset).where(Dataset.id == job.dataset_id,
+                                                   Dataset.tenant_id == tenant_id))
     metrics = job.metrics or {}
-    data = {"job_id": job.id, "final": job.status in TERMINAL_STATUSES, "epochs": epoch_metrics(session, job.id),
+    data = {"job_id": job.id, "final": job.status in TERMINAL_STATUSES,
+            "epochs": epoch_metrics(session, job.id, tenant_id=tenant_id),
             "stats": stats, "stream_url": f"/v1/jobs/{job.id}/events/stream"}
     return templates.TemplateResponse(request, "job.html", {
         "job": job, "api": f"/v1/jobs/{job.id}", "stats": stats, "flagged_rows": flagged, "data": data,

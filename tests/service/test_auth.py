@@ -1,0 +1,115 @@
+"""API keys: made by the admin command and stored as sha256 hashes only; 401 without a valid key, 403
+without the scope the method needs; revocation; the open routes; the dashboard's login cookie."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from app.db import get_engine
+from app.main import create_app
+from tests.service.conftest import create_key
+from tests.service.workers import ROOT
+
+KEY = re.compile(r"^(clr_[0-9a-f]{8})_[A-Za-z0-9_-]{43}$", re.M)
+
+
+def admin(settings, *args: str) -> subprocess.CompletedProcess:
+    """``python -m app.cli ARGS`` on the test database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEAR_")}
+    env.update(CLEAR_DATABASE_URL=settings.database_url, CLEAR_DATA_DIR=str(settings.data_dir))
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.fixture
+def app_client(settings):
+    """A client with no key of its own."""
+    with TestClient(create_app(settings, enqueue=lambda _id: None)) as client:
+        yield client
+
+
+def test_keys_are_stored_as_hashes_only_and_revocable(settings, app_client):
+    made = admin(settings, "create-key", "--tenant", "acme", "--scopes", "read,write", "--name", "ci")
+    assert made.returncode == 0, made.stderr
+    key = KEY.search(made.stdout).group(0)
+    prefix, secret = KEY.search(made.stdout).group(1), key.split("_", 2)[2]
+    with get_engine(settings.database_url).connect() as conn:
+        rows = conn.execute(text("SELECT * FROM api_keys")).mappings().all()
+    assert len(rows) == 1
+    cells = [str(v) for v in rows[0].values()]
+    assert not any(key in c or secret in c for c in cells)  # neither the key nor its secret part, in any column
+    assert rows[0]["key_hash"] == hashlib.sha256(key.encode()).hexdigest() and rows[0]["prefix"] == prefix
+    assert rows[0]["tenant_id"] == "acme" and rows[0]["revoked_at"] is None
+
+    bearer = {"Authorization": f"Bearer {key}"}
+    assert app_client.get("/v1/jobs", headers=bearer).status_code == 200
+    listed = admin(settings, "list-keys")
+    assert prefix in listed.stdout and "acme" in listed.stdout and secret not in listed.stdout
+    assert admin(settings, "revoke-key", prefix).returncode == 0
+    refused = app_client.get("/v1/jobs", headers=bearer)
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+    assert "revoked" in admin(settings, "list-keys").stdout
+    bad = admin(settings, "create-key", "--tenant", "acme", "--scopes", "read,root")
+    assert bad.returncode == 2 and "read, write, admin" in bad.stderr
+
+
+def test_no_key_or_a_bad_key_is_401_with_www_authenticate(app_client, api_key):
+    for headers in ({}, {"Authorization": "Bearer clr_00000000_" + "x" * 43}, {"Authorization": "Basic abc"},
+                    {"Authorization": f"Bearer {api_key}x"}, {"Authorization": api_key}):
+        for method, path in (("GET", "/v1/jobs"), ("GET", "/v1/datasets/ds_1"), ("POST", "/v1/jobs"),
+                             ("POST", "/v1/jobs/job_1/cancel"), ("GET", "/v1/jobs/job_1/noise-report.csv")):
+            response = app_client.request(method, path, headers=headers)
+            assert response.status_code == 401, (headers, method, path, response.text)
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+            assert "Authorization: Bearer" in response.json()["error"]["message"] or \
+                "unknown or revoked" in response.json()["error"]["message"]
+
+
+def test_a_key_needs_the_scope_of_the_method(settings, app_client):
+    reader = {"Authorization": f"Bearer {create_key(settings.database_url, 'acme', 'read')}"}
+    writer = {"Authorization": f"Bearer {create_key(settings.database_url, 'acme', 'write')}"}
+    assert app_client.get("/v1/jobs", headers=reader).status_code == 200
+    refused = app_client.post("/v1/jobs", json={"dataset_id": "ds_1"}, headers=reader)
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "insufficient_scope" and refused.json()["error"]["scope"] == "write"
+    assert 'error="insufficient_scope"' in refused.headers["WWW-Authenticate"]
+    assert app_client.post("/v1/jobs/job_1/cancel", headers=reader).status_code == 403
+    assert app_client.get("/v1/jobs", headers=writer).status_code == 403
+    assert app_client.post("/v1/jobs", json={"dataset_id": "ds_1"}, headers=writer).status_code == 404
+    assert app_client.get("/metrics", headers=reader).status_code == 403  # cross-tenant numbers: admin only
+
+
+def test_health_docs_and_static_files_need_no_key(app_client, auth):
+    for path in ("/healthz", "/readyz", "/docs", "/openapi.json", "/ui/static/dashboard.css", "/ui/login"):
+        assert app_client.get(path).status_code == 200, path
+    assert app_client.get("/metrics").status_code == 401
+    assert app_client.get("/metrics", headers=auth).status_code == 200
+    schemes = app_client.get("/openapi.json").json()["components"]["securitySchemes"]
+    assert schemes["ApiKey"] == {"type": "http", "scheme": "bearer", "description": schemes["ApiKey"]["description"]}
+
+
+def test_the_dashboard_signs_in_with_a_key_and_keeps_it_in_an_httponly_cookie(app_client, api_key, settings):
+    page = app_client.get("/ui/jobs/job_1?x=1", follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"] == "/ui/login?next=/ui/jobs/job_1%3Fx%3D1"
+    wrong = app_client.post("/ui/login", data={"key": "nope", "next": "/ui"}, follow_redirects=False)
+    assert wrong.status_code == 401 and "unknown or revoked" in wrong.text and "set-cookie" not in wrong.headers
+    offsite = app_client.post("/ui/login", data={"key": api_key, "next": "https://evil.example/"},
+                              follow_redirects=False)
+    assert offsite.status_code == 303 and offsite.headers["location"] == "/ui"
+    cookie = offsite.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and api_key.lower() in cookie
+    assert app_client.get("/ui").status_code == 200  # the cookie now rides along
+    assert app_client.get("/v1/jobs").status_code == 200  # so do the dashboard's GETs (event stream, downloads)
+    assert app_client.post("/v1/jobs", json={}).status_code == 401  # but a cookie never authorises a write
+    app_client.get("/ui/logout")
+    assert app_client.get("/v1/jobs").status_code == 401
+    reader = create_key(settings.database_url, "acme", "write")
+    assert app_client.post("/ui/login", data={"key": reader}, follow_redirects=False).status_code == 403
