@@ -6,7 +6,8 @@
     clearft jobs adapter ID -o adapter/
     clearft jobs noise-report ID -o report.csv
 
---url (or $CLEARFT_URL) names the service, --api-key (or $CLEARFT_API_KEY) the key.
+--url (or $CLEARFT_URL) names the service, --api-key (or $CLEARFT_API_KEY, or the file
+$CLEARFT_API_KEY_FILE, or the embedded service's $CLEAR_DATA_DIR/api-key or ./var/api-key) the key.
 Exit status: 0 done, 1 the service refused or the job did not succeed, 2 bad usage.
 """
 
@@ -101,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clearft", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="service URL (default $CLEARFT_URL or http://127.0.0.1:8000)")
-    parser.add_argument("--api-key", help="API key (default $CLEARFT_API_KEY)")
+    parser.add_argument("--api-key", help="API key (default $CLEARFT_API_KEY, $CLEARFT_API_KEY_FILE, then the "
+                                          "embedded service's $CLEAR_DATA_DIR/api-key or ./var/api-key)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     sub = parser.add_subparsers(dest="group", required=True)
     _datasets(sub)

@@ -18,6 +18,8 @@ import httpx
 import pandas as pd
 from tqdm import tqdm
 
+from clearft.client import default_key
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
@@ -119,9 +121,14 @@ def main() -> int:
     parser.add_argument("--warmup-epochs", type=int, default=1)
     parser.add_argument("--max-length", type=int, default=48)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--api-key", help="default: $CLEARFT_API_KEY, else the key the embedded service wrote to "
+                                          "$CLEAR_DATA_DIR/api-key at first start")
     args = parser.parse_args()
+    key = args.api_key or default_key()
+    if not key:
+        parser.error("no API key: pass --api-key, set CLEARFT_API_KEY, or start the service with CLEAR_DATA_DIR set")
     start = time.monotonic()
-    with httpx.Client(base_url=args.url, timeout=120) as http:
+    with httpx.Client(base_url=args.url, timeout=120, headers={"Authorization": f"Bearer {key}"}) as http:
         job_id = submit(http, args)
         job = follow(http, job_id)
         if job["status"] != "succeeded":

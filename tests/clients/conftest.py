@@ -16,7 +16,8 @@ import pytest
 import redis
 
 from clearft import Client
-from tests.service.conftest import create_pg_database, drop_pg_database, model_dir, run_alembic  # noqa: F401
+from tests.service.conftest import (  # noqa: F401
+    create_key, create_pg_database, drop_pg_database, model_dir, run_alembic)
 from tests.service.helpers import toy_frame
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,9 +65,12 @@ def service_logs(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def live_service(tmp_path_factory, model_dir, service_logs):  # noqa: F811
-    """The URL of a running API + worker pair."""
+    """The URL of a running API + worker pair. A key of tenant ``clients`` (every scope) is in
+    ``$CLEARFT_API_KEY`` while the session lasts, where the Python client and the CLI find it."""
     name, db_url = create_pg_database()
     run_alembic(db_url, "upgrade", "head")
+    saved_key = os.environ.get("CLEARFT_API_KEY")
+    os.environ["CLEARFT_API_KEY"] = create_key(db_url, "clients")
     redis.Redis.from_url(REDIS_URL).flushdb()
     data = tmp_path_factory.mktemp("live-service")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEAR_", "CLEARFT_"))}
@@ -89,6 +93,10 @@ def live_service(tmp_path_factory, model_dir, service_logs):  # noqa: F811
         for log in logs:
             log.close()
         drop_pg_database(name, db_url)
+        if saved_key is None:
+            os.environ.pop("CLEARFT_API_KEY", None)
+        else:
+            os.environ["CLEARFT_API_KEY"] = saved_key
 
 
 @pytest.fixture(scope="session")

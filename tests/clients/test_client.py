@@ -36,7 +36,7 @@ def _fake(handler) -> Client:
     return Client(key="sk-test", http=httpx.Client(base_url="http://service", transport=httpx.MockTransport(handler)))
 
 
-def test_the_key_is_sent_as_a_bearer_token_and_errors_keep_the_envelope(monkeypatch):
+def test_the_key_is_sent_as_a_bearer_token_and_errors_keep_the_envelope(monkeypatch, tmp_path):
     seen = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -50,7 +50,13 @@ def test_the_key_is_sent_as_a_bearer_token_and_errors_keep_the_envelope(monkeypa
     monkeypatch.setenv("CLEARFT_API_KEY", "from-env")
     assert Client("http://service").http.headers["authorization"] == "Bearer from-env"
     monkeypatch.delenv("CLEARFT_API_KEY")
+    monkeypatch.chdir(tmp_path)  # no var/api-key here
+    monkeypatch.delenv("CLEARFT_API_KEY_FILE", raising=False)
+    monkeypatch.setenv("CLEAR_DATA_DIR", str(tmp_path / "data"))
     assert "authorization" not in Client("http://service").http.headers
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "api-key").write_text("from-the-embedded-service\n")  # what `serve` writes
+    assert Client("http://service").http.headers["authorization"] == "Bearer from-the-embedded-service"
 
 
 def test_the_stream_reconnects_with_last_event_id(monkeypatch):

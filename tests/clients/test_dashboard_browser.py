@@ -59,13 +59,27 @@ def full_page_screenshot(driver, path: Path) -> Path:
     return path
 
 
+def sign_in(browser, url: str, next_path: str) -> None:
+    """Open ``next_path``, get sent to the login form, type the key in and land on ``next_path``."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"{url}{next_path}")
+    if "/ui/login" not in browser.current_url:
+        return  # the cookie of an earlier test is still there
+    browser.find_element(By.ID, "api-key").send_keys(os.environ["CLEARFT_API_KEY"])
+    browser.find_element(By.ID, "sign-in").click()
+    WebDriverWait(browser, 30).until(lambda d: d.current_url == f"{url}{next_path}")
+
+
 def test_the_dashboard_of_a_finished_job_draws_its_plots_and_flagged_rows(live_service, finished_job, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    stats = httpx.get(f"{live_service}/v1/jobs/{finished_job.id}/noise-report/stats").json()
+    auth = {"Authorization": f"Bearer {os.environ['CLEARFT_API_KEY']}"}
+    stats = httpx.get(f"{live_service}/v1/jobs/{finished_job.id}/noise-report/stats", headers=auth).json()
     assert stats["flagged"] > 0
-    browser.get(f"{live_service}/ui/jobs/{finished_job.id}")
+    sign_in(browser, live_service, f"/ui/jobs/{finished_job.id}")
     WebDriverWait(browser, 30).until(lambda d: d.execute_script("return document.body.dataset.chartsReady"))
     drawn = {cid: (kind, points) for cid, kind, points in browser.execute_script(CHARTS_JS, list(CANVASES))}
     assert drawn["chart-loss"] == ("line", 6) and drawn["chart-accuracy"] == ("line", 6)  # 3 epochs, 2 series
@@ -89,7 +103,10 @@ def test_the_dashboard_of_a_finished_job_draws_its_plots_and_flagged_rows(live_s
 
     adapter = browser.find_element(By.ID, "download-adapter").get_attribute("href")
     assert adapter.endswith(f"/v1/jobs/{finished_job.id}/adapter")
-    assert httpx.get(adapter).status_code == 200
+    assert httpx.get(adapter).status_code == 401  # a key is needed: the browser's cookie, or the header
+    assert httpx.get(adapter, headers=auth).status_code == 200
+    cookie = browser.get_cookie("clear_api_key")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     shot = full_page_screenshot(browser, ARTIFACTS / f"dashboard-{finished_job.id}.png")
     assert shot.stat().st_size > 20_000
 
@@ -97,7 +114,7 @@ def test_the_dashboard_of_a_finished_job_draws_its_plots_and_flagged_rows(live_s
 def test_the_job_list_links_to_the_job(live_service, finished_job, browser):
     from selenium.webdriver.common.by import By
 
-    browser.get(f"{live_service}/ui")
+    sign_in(browser, live_service, "/ui")
     link = browser.find_element(By.CSS_SELECTOR, f"a[href='/ui/jobs/{finished_job.id}']")
     row = link.find_element(By.XPATH, "./ancestor::tr")
     assert "succeeded" in row.find_element(By.CSS_SELECTOR, ".state").text
