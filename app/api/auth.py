@@ -43,7 +43,9 @@ class Principal:
 def bearer_token(authorization: str | None) -> str | None:
     """The key in an ``Authorization: Bearer <key>`` header value, or None."""
     scheme, _, token = (authorization or "").partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
 
 
 def resolve(request: Request, key: str) -> Principal:
