@@ -176,7 +176,7 @@ def test_the_embedded_service_reaps_a_job_whose_worker_died(model_dir, tmp_path)
     factory = session_factory(settings.database_url)
     with factory() as session:  # a job a dead worker had claimed: running, stale, no message anywhere
         job = create_job(session, {"dataset_id": dataset["id"], "method": "lora", "routed": True, **JOB,
-                                   "training": {**JOB["training"], "epochs": 1}}, tenant_id=TENANT_A, settings=settings,
+                                   "training": {**JOB["training"], "epochs": 1}, "clear": {"warmup_epochs": 0}}, tenant_id=TENANT_A, settings=settings,
                          enqueue=lambda _id: None)
         session.execute(update(Job).where(Job.id == job.id).values(status="running", attempt=1, started_at=utcnow(),
                                                                    heartbeat_at=utcnow()))

@@ -179,7 +179,7 @@ def test_cancel_stops_within_one_step_and_keeps_the_events(client, settings, dat
 
 
 def test_past_the_soft_time_limit_the_job_fails_with_time_limit(client, settings, dataset):
-    job_id = _job(client, dataset["id"], training={**FAST, "epochs": 2000}, soft_time_limit_s=1, time_limit_s=600)
+    job_id = _job(client, dataset["id"], training={**FAST, "epochs": 1000}, soft_time_limit_s=1, time_limit_s=600)
     assert execute_job(job_id, settings=settings) == "failed"
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["error"]["code"] == "time_limit" and job["progress"] < 1
@@ -207,7 +207,7 @@ def test_noise_rows_are_upserted_on_job_and_row_index(client, settings, dataset)
 
 
 def test_a_transient_fault_requeues_the_job_and_the_retry_resumes(client, settings, dataset, monkeypatch):
-    job_id = _job(client, dataset["id"], training={**FAST, "epochs": 1})
+    job_id = _job(client, dataset["id"], training={**FAST, "epochs": 1}, clear={"warmup_epochs": 0})
     real = pipeline.load_inputs
 
     def database_gone(*_args, **_kwargs):
@@ -257,7 +257,7 @@ def test_a_checkpoint_this_worker_cannot_resume_is_redone_not_failed(client, set
     train(TextClassificationData(["market bank", "team goal"] * 2, ["x", "y"] * 2), clear=ClearConfig(),
           training=TrainingConfig(epochs=1, batch_size=2, max_length=8), model_path=tiny_model_dir,
           checkpoint_dir=tmp_path / "other")  # another run's checkpoint
-    job_id = _job(client, dataset["id"], training={**FAST, "epochs": 1})
+    job_id = _job(client, dataset["id"], training={**FAST, "epochs": 1}, clear={"warmup_epochs": 0})
     key = ArtifactStore(settings.artifact_url).put_file(str(latest_checkpoint(tmp_path / "other") / STATE_FILE),
                                                        f"jobs/{job_id}/checkpoints/step-2.pt")
     _set(settings, job_id, checkpoint_uri=key, checkpoint_step=2)
