@@ -36,11 +36,15 @@ def run_migrations_online() -> None:
     """Run against a live connection (SQLite gets batch mode for ALTERs)."""
     engine = get_engine(database_url())
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=Base.metadata,
-                          render_as_batch=connection.dialect.name == "sqlite")
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:  # batch mode copies and drops tables: foreign keys must not fire meanwhile (outside a transaction)
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=sqlite)
         with context.begin_transaction():
             context.run_migrations()
         connection.commit()
+        if sqlite:
+            connection.exec_driver_sql("PRAGMA foreign_keys=ON")  # the pooled connection goes back as it came
 
 
 if context.is_offline_mode():

@@ -1,8 +1,10 @@
-"""Alembic: ``upgrade head`` on an empty Postgres creates every table; ``downgrade base`` removes them."""
+"""Alembic: ``upgrade head`` on an empty Postgres creates every table; ``downgrade base`` removes them;
+rows from before tenants existed (revision 0002) go to the tenant ``local``, on Postgres and SQLite."""
 
 from __future__ import annotations
 
-from sqlalchemy import inspect
+import pytest
+from sqlalchemy import inspect, text
 
 from app.db import get_engine
 from app.models import Base
@@ -34,3 +36,33 @@ def test_the_embedded_sqlite_database_migrates_too(tmp_path):
     assert _tables(url) == set(Base.metadata.tables) | {"alembic_version"}
     run_alembic(url, "downgrade", "base")
     assert _tables(url) == {"alembic_version"}
+
+
+ROWS_0002 = ("INSERT INTO datasets VALUES ('ds_1', 'n', 'ready', 'csv', 'x', 1, 1, '[]', '{}', '{}', "
+             "'2026-01-01 00:00:00+00')",
+             "INSERT INTO jobs (id, dataset_id, base_model, method, routed, clear_config, training_config, status, "
+             "attempt, progress, global_step, created_at) VALUES ('job_1', 'ds_1', 'm', 'lora', true, '{}', '{}', "
+             "'succeeded', 1, 1, 0, '2026-01-01 00:00:00+00')",
+             "INSERT INTO job_events (job_id, type, created_at) VALUES ('job_1', 'state', '2026-01-01 00:00:00+00')")
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+def test_rows_from_before_tenants_go_to_the_local_tenant(backend, tmp_path):
+    name, url = create_pg_database() if backend == "postgres" else (None, f"sqlite:///{tmp_path / 'clear.db'}")
+    try:
+        run_alembic(url, "upgrade", "0002")
+        with get_engine(url).begin() as conn:  # SQLite: foreign keys on, as the service runs it
+            for statement in ROWS_0002:
+                conn.execute(text(statement))
+        run_alembic(url, "upgrade", "head")
+        with get_engine(url).connect() as conn:
+            owners = {t: conn.execute(text(f"SELECT tenant_id FROM {t}")).scalars().all()
+                      for t in ("datasets", "jobs", "job_events")}
+            assert owners == {"datasets": ["local"], "jobs": ["local"], "job_events": ["local"]}
+            assert conn.execute(text("SELECT id FROM tenants")).scalars().all() == ["local"]
+        run_alembic(url, "downgrade", "0002")
+        with get_engine(url).connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM job_events")).scalar() == 1
+    finally:
+        if name:
+            drop_pg_database(name, url)
