@@ -37,7 +37,7 @@ def parse_last_event_id(value: str | None) -> int:
     """The event id a client resumes after (0: from the start); ``InvalidInput`` if it is not one."""
     if value is None or value == "":
         return 0
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit() and len(value) <= 18):  # '²' is a digit to isdigit(); 64-bit ids
         raise InvalidInput(f"Last-Event-ID={value!r} is not an event id: send the id of the last event received",
                            param="Last-Event-ID")
     return int(value)

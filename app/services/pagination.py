@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -34,13 +35,28 @@ def encode_cursor(values: list[Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
 
 
+INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def _storable(value: Any) -> bool:
+    """Whether a cursor value can be bound in a query: no integer past 64 bits (SQLite raises
+    OverflowError on one) and no NaN or infinity."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return True
+    if isinstance(value, int):
+        return INT64[0] <= value <= INT64[1]
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return True
+
+
 def decode_cursor(cursor: str, length: int) -> list[Any]:
     """The values of a cursor made by ``encode_cursor``; ``InvalidInput`` on anything else."""
     try:
         values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (binascii.Error, ValueError, UnicodeDecodeError):
         values = None
-    if not isinstance(values, list) or len(values) != length:
+    if not isinstance(values, list) or len(values) != length or not all(map(_storable, values)):
         raise InvalidInput(f"cursor={cursor!r} is not a cursor this service returned: pass next_cursor "
                            "from the previous page, or omit it", param="cursor")
     return values

@@ -98,3 +98,27 @@ def test_report_stats_need_a_finished_job(client, settings):
     assert client.get(f"/v1/jobs/{job_id}/noise-report/stats").status_code == 409
     assert client.get("/v1/jobs/job_nope/noise-report/stats").status_code == 404
     assert client.get(f"/v1/jobs/{job_id}/noise-report/stats", params={"bins": 1}).status_code == 422
+
+
+def test_odd_last_event_ids_and_cursors_are_422_not_500(client, settings):
+    """'²' passes str.isdigit() but not int(); a 20-digit id or cursor value does not fit a 64-bit column
+    (SQLite raises OverflowError binding it): each is a bad request, not a crash."""
+    import base64
+
+    job_id, _ = make_finished_job(client, settings)
+
+    def cursor(values) -> str:
+        return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+    for value in ("²", "1" * 20, "1" * 5000):
+        bad = client.get(f"/v1/jobs/{job_id}/events/stream", params={"last_event_id": value})
+        assert bad.status_code == 422 and bad.json()["error"]["param"] == "Last-Event-ID", value
+    for path, values in ((f"/v1/jobs/{job_id}/events", [10**30]),
+                         (f"/v1/jobs/{job_id}/noise-report", [0.5, 10**30, 1]),
+                         (f"/v1/jobs/{job_id}/noise-report", [0.5, 1, -10**30]),
+                         ("/v1/jobs", ["2020-01-01T00:00:00", 10**30])):
+        bad = client.get(path, params={"cursor": cursor(values)})
+        assert bad.status_code == 422 and bad.json()["error"]["param"] == "cursor", (path, values)
+    nan = client.get(f"/v1/jobs/{job_id}/noise-report", params={"cursor": base64.urlsafe_b64encode(
+        b"[NaN, 1, 1]").decode()})
+    assert nan.status_code == 422
