@@ -172,6 +172,13 @@ def _jsonl_record(raw: bytes, line_no: int, row: int, path: Path, max_uncompress
     if not isinstance(record, dict):
         raise InvalidInput(f"line {line_no} is not a JSON object", param="file", code="parse_error",
                            details=[{"row": row, "line": line_no, "code": "parse_error"}])
+    if "\\u" in text:  # an escaped lone surrogate ("\ud800") is valid JSON but not text: nothing can store it
+        try:
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput(f"line {line_no} has a \\uXXXX escape of half a UTF-16 surrogate pair, which is not "
+                               "valid text: fix the escape or remove it", param="file", code="bad_encoding",
+                               details=[{"row": row, "line": line_no, "code": "bad_encoding"}]) from None
     return record
 
 

@@ -201,6 +201,9 @@ def cases() -> dict[str, Case]:
         "jsonl_label_list_and_object": Case(json_rows(r5={"label": ["a"]}, r6={"label": {"x": 1}}), "data.jsonl",
                                             rows=[(5, "bad_label_type"), (6, "bad_label_type")], exact=True,
                                             columns=["label"]),
+        "jsonl_lone_surrogate_escape": Case(jsonl([{"text": t, "label": y} for t, y in rows()[:3]]
+                                                  + ['{"text": "half \\ud800 a pair", "label": "a"}']), "data.jsonl",
+                                            code="bad_encoding", rows=[(3, "bad_encoding")], message="surrogate"),
         "jsonl_id_object": Case(json_rows(**{f"r{i}": {"id": {"n": i}} if i == 1 else {"id": i} for i in range(12)}),
                                 "data.jsonl", form={"id_column": "id"}, rows=[(1, "bad_id_type")], exact=True),
         "csv_duplicate_header": Case(csv(header="text,text"), code="duplicate_column",
