@@ -22,6 +22,8 @@ KEY_PATTERN = re.compile(r"^(clr_[0-9a-f]{8})_[A-Za-z0-9_-]{43}$")
 TENANT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
 LOCAL_TENANT = "local"
 QUOTA_COLUMNS = ("max_concurrent_jobs", "max_stored_rows", "max_upload_bytes", "max_jobs_per_hour")
+QUOTA_MAX = {"max_concurrent_jobs": 2**31 - 1, "max_stored_rows": 2**63 - 1, "max_upload_bytes": 2**63 - 1,
+             "max_jobs_per_hour": 2**31 - 1}  # the columns' ranges (INTEGER, BIGINT)
 
 
 @dataclass
@@ -112,12 +114,16 @@ def revoke_key(session: Session, prefix: str) -> ApiKey:
 
 def set_quotas(session: Session, tenant: str, **limits: int | None) -> Tenant:
     """Set the tenant's own quotas (``max_concurrent_jobs=...`` etc.; 0 resets one to the service default);
-    the tenant is made if new; committed."""
+    the tenant is made if new; committed. ``InvalidInput`` for a negative value (a quota of -1 would refuse
+    every request) or one past the column's range."""
     record = ensure_tenant(session, tenant)
     for column, value in limits.items():
         if column not in QUOTA_COLUMNS:
             raise InvalidInput(f"{column} is not a quota: use {', '.join(QUOTA_COLUMNS)}", param=column)
         if value is not None:
+            if not 0 <= value <= QUOTA_MAX[column]:
+                raise InvalidInput(f"{column}={value}: give a whole number from 1 to {QUOTA_MAX[column]}, or 0 for the "
+                                   "service default", param=column)
             setattr(record, column, value or None)
     session.commit()
     return record

@@ -112,3 +112,22 @@ def _key_id(settings, key: str) -> str:
 
     with session_factory(settings.database_url)() as session:
         return find_key(session, key)[0].id
+
+
+def test_set_quotas_refuses_negative_and_out_of_range_values(settings):
+    """A negative quota used to be stored as it was and then refused every job ('quota of -5'); one past
+    the INTEGER column crashed the admin command on Postgres. Both are refused and nothing changes."""
+    from app.errors import InvalidInput
+    from app.models import Tenant
+
+    for column, value in (("max_concurrent_jobs", -5), ("max_jobs_per_hour", -1),
+                          ("max_concurrent_jobs", 2**31), ("max_stored_rows", -1)):
+        with pytest.raises(InvalidInput) as raised:
+            quotas(settings, "acme", **{column: value})
+        assert raised.value.param == column and "0 for the service default" in raised.value.message
+    with session_factory(settings.database_url)() as session:
+        tenant = session.get(Tenant, "acme")
+        assert tenant is None or (tenant.max_concurrent_jobs, tenant.max_jobs_per_hour) == (None, None)
+    quotas(settings, "acme", max_concurrent_jobs=4, max_jobs_per_hour=0)
+    with session_factory(settings.database_url)() as session:
+        assert session.get(Tenant, "acme").max_concurrent_jobs == 4
