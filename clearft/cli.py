@@ -130,8 +130,8 @@ def main(argv: list[str] | None = None, *, client: Client | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = getattr(commands, f"{args.group}_{args.command.replace('-', '_')}")
     own = client is None
-    client = client or Client(args.url, args.api_key)
     try:
+        client = client or Client(args.url, args.api_key)  # inside: a bad key or key file is a usage error
         return handler(client, args)
     except UsageError as exc:
         print(f"clearft: {exc}", file=sys.stderr)
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None, *, client: Client | None = None) -> int:
         print("clearft: interrupted (the job keeps running; `clearft jobs cancel ID` stops it)", file=sys.stderr)
         return 130
     finally:
-        if own:
+        if own and client is not None:
             client.close()
 
 

@@ -2,8 +2,8 @@
 
 Every call raises ``ApiError`` (the service's error envelope) on a 4xx/5xx answer. The API key is
 sent as ``Authorization: Bearer <key>``; it defaults to ``$CLEARFT_API_KEY``, else the first line of
-the file ``$CLEARFT_API_KEY_FILE``, else the key the embedded service wrote at first start
-(``$CLEAR_DATA_DIR/api-key``, or ``var/api-key`` in the current folder). The URL defaults to
+the file ``$CLEARFT_API_KEY_FILE`` (which must exist when it is set), else the key the embedded service
+wrote at first start (``$CLEAR_DATA_DIR/api-key``, or ``var/api-key`` in the current folder). The URL defaults to
 ``$CLEARFT_URL`` or ``http://127.0.0.1:8000``.
 """
 
@@ -16,7 +16,7 @@ from typing import IO, Any
 import httpx
 
 from clearft.datasets import DatasetsAPI
-from clearft.errors import ApiError
+from clearft.errors import ApiError, UsageError
 from clearft.jobs import JobsAPI
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -24,17 +24,38 @@ USER_AGENT = "clearft/0.1"
 
 
 def default_key() -> str | None:
-    """The API key from the environment or the embedded service's key file; None if there is none."""
-    if os.environ.get("CLEARFT_API_KEY"):
-        return os.environ["CLEARFT_API_KEY"]
-    candidates = [os.environ.get("CLEARFT_API_KEY_FILE"),
-                  str(Path(os.environ["CLEAR_DATA_DIR"]) / "api-key") if os.environ.get("CLEAR_DATA_DIR") else None,
-                  "var/api-key"]
+    """The API key from the environment or the embedded service's key file; None if there is none.
+
+    Raises:
+        UsageError: ``$CLEARFT_API_KEY_FILE`` names a file that cannot be read (rather than falling back
+            to another key and getting a confusing 401).
+    """
+    if os.environ.get("CLEARFT_API_KEY", "").strip():
+        return os.environ["CLEARFT_API_KEY"].strip()
+    named = os.environ.get("CLEARFT_API_KEY_FILE")
+    if named and not Path(named).is_file():
+        raise UsageError(f"CLEARFT_API_KEY_FILE={named!r} is not a file: point it at the file holding the key")
+    candidates = [named, str(Path(os.environ["CLEAR_DATA_DIR"]) / "api-key") if os.environ.get("CLEAR_DATA_DIR")
+                  else None, "var/api-key"]
     for name in filter(None, candidates):
         path = Path(name)
         if path.is_file():
-            return path.read_text().strip() or None
+            try:
+                lines = path.read_text().splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise UsageError(f"cannot read the API key file {name!r}: {exc}") from None
+            return (lines[0].strip() if lines else "") or None  # the first line: a note may follow it
     return None
+
+
+def check_key(key: str) -> str:
+    """``key`` without surrounding blanks; ``UsageError`` if it holds a character no HTTP header (and no key of
+    the service) can carry: a space, a line break, a non-ASCII letter."""
+    key = key.strip()
+    if not all("!" <= ch <= "~" for ch in key):
+        raise UsageError("the API key has a space, a line break or a non-ASCII character, which no key has: check "
+                         "--api-key, $CLEARFT_API_KEY or the key file")
+    return key
 
 
 class Client:
@@ -51,6 +72,7 @@ class Client:
                  http: httpx.Client | None = None) -> None:
         self.url = url or os.environ.get("CLEARFT_URL") or DEFAULT_URL
         key = key if key is not None else default_key()
+        key = check_key(key) or None if key else None
         headers = {"User-Agent": USER_AGENT, **({"Authorization": f"Bearer {key}"} if key else {})}
         if http is None:
             http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)

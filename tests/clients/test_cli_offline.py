@@ -100,3 +100,28 @@ def test_adapter_archive_is_written_to_the_named_file(capsys, tmp_path):
     folder = tmp_path / "folder"
     code, _, _ = run(capsys, handler, "jobs", "adapter", "job_x", "--archive", "-o", str(folder))
     assert code == 0 and (folder / "job_x-adapter.tar.gz").read_bytes() == payload
+
+
+def test_key_files_and_odd_keys_are_usage_errors_not_tracebacks(capsys, tmp_path, monkeypatch):
+    """$CLEARFT_API_KEY_FILE: only its first line is the key (a note may follow), and a file that does not
+    exist is named rather than silently skipped; a key with a non-ASCII character is exit 2 with one line,
+    not an httpx UnicodeEncodeError traceback."""
+    from clearft.client import default_key
+
+    monkeypatch.delenv("CLEARFT_API_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    key_file = tmp_path / "key"
+    key_file.write_text("clr_0123abcd_secret\n# the CI key of acme\n")
+    monkeypatch.setenv("CLEARFT_API_KEY_FILE", str(key_file))
+    assert default_key() == "clr_0123abcd_secret"
+    assert Client("http://service").http.headers["authorization"] == "Bearer clr_0123abcd_secret"
+    monkeypatch.setenv("CLEARFT_API_KEY_FILE", str(tmp_path / "missing"))
+    with pytest.raises(UsageError, match="CLEARFT_API_KEY_FILE"):
+        default_key()
+    code = main(["--url", "http://127.0.0.1:9", "jobs", "list"])
+    assert code == 2 and "CLEARFT_API_KEY_FILE" in capsys.readouterr().err
+    monkeypatch.delenv("CLEARFT_API_KEY_FILE")
+    for bad in ("clé", "two words"):
+        code = main(["--url", "http://127.0.0.1:9", "--api-key", bad, "jobs", "list"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("clearft: the API key has") and bad not in err, err
