@@ -21,6 +21,7 @@ SCOPES = ("read", "write", "admin")
 KEY_PATTERN = re.compile(r"^(clr_[0-9a-f]{8})_[A-Za-z0-9_-]{43}$")
 TENANT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
 LOCAL_TENANT = "local"
+NAME_MAX = 200  # api_keys.name
 QUOTA_COLUMNS = ("max_concurrent_jobs", "max_stored_rows", "max_upload_bytes", "max_jobs_per_hour")
 QUOTA_MAX = {"max_concurrent_jobs": 2**31 - 1, "max_stored_rows": 2**63 - 1, "max_upload_bytes": 2**63 - 1,
              "max_jobs_per_hour": 2**31 - 1}  # the columns' ranges (INTEGER, BIGINT)
@@ -69,6 +70,8 @@ def create_key(session: Session, tenant: str, scopes: str | list[str], *, name: 
     """Make a key for ``tenant`` (made too if new) with ``scopes``; committed. The plaintext is only in
     the returned ``NewKey``."""
     scope_list = parse_scopes(scopes)
+    if name is not None and len(name) > NAME_MAX:  # the column's length: Postgres would refuse the INSERT
+        raise InvalidInput(f"the key's name is {len(name)} characters: use at most {NAME_MAX}", param="name")
     ensure_tenant(session, tenant)
     while True:
         prefix = f"clr_{secrets.token_hex(4)}"

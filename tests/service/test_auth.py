@@ -113,3 +113,13 @@ def test_the_dashboard_signs_in_with_a_key_and_keeps_it_in_an_httponly_cookie(ap
     assert app_client.get("/v1/jobs").status_code == 401
     reader = create_key(settings.database_url, "acme", "write")
     assert app_client.post("/ui/login", data={"key": reader}, follow_redirects=False).status_code == 403
+
+
+def test_create_key_refuses_a_name_longer_than_its_column(settings):
+    """A --name over 200 characters was a Postgres StringDataRightTruncation traceback from create-key;
+    now it is a one-line refusal (exit 2) and no tenant or key is made."""
+    made = admin(settings, "create-key", "--tenant", "acme", "--name", "n" * 201)
+    assert made.returncode == 2 and "at most 200" in made.stderr and "Traceback" not in made.stderr, made.stderr
+    with get_engine(settings.database_url).connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM api_keys")).scalar_one() == 0
+    assert admin(settings, "create-key", "--tenant", "acme", "--name", "n" * 200).returncode == 0
