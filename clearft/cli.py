@@ -14,6 +14,8 @@ Exit status: 0 done, 1 the service refused or the job did not succeed, 2 bad usa
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import sys
 
 import httpx
@@ -125,6 +127,15 @@ def print_details(details: list[dict], limit: int = SHOWN_DETAILS) -> None:
     print("  (ROW is the 0-based data row: the header is not counted)", file=sys.stderr)
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush does not fail on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass  # stdout is not a file descriptor (a test's capture): nothing to silence
+
+
 def main(argv: list[str] | None = None, *, client: Client | None = None) -> int:
     """Run one ``clearft`` command; returns the exit status (``client`` replaces the one built from flags)."""
     args = build_parser().parse_args(argv)
@@ -132,7 +143,9 @@ def main(argv: list[str] | None = None, *, client: Client | None = None) -> int:
     own = client is None
     try:
         client = client or Client(args.url, args.api_key)  # inside: a bad key or key file is a usage error
-        return handler(client, args)
+        code = handler(client, args)
+        sys.stdout.flush()  # here, not at exit: a reader that left (`| head`) is handled below
+        return code
     except UsageError as exc:
         print(f"clearft: {exc}", file=sys.stderr)
         return 2
@@ -144,6 +157,9 @@ def main(argv: list[str] | None = None, *, client: Client | None = None) -> int:
     except httpx.TransportError as exc:
         print(f"clearft: cannot reach the service at {client.url}: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `clearft ... | head`: the reader left; stop quietly, as other commands do
+        _silence_stdout()
+        return 141
     except KeyboardInterrupt:
         print("clearft: interrupted (the job keeps running; `clearft jobs cancel ID` stops it)", file=sys.stderr)
         return 130

@@ -125,3 +125,39 @@ def test_key_files_and_odd_keys_are_usage_errors_not_tracebacks(capsys, tmp_path
         code = main(["--url", "http://127.0.0.1:9", "--api-key", bad, "jobs", "list"])
         err = capsys.readouterr().err
         assert code == 2 and err.startswith("clearft: the API key has") and bad not in err, err
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """`clearft --json datasets list | head -1` printed a BrokenPipeError traceback once head had left."""
+    import subprocess
+    import sys
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    one = {"id": "ds_x", "name": "n" * 100, "status": "ready", "row_count": 2, "label_names": ["a", "b"],
+           "class_histogram": {"a": 1, "b": 1}, "sha256": "0" * 64, "created_at": "2026-01-01T00:00:00Z"}
+    body = json.dumps({"data": [one] * 500, "count": 500, "next_cursor": None}).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cli = subprocess.Popen([sys.executable, "-m", "clearft", "--url", f"http://127.0.0.1:{server.server_port}",
+                                "--api-key", "k", "--json", "datasets", "list"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+        cli.stdout.read(10)
+        cli.stdout.close()  # the reader leaves, like `head`
+        err = cli.stderr.read().decode()
+        assert cli.wait(timeout=60) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
+    finally:
+        server.shutdown()
