@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None, *, client: Client | None = None) -> int:
     except BrokenPipeError:  # `clearft ... | head`: the reader left; stop quietly, as other commands do
         _silence_stdout()
         return 141
+    except OSError as exc:  # a local file or folder: -o naming an existing file where a folder goes, no permission
+        print(f"clearft: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("clearft: interrupted (the job keeps running; `clearft jobs cancel ID` stops it)", file=sys.stderr)
         return 130

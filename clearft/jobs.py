@@ -135,14 +135,12 @@ class JobsAPI:
         directory = Path(directory).expanduser()
         if not extract:
             archive = _archive_path(directory, job_id)
-            archive.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open("wb") as out:
-                self.client.download(f"/v1/jobs/{job_id}/adapter", out)
+            _save(archive, lambda out: self.client.download(f"/v1/jobs/{job_id}/adapter", out))
             return archive
-        directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile() as tmp:
-            self.client.download(f"/v1/jobs/{job_id}/adapter", tmp)
+            self.client.download(f"/v1/jobs/{job_id}/adapter", tmp)  # first: a refusal leaves no empty folder
             tmp.seek(0)
+            directory.mkdir(parents=True, exist_ok=True)
             with tarfile.open(fileobj=tmp, mode="r:gz") as tar:
                 tar.extractall(directory, filter="data")
         return directory
@@ -152,9 +150,8 @@ class JobsAPI:
         ``flagged``, ``given_label``, ``predicted_label``."""
         path = Path(path).expanduser()
         kind = "jsonl" if path.suffix == ".jsonl" else "csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("wb") as out:
-            self.client.download(f"/v1/jobs/{job_id}/noise-report.{kind}", out, **_query(filters))
+        _save(path, lambda out: self.client.download(f"/v1/jobs/{job_id}/noise-report.{kind}", out,
+                                                     **_query(filters)))
         return path
 
     def noise_report(self, job_id: str, **filters: Any) -> "pd.DataFrame":
@@ -179,6 +176,21 @@ class JobsAPI:
         import pandas as pd
 
         return pd.DataFrame([e.data for e in self.events(job_id) if e.type == "epoch" and e.data])
+
+
+def _save(path: Path, write) -> None:
+    """Run ``write(file)`` on a temporary file next to ``path`` and rename it to ``path`` once it succeeded:
+    a refused or broken download leaves an existing ``path`` as it was, and no empty file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", suffix=".part",
+                                     delete=False) as out:
+        try:
+            write(out)
+        except BaseException:
+            out.close()
+            Path(out.name).unlink(missing_ok=True)
+            raise
+    Path(out.name).replace(path)
 
 
 def _archive_path(target: Path, job_id: str) -> Path:

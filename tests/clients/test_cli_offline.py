@@ -161,3 +161,29 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
         assert cli.wait(timeout=60) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
     finally:
         server.shutdown()
+
+
+def test_a_refused_download_keeps_the_existing_file_and_leaves_nothing(capsys, tmp_path):
+    """`noise-report -o report.csv` (or `adapter --archive -o a.tgz`) for a job that is not finished, or with
+    the wrong key, used to truncate an existing file to 0 bytes before the 409/404 came back, and to leave an
+    empty file otherwise; `adapter -o` naming an existing file was a FileExistsError traceback."""
+    def refuse(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(409, json={"error": {"code": "report_not_ready", "message": "job is running"}})
+
+    report = tmp_path / "report.csv"
+    report.write_text("rank,row_index\n1,7\n")
+    code, _, err = run(capsys, refuse, "jobs", "noise-report", "job_x", "-o", str(report))
+    assert code == 1 and "report_not_ready" in err
+    assert report.read_text() == "rank,row_index\n1,7\n"
+    code, _, _ = run(capsys, refuse, "jobs", "noise-report", "job_x", "-o", str(tmp_path / "new.jsonl"))
+    code, _, _ = run(capsys, refuse, "jobs", "adapter", "job_x", "--archive", "-o", str(tmp_path / "a.tgz"))
+    code, _, _ = run(capsys, refuse, "jobs", "adapter", "job_x", "-o", str(tmp_path / "unpacked"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.csv"]
+
+    def serve(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text="rank,row_index\n1,3\n")
+
+    assert run(capsys, serve, "jobs", "noise-report", "job_x", "-o", str(report))[0] == 0
+    assert report.read_text() == "rank,row_index\n1,3\n" and sorted(p.name for p in tmp_path.iterdir()) == ["report.csv"]
+    code, _, err = run(capsys, serve, "jobs", "adapter", "job_x", "-o", str(report))
+    assert code == 1 and err.startswith("clearft: ") and "File exists" in err
