@@ -28,6 +28,17 @@ PEFT_METHODS = ("lora", "adapter", "prefix", "bitfit", "full")
 SHOWN_DETAILS = 20
 
 
+def _positive(text: str) -> int:
+    """An argparse type: a whole number >= 1 (``--top -1`` printed every row, ``--limit 0`` nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
 def _datasets(sub: argparse._SubParsersAction) -> None:
     group = sub.add_parser("datasets", help="upload, list and show datasets").add_subparsers(
         dest="command", required=True)
@@ -41,7 +52,7 @@ def _datasets(sub: argparse._SubParsersAction) -> None:
     upload.add_argument("--labels", help="the declared label set, comma-separated")
     upload.add_argument("--name")
     upload.add_argument("--format", choices=("csv", "jsonl", "parquet"))
-    group.add_parser("list", help="datasets, newest first").add_argument("--limit", type=int, default=50)
+    group.add_parser("list", help="datasets, newest first").add_argument("--limit", type=_positive, default=50)
     group.add_parser("get", help="one dataset").add_argument("id")
 
 
@@ -75,7 +86,7 @@ def _jobs(sub: argparse._SubParsersAction) -> None:
     _create(group)
     listing = group.add_parser("list", help="jobs, newest first")
     listing.add_argument("--status", choices=("queued", "running", "cancelling", "succeeded", "failed", "cancelled"))
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=_positive, default=50)
     group.add_parser("get", help="one job: state, progress, metrics").add_argument("id")
     group.add_parser("cancel", help="cancel a job").add_argument("id")
     wait = group.add_parser("wait", help="follow a job until it ends (progress bar)")
@@ -96,7 +107,7 @@ def _jobs(sub: argparse._SubParsersAction) -> None:
     report.add_argument("--flagged", action="store_true", help="only the flagged rows")
     report.add_argument("--given-label")
     report.add_argument("--predicted-label")
-    report.add_argument("--top", type=int, default=20, help="rows printed without -o")
+    report.add_argument("--top", type=_positive, default=20, help="rows printed without -o")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def print_details(details: list[dict], limit: int = SHOWN_DETAILS) -> None:
     """The row errors of a refused upload on stderr: the first ``limit`` as a table, then how many more."""
-    rows = [["-" if d.get("row") is None else str(d["row"]), str(d.get("column") or "-"), str(d.get("code", "")),
-             str(d.get("message") or "")] for d in details[:limit]]
+    # row errors carry row/column/code; request errors (422 invalid_request) carry param/type instead
+    rows = [["-" if d.get("row") is None else str(d["row"]), str(d.get("column") or d.get("param") or "-"),
+             str(d.get("code") or d.get("type") or ""), str(d.get("message") or "")] for d in details[:limit]]
     header = ["ROW", "COLUMN", "CODE", "MESSAGE"]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
     for row in [header, *rows]:
@@ -124,7 +136,8 @@ def print_details(details: list[dict], limit: int = SHOWN_DETAILS) -> None:
     if len(details) > limit:
         print(f"  ... and {len(details) - limit} more listed by the service (see --json or the API's `details`)",
               file=sys.stderr)
-    print("  (ROW is the 0-based data row: the header is not counted)", file=sys.stderr)
+    if any(d.get("row") is not None for d in details):
+        print("  (ROW is the 0-based data row: the header is not counted)", file=sys.stderr)
 
 
 def _silence_stdout() -> None:

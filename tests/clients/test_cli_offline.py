@@ -187,3 +187,21 @@ def test_a_refused_download_keeps_the_existing_file_and_leaves_nothing(capsys, t
     assert report.read_text() == "rank,row_index\n1,3\n" and sorted(p.name for p in tmp_path.iterdir()) == ["report.csv"]
     code, _, err = run(capsys, serve, "jobs", "adapter", "job_x", "-o", str(report))
     assert code == 1 and err.startswith("clearft: ") and "File exists" in err
+
+
+def test_request_errors_show_their_field_and_counts_must_be_positive(capsys):
+    """A 422 invalid_request (e.g. --validation-fraction 2) printed a details table with '-' for the column
+    and an empty code, plus the note about data rows; --top -1 printed every row as 'the -1 likeliest'."""
+    body = {"error": {"code": "invalid_request", "message": "validation_fraction: Input should be <= 0.5",
+                      "param": "validation_fraction", "details": [{"param": "validation_fraction", "message":
+                                                                   "Input should be <= 0.5", "type": "less_than_equal"}]}}
+    code, _, err = run(capsys, lambda _: httpx.Response(422, json=body), "jobs", "create", "--dataset", "ds_x",
+                       "--validation-fraction", "2")
+    assert code == 1 and any(line.split()[:3] == ["-", "validation_fraction", "less_than_equal"]
+                             for line in err.splitlines()), err
+    assert "0-based data row" not in err
+    for argv in (["jobs", "noise-report", "job_x", "--top", "-1"], ["jobs", "list", "--limit", "0"],
+                 ["datasets", "list", "--limit", "x"]):
+        with pytest.raises(SystemExit) as exited:
+            main(argv, client=_fake(_never_called))
+        assert exited.value.code == 2 and "whole number >= 1" in capsys.readouterr().err
