@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an extra routed arm with these ClearConfig overrides on top of --clear (repeatable)")
     p.add_argument("--no-full", action="store_true", help="skip full fine-tuning")
     p.add_argument("--no-ceiling", action="store_true", help="skip the ground-truth ceiling")
+    p.add_argument("--no-plain", action="store_true", help="skip plain PEFT (e.g. to run the arms in parallel)")
     p.add_argument("--no-default-variant", action="store_true", help="run only the --variant routed arms")
     p.add_argument("--full-learning-rate", type=float, default=None,
                    help="learning rate of full fine-tuning (default: the same as every other arm)")
@@ -72,8 +73,9 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
                               "overrides": base})
             for noise in csv_list(args.noise):
                 for method in csv_list(args.methods):
-                    specs.append({**common, "noise": noise, "method": method, "arm": "plain", "variant": "-",
-                                  "overrides": base})
+                    if not args.no_plain:
+                        specs.append({**common, "noise": noise, "method": method, "arm": "plain", "variant": "-",
+                                      "overrides": base})
                     for v in variants:
                         specs.append({**common, "noise": noise, "method": method, "arm": "routed",
                                       "variant": variant_name(v), "overrides": {**base, **v}})
@@ -157,26 +159,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     splits = load_splits(args.data, train_rows=args.train_rows, test_rows=args.test_rows,
                          heldout_frac=args.heldout_frac, data_seed=args.data_seed)
     specs = plan(args)
-    records = []
+    records: list[dict[str, Any]] = []
+    mode = "quick" if args.quick else "full"
+    settings = {k: v for k, v in vars(args).items()}
+
+    def payload() -> dict[str, Any]:
+        tables = {"results": results_table(records), "deltas": delta_table(records)} if records else {}
+        return {"script": "robustness", "mode": mode, "settings": settings, "data": splits.source,
+                "environment": {**env, "load_average_at_end": load_average()}, "runs": records,
+                "runs_planned": len(specs), "tables": tables, "wall_time_s": time.perf_counter() - start}
+
     for i, spec in enumerate(specs, 1):
         record = run_spec(spec, splits, args)
         records.append(record)
         print(f"[{i}/{len(specs)}] {spec['noise']} {spec['method']} {spec['arm']} {spec['variant']} "
               f"E={spec['epochs']} seed={spec['seed']}: test acc last {record['last'].get('test_accuracy'):.3f} "
               f"best {record['best'].get('test_accuracy'):.3f} ({record['train_time_s']:.0f} s)", flush=True)
-    tables = {"results": results_table(records), "deltas": delta_table(records)}
-    env["load_average_at_end"] = load_average()
-    mode = "quick" if args.quick else "full"
+        if i < len(specs):  # a long grid cut short keeps the runs it finished
+            write_results(payload(), script="robustness", quick=args.quick, out=args.out)
+    result = payload()
     print(f"\n## Robustness ({mode}; model {args.model or 'all-MiniLM-L6-v2'}; {splits.source['train_rows']} "
           f"train / {splits.source['heldout_rows']} held-out / {splits.source['test_rows']} test rows)\n")
-    print(tables["results"] + "\n\n" + tables["deltas"])
-    settings = {k: v for k, v in vars(args).items()}
-    payload = {"script": "robustness", "mode": mode, "settings": settings, "data": splits.source,
-               "environment": env, "runs": records, "tables": tables,
-               "wall_time_s": time.perf_counter() - start}
-    path = write_results(payload, script="robustness", quick=args.quick, out=args.out)
-    print(f"\nwrote {path} in {payload['wall_time_s']:.0f} s")
-    return payload
+    print(result["tables"]["results"] + "\n\n" + result["tables"]["deltas"])
+    path = write_results(result, script="robustness", quick=args.quick, out=args.out)
+    print(f"\nwrote {path} in {result['wall_time_s']:.0f} s")
+    return result
 
 
 if __name__ == "__main__":

@@ -110,3 +110,16 @@ def test_cost_measures_every_variant_in_one_process(bench_data, tiny_model_dir, 
     assert all(r["rows_per_s"] > 0 and np.isfinite(r["step_ratio"]) for r in payload["steps"])
     assert {r["variant"] for r in payload["clean_pass"]} == {"routed", "frozen copy (reference)"}
     assert _is_table(capsys.readouterr().out)
+
+
+def test_robustness_keeps_finished_runs_and_runs_one_arm(bench_data, tiny_model_dir, tmp_path):
+    """--no-plain --no-ceiling --no-full runs the routed arm alone; the JSON is written after every run."""
+    from bench import robustness
+
+    out = tmp_path / "routed.json"
+    robustness.main(_common(bench_data, tiny_model_dir, out) + [
+        "--methods", "lora", "--noise", "sym40,real", "--seeds", "0", "--epochs", "2", "--no-plain", "--no-ceiling",
+        "--no-full"])
+    payload = json.loads(out.read_text())
+    assert [(r["noise"], r["arm"]) for r in payload["runs"]] == [("sym40", "routed"), ("real", "routed")]
+    assert payload["runs_planned"] == 2 and "| --- |" in payload["tables"]["results"]
