@@ -75,6 +75,7 @@ def ensure_local_key(settings: Settings) -> tuple[str | None, Path]:
         new = api_keys.create_key(session, api_keys.LOCAL_TENANT, list(api_keys.SCOPES), name="embedded default")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # the mode of os.open only applies to a new file: an old, readable one is narrowed too
     with os.fdopen(fd, "w") as fh:
         fh.write(new.key + "\n")
     return new.key, path

@@ -123,3 +123,18 @@ def test_create_key_refuses_a_name_longer_than_its_column(settings):
     with get_engine(settings.database_url).connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM api_keys")).scalar_one() == 0
     assert admin(settings, "create-key", "--tenant", "acme", "--name", "n" * 200).returncode == 0
+
+
+def test_the_embedded_key_file_is_private_even_when_it_existed(settings):
+    """ensure_local_key replaced a stale key file (a revoked key, another database's) in place, keeping its
+    old mode: a world-readable file then held the new admin key."""
+    import stat
+
+    from app.cli import ensure_local_key
+
+    path = settings.data_dir / "api-key"
+    path.write_text("clr_00000000_stale\n")
+    path.chmod(0o644)
+    key, written = ensure_local_key(settings.model_copy(update={"api_key_file": path}))
+    assert key and written == path and path.read_text().strip() == key
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
