@@ -45,3 +45,12 @@ def upload_frame(client, frame: pd.DataFrame, fmt: str = "csv", **form: Any) -> 
     response = upload(client, to_bytes(frame, fmt), f"data.{fmt}", **form)
     assert response.status_code == 201, response.text
     return response.json()
+
+
+def create_job(client, dataset_id: str, training: dict[str, Any], **body: Any) -> str:
+    """POST a tiny-bert job (one warm-up epoch unless ``clear`` is given), assert 201, return its id."""
+    body.setdefault("clear", {"warmup_epochs": 1})
+    response = client.post("/v1/jobs", json={"dataset_id": dataset_id, "base_model": "tiny-bert",
+                                             "training": training, **body})
+    assert response.status_code == 201, response.text
+    return response.json()["id"]

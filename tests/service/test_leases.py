@@ -19,7 +19,7 @@ from app.faults import TransientJobError
 from app.models import Job, NoiseRow, utcnow
 from app.services.leases import reap
 from clear_core import TrainerCallback
-from tests.service.helpers import toy_frame, upload_frame
+from tests.service.helpers import create_job, toy_frame, upload_frame
 from worker.pipeline import execute_job
 from worker.results import write_noise_rows
 
@@ -27,11 +27,7 @@ FAST = {"epochs": 3, "batch_size": 16, "max_length": 16, "checkpoint_every_steps
 
 
 def _job(client, dataset_id, **body):
-    body.setdefault("training", FAST)
-    body.setdefault("clear", {"warmup_epochs": 1})
-    response = client.post("/v1/jobs", json={"dataset_id": dataset_id, "base_model": "tiny-bert", **body})
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
+    return create_job(client, dataset_id, body.pop("training", FAST), **body)
 
 
 def _set(settings, job_id, **values):

@@ -12,18 +12,14 @@ from sqlalchemy import func, select
 
 from app.db import session_factory
 from app.models import Job, NoiseRow
-from tests.service.helpers import toy_frame, upload_frame
+from tests.service.helpers import create_job, toy_frame, upload_frame
 from worker.pipeline import execute_job
 
 FAST = {"epochs": 3, "batch_size": 16, "max_length": 16, "eval_batch_size": 64}
 
 
 def _job(client, dataset_id, **body):
-    body.setdefault("training", FAST)
-    body.setdefault("clear", {"warmup_epochs": 1})
-    response = client.post("/v1/jobs", json={"dataset_id": dataset_id, "base_model": "tiny-bert", **body})
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
+    return create_job(client, dataset_id, body.pop("training", FAST), **body)
 
 
 def _noise_rows(settings, job_id):
