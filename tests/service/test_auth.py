@@ -115,6 +115,19 @@ def test_the_dashboard_signs_in_with_a_key_and_keeps_it_in_an_httponly_cookie(ap
     assert app_client.post("/ui/login", data={"key": reader}, follow_redirects=False).status_code == 403
 
 
+def test_a_login_form_posted_from_another_site_is_refused(app_client, api_key):
+    """Login CSRF: a page elsewhere must not sign a visitor's browser in with the attacker's key."""
+    host = app_client.base_url.netloc.decode() if isinstance(app_client.base_url.netloc, bytes) \
+        else app_client.base_url.netloc
+    for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}, {"Origin": "null"}):
+        refused = app_client.post("/ui/login", data={"key": api_key}, headers=headers, follow_redirects=False)
+        assert refused.status_code == 403 and "another site" in refused.text, headers
+        assert "set-cookie" not in refused.headers
+    for headers in ({"Origin": f"http://{host}"}, {"Sec-Fetch-Site": "same-origin"}, {}):
+        signed_in = app_client.post("/ui/login", data={"key": api_key}, headers=headers, follow_redirects=False)
+        assert signed_in.status_code == 303 and "set-cookie" in signed_in.headers, headers
+
+
 def test_create_key_refuses_a_name_longer_than_its_column(settings):
     """A --name over 200 characters was a Postgres StringDataRightTruncation traceback from create-key;
     now it is a one-line refusal (exit 2) and no tenant or key is made."""

@@ -6,7 +6,7 @@ on another site can change nothing. ``/ui/logout`` removes the cookie."""
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -62,7 +62,15 @@ def login_form(request: Request, next: Annotated[str | None, Query()] = None) ->
 @router.post("/login")
 def login(request: Request, key: Annotated[str, Form(max_length=200)],
           next: Annotated[str | None, Form()] = None) -> Response:
-    """Check the key; store it in the cookie and go on to ``next``, or show the form again with the reason."""
+    """Check the key; store it in the cookie and go on to ``next``, or show the form again with the reason.
+
+    A form posted from another site (its ``Origin`` is not this host, or ``Sec-Fetch-Site`` says
+    cross-site) is refused with 403: otherwise a page elsewhere could sign a visitor in with the
+    attacker's key (login CSRF) and show them the attacker's data as if it were theirs.
+    """
+    if _cross_site(request):
+        return _form(request, next or UI_URL, "this form was sent from another site: open the sign-in page of this "
+                     "service and sign in there", status=403)
     key = key.strip()
     try:
         principal = resolve(request, key)
@@ -75,6 +83,17 @@ def login(request: Request, key: Annotated[str, Form(max_length=200)],
     response.set_cookie(COOKIE, key, max_age=COOKIE_MAX_AGE_S, httponly=True, samesite="strict",
                         secure=request.url.scheme == "https", path="/")
     return response
+
+
+def _cross_site(request: Request) -> bool:
+    """True if the browser says the request comes from another site (``Sec-Fetch-Site``, else ``Origin``)."""
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        return fetch_site == "cross-site"
+    origin = request.headers.get("origin")
+    if not origin or origin == "null":
+        return origin == "null"  # no Origin: not a browser's cross-site form; "null": a sandboxed or opaque one
+    return urlsplit(origin).netloc.lower() != (request.headers.get("host") or "").lower()
 
 
 @router.get("/logout")
