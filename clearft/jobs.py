@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from clearft.datasets import collect_pages
-from clearft.errors import ApiError, JobFailed, WaitTimeout
+from clearft.errors import ApiError, JobFailed, UsageError, WaitTimeout
 from clearft.models import Event, Job, StreamEvent
 from clearft.progress import ProgressBar
 from clearft.sse import KEEPALIVE, parse_sse
@@ -146,10 +146,16 @@ class JobsAPI:
         return directory
 
     def save_noise_report(self, job_id: str, path: str | Path, **filters: Any) -> Path:
-        """Stream the whole report to ``path``: CSV, or JSON lines if it ends in ``.jsonl``; filters:
-        ``flagged``, ``given_label``, ``predicted_label``."""
+        """Stream the whole report to ``path``: CSV (``.csv``) or JSON lines (``.jsonl``); filters:
+        ``flagged``, ``given_label``, ``predicted_label``.
+
+        Raises:
+            UsageError: ``path`` ends in anything else (an ``.xlsx`` would get CSV bytes).
+        """
         path = Path(path).expanduser()
-        kind = "jsonl" if path.suffix == ".jsonl" else "csv"
+        if path.suffix.lower() not in (".csv", ".jsonl"):
+            raise UsageError(f"cannot save the noise report as {path.name!r}: name the file .csv or .jsonl")
+        kind = "jsonl" if path.suffix.lower() == ".jsonl" else "csv"
         _save(path, lambda out: self.client.download(f"/v1/jobs/{job_id}/noise-report.{kind}", out,
                                                      **_query(filters)))
         return path

@@ -205,3 +205,9 @@ def test_request_errors_show_their_field_and_counts_must_be_positive(capsys):
         with pytest.raises(SystemExit) as exited:
             main(argv, client=_fake(_never_called))
         assert exited.value.code == 2 and "whole number >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["report.xlsx", "report.txt", "report"])
+def test_a_noise_report_file_must_be_csv_or_jsonl(capsys, tmp_path, name):
+    code, _, err = run(capsys, _never_called, "jobs", "noise-report", "job_x", "-o", str(tmp_path / name))
+    assert code == 2 and "name the file .csv or .jsonl" in err and not (tmp_path / name).exists()
