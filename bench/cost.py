@@ -45,6 +45,7 @@ from clear_core import ClearConfig, ClearModel
 from clear_core.data import TokenizedTexts
 from clear_core.noise import NoiseTracker
 from clear_core.routing import GateController, sample_gates
+from clear_core.trainer import pick_device
 
 QUICK = {"methods": "lora,adapter,prefix,bitfit", "rows": 128, "steps": 2, "repeats": 3, "max_length": 48,
          "batch_size": 32, "train_rows": 400, "test_rows": 50}
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Measure every method, print the tables, write the JSON; return the payload."""
     args = fill_defaults(build_parser().parse_args(argv), QUICK, FULL)
     args.learning_rate = args.learning_rate or 1e-5
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     start, env = time.perf_counter(), environment()
     splits = load_splits(args.data, train_rows=args.train_rows, test_rows=args.test_rows,
                          heldout_frac=args.heldout_frac, data_seed=args.data_seed)

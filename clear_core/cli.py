@@ -40,7 +40,7 @@ def read_table(path: str | Path):
         return pd.read_parquet(p)
     except UnicodeDecodeError as exc:
         raise ValueError(f"{str(path)!r} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from exc
-    except (ValueError, OSError, pd.errors.ParserError) as exc:  # pyarrow's errors subclass these
+    except (ValueError, OSError) as exc:  # pandas' ParserError and pyarrow's errors subclass these
         raise ValueError(f"cannot parse {str(path)!r} as {suffix[1:]}: {exc}") from exc
 
 

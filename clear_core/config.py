@@ -252,7 +252,7 @@ class TrainingConfig:
             raise ValueError(f"device={self.device!r} is not a device name: use 'cpu', 'cuda', 'cuda:N' or 'mps'")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
-            if int(value) != value or value < 1:
+            if value < 1:  # an integer: _check_types saw to that
                 raise ValueError(f"{name}={value!r} must be an integer >= 1")
         if self.learning_rate is not None and self.learning_rate <= 0:
             raise ValueError(f"learning_rate={self.learning_rate!r} must be > 0")
@@ -308,8 +308,6 @@ def resolve_configs(clear: ClearConfig, training: TrainingConfig) -> tuple[Clear
             f"warmup_epochs={clear.warmup_epochs} is not below epochs={training.epochs}: CleaR routing would never "
             "start; lower warmup_epochs, train more epochs, or set routed=false for plain PEFT"
         )
-    else:
-        clear = dataclasses.replace(clear)
     return clear, training.resolved(clear)
 
 

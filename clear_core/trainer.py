@@ -101,7 +101,7 @@ def train(
     ).run(resume_from)
 
 
-def _pick_device(name: str | None) -> torch.device:
+def pick_device(name: str | None) -> torch.device:
     """The device a run uses: ``name`` if given and present, else CUDA when present, else CPU.
 
     Raises:
@@ -126,7 +126,7 @@ class _Trainer:
         self.given = encode_labels(data.labels, self.names)
         self.eval_y = encode_labels(eval_data.labels, self.names) if eval_data is not None else None
         self.gold = encode_labels(data.gold_labels, self.names) if data.gold_labels is not None else None
-        self.device = _pick_device(training.device)
+        self.device = pick_device(training.device)
         self.autocast = self.device.type == "cuda" and training.precision in ("auto", "bf16")
         torch.manual_seed(training.seed)
         self.model = ClearModel.build(model_path, clear, self.names, training.max_length).to(self.device)
