@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .csv_safety import csv_safe
 from .noise import NoiseTracker, softmax
 
 
@@ -146,13 +147,8 @@ class NoiseReport:
             writer = csv.DictWriter(fh, fieldnames=list(records[0]))
             writer.writeheader()
             for rec in records:
-                rec = {k: _csv_safe(v) for k, v in rec.items()}
+                rec = {k: csv_safe(v) for k, v in rec.items()}
                 rec["p_clean_history"] = ";".join(f"{x:.4f}" for x in rec["p_clean_history"])
                 writer.writerow(rec)
         return path
 
-
-def _csv_safe(value: Any) -> Any:
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value

@@ -12,6 +12,8 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from clear_core.csv_safety import csv_safe  # no torch or sklearn behind it
+
 from app.errors import Conflict, InvalidInput
 from app.models import DatasetRow, Job, NoiseRow
 from app.services.jobs import get_job
@@ -20,7 +22,6 @@ from app.services.pagination import Page, decode_cursor, encode_cursor
 REPORT_FIELDS = ("rank", "row_index", "id", "text", "text_pair", "given_label", "predicted_label",
                  "suggested_label", "suggested_confidence", "p_clean", "p_clean_history", "label_quality",
                  "flagged", "flag_threshold")
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def report_job(session: Session, job_id: str, *, tenant_id: str) -> Job:
@@ -89,12 +90,9 @@ def iter_report(factory: sessionmaker[Session], job: Job, filters: dict[str, Any
 
 
 def _safe_cell(value: Any) -> Any:
-    # A spreadsheet runs a cell that starts with = + - @ as a formula: quote it.
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
     if isinstance(value, list):
         return json.dumps(value)
-    return value
+    return csv_safe(value)
 
 
 def csv_lines(rows: Iterator[dict[str, Any]]) -> Iterator[str]:
