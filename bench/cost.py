@@ -43,7 +43,7 @@ from bench.common import (add_common_args, csv_list, environment, fill_defaults,
 from bench.output import markdown_table, write_results
 from clear_core import ClearConfig, ClearModel
 from clear_core.data import TokenizedTexts
-from clear_core.noise import NoiseTracker
+from clear_core.estimate import NoiseEstimator
 from clear_core.routing import GateController, sample_gates
 from clear_core.trainer import pick_device
 
@@ -191,7 +191,7 @@ def measure_method(method: str, args, texts: list[str], y_all: np.ndarray, names
             if v.name in passes:
                 if v.mix is not None:  # the reference's pass runs both stacks at the uniform rate c
                     v.mix.set_constant(v.model.clear_config.routing_cap)
-                tracker = NoiseTracker(y_all)
+                tracker = NoiseEstimator(y_all, num_classes=int(y_all.max()) + 1)
                 passes[v.name].append(_timed(lambda: tracker.update(
                     v.model.logits_for(tokens, batch_size=128, autocast=autocast), 0), device))
     base = float(np.median(steps["unrouted"]))

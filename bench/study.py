@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = train(data, clear=ClearConfig(**overrides), eval_data=held, label_names=["0", "1", "2", "3"],
                    training=TrainingConfig(epochs=args.epochs, learning_rate=args.lr, batch_size=32, max_length=64,
                                            seed=args.seed), callbacks=[Progress()])
-    hist = [(h["epoch"], round(h["eval_accuracy"], 3), round(h.get("p_clean_auroc", float("nan")), 3))
+    hist = [(h["epoch"], round(h["eval_accuracy"], 3), round(h.get("last_pass_p_clean_auroc", float("nan")), 3))
             for h in result.history]
     line = {"tag": args.tag, "cfg": overrides, "n": args.n, "epochs": args.epochs, "lr": args.lr, "seed": args.seed,
             "hist": hist, "best": max(h[1] for h in hist), "last": hist[-1][1],

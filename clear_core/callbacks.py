@@ -78,6 +78,10 @@ class TrainerCallback:
     def on_save(self, state: TrainerState, control: TrainerControl, checkpoint_path: Path) -> None:
         """After a checkpoint was written to ``checkpoint_path``."""
 
+    def on_warning(self, state: TrainerState, control: TrainerControl, warning: dict[str, Any]) -> None:
+        """The run may not be learning: ``warning`` has ``stage`` (``after_warmup`` or ``end``), ``message``
+        (the cause and what to try) and ``reliability`` (``clear_core.reliability.Reliability.to_dict()``)."""
+
     def on_train_end(self, state: TrainerState, control: TrainerControl) -> None:
         """After the final pass, before ``train`` returns."""
 

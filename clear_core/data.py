@@ -119,6 +119,43 @@ def encode_labels(labels: Sequence[str], label_names: Sequence[str]) -> np.ndarr
     return np.array([index[y] for y in labels], dtype=np.int64)
 
 
+def stratified_holdout(given: np.ndarray, fraction: float, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split row indices into training and held-out rows, stratified by given label.
+
+    Each class holds out ``round(fraction * n_k)`` of its n_k rows (never all of them: at least one
+    stays for training, so no class vanishes from training); rows are drawn with ``seed``.
+
+    Args:
+        given: ``(N,)`` int given labels.
+        fraction: in [0, 0.5]; 0 = no held-out rows.
+
+    Returns:
+        ``(train_idx, held_idx)``: sorted int64 index arrays that together cover 0..N-1.
+
+    Raises:
+        ValueError: if ``fraction`` is outside [0, 0.5].
+    """
+    if not 0.0 <= fraction <= 0.5:
+        raise ValueError(f"validation_fraction={fraction!r} is out of range: give a value in [0, 0.5]")
+    given = np.asarray(given)
+    rng = np.random.default_rng(seed)
+    held = []
+    for k in np.unique(given):
+        rows = rng.permutation(np.flatnonzero(given == k))
+        take = min(int(round(fraction * len(rows))), len(rows) - 1)
+        held.extend(rows[:take].tolist())
+    mask = np.zeros(len(given), dtype=bool)
+    mask[held] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def subset(data: TextClassificationData, indices: Sequence[int]) -> TextClassificationData:
+    """The rows ``indices`` of ``data`` (all columns)."""
+    pick = (lambda column: None if column is None else [column[i] for i in indices])
+    return TextClassificationData(texts=pick(data.texts), labels=pick(data.labels), text_pairs=pick(data.text_pairs),
+                                  ids=pick(data.ids), gold_labels=pick(data.gold_labels))
+
+
 class TokenizedTexts:
     """Token ids of N rows, tokenised once, padded per batch (dynamic padding).
 

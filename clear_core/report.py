@@ -1,43 +1,47 @@
-"""The noise report: every training row ranked by how likely its given label is wrong.
+"""The noise report: every row of a run, training and held-out, ranked by how likely its given label is wrong.
 
-Symbols: N training rows, K classes, E' clean-probability passes. ``label_quality`` is in
-[0, 1], lower = more likely mislabelled (the direction of cleanlab's self-confidence);
-``rank`` 1 is the row most likely mislabelled; ``flagged`` is ``label_quality < flag_threshold``.
+Symbols: N rows (all rows given to ``train``, in their order), K classes, E' clean-probability
+passes. ``label_quality`` is in [0, 1], lower = more likely mislabelled (cleanlab's
+self-confidence by default); ``rank`` 1 is the row most likely mislabelled; ``flagged`` comes from
+confident learning (``clear_core.confident``) and is withheld when the reliability verdict fails;
+``flag_reason`` says why a row is or is not flagged; ``split`` is ``"train"`` or ``"validation"``
+(held-out rows, scored out-of-sample, with no p_clean since they were never routed).
 """
 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from .csv_safety import csv_safe
-from .noise import NoiseTracker, softmax
+from .estimate import NoiseEstimate
 
 
 @dataclass
 class NoiseReport:
-    """Per-row noise estimates of one training run; arrays are aligned with the training rows.
+    """Per-row noise estimates of one run; arrays are aligned with the rows given to ``train``.
 
     Attributes:
         label_names: K class names.
         given: ``(N,)`` given label indices.
         predicted: ``(N,)`` the final model's predicted indices.
-        suggested: ``(N,)`` argmax of the softmax averaged over the passes (training dynamics).
-        suggested_confidence: ``(N,)`` that averaged probability, in [0, 1].
-        p_clean: ``(N,)`` the last pass's p_clean, in [0, 1].
-        p_clean_history: ``(E', N)`` p_clean of each pass.
+        suggested: ``(N,)``; for a flagged row the most probable class other than the given one.
+        suggested_confidence: ``(N,)`` probability of the suggested class, in [0, 1].
+        p_clean: ``(N,)`` the last pass's p_clean (NaN for held-out rows).
+        p_clean_history: ``(E', N)`` p_clean of each pass (NaN for held-out rows).
         label_quality: ``(N,)`` in [0, 1], lower = more likely wrong.
-        flagged: ``(N,)`` bool, ``label_quality < flag_threshold``.
-        flag_threshold: the threshold in (0, 1).
-        score: the rule that produced label_quality (``ClearConfig.report_score``).
+        flagged: ``(N,)`` bool.
+        flag_threshold: ``(N,)`` the confident-learning threshold of each row's given class, in [0, 1].
+        flag_reason: N strings.
+        split: N strings, ``"train"`` or ``"validation"``.
+        score: the label-quality method (cleanlab's ``self_confidence`` ...).
+        estimate: the :class:`~clear_core.estimate.NoiseEstimate` (matrix, verdict, thresholds, fits).
         ids: optional N caller ids.
         pass_epochs: E' epoch numbers (0-based) at whose start each pass ran; E = after training.
-        mean_loss: ``(N,)`` the given label's cross-entropy averaged over the passes (>= 0),
-            which breaks ties of label_quality in ``rank`` (p_clean saturates at 0 and 1).
     """
 
     label_names: list[str]
@@ -49,51 +53,51 @@ class NoiseReport:
     p_clean_history: np.ndarray
     label_quality: np.ndarray
     flagged: np.ndarray
-    flag_threshold: float
+    flag_threshold: np.ndarray
+    flag_reason: list[str]
+    split: list[str]
     score: str
+    estimate: NoiseEstimate
     ids: list[Any] | None = None
-    pass_epochs: list[int] | None = None
-    mean_loss: np.ndarray | None = None
+    pass_epochs: list[int] = field(default_factory=list)
+    flag_rule: str = "prune_by_noise_rate"
 
     @classmethod
-    def from_tracker(
-        cls,
-        tracker: NoiseTracker,
-        final_logits: np.ndarray,
-        label_names: Sequence[str],
-        *,
-        score: str,
-        flag_threshold: float,
-        ids: Sequence[Any] | None = None,
-    ) -> "NoiseReport":
-        """Build the report from the dynamics and the final model's logits ``(N, K)``."""
-        quality = np.clip(tracker.score(score), 0.0, 1.0)
-        mean_probs = tracker.prob_sum / len(tracker.p_clean_history)
+    def from_estimate(cls, estimate: NoiseEstimate, label_names: Sequence[str], *, positions: np.ndarray,
+                      train_rows: int, score: str, flag_rule: str, ids: Sequence[Any] | None = None) -> "NoiseReport":
+        """Build the report; ``positions`` ``(N,)`` gives each estimate row's place in the caller's order
+        (training rows first in the estimate, then held-out rows).
+
+        Raises:
+            ValueError: if ``positions`` is not a permutation of the estimate's rows.
+        """
+        n = len(estimate.predicted)
+        positions = np.asarray(positions)
+        if sorted(positions.tolist()) != list(range(n)):
+            raise ValueError(f"positions must be a permutation of 0..{n - 1}")
+        order = np.argsort(positions)  # estimate row of each caller row
+        check = estimate.check
+        p_hist = np.full((estimate.p_clean_history.shape[0], n), np.nan, dtype=np.float32)
+        p_hist[:, :train_rows] = estimate.p_clean_history
+        split = np.array(["train"] * train_rows + ["validation"] * (n - train_rows))
+        given_all = estimate.given
         return cls(
-            label_names=list(label_names),
-            given=tracker.given.copy(),
-            predicted=softmax(final_logits).argmax(axis=1),
-            suggested=mean_probs.argmax(axis=1),
-            suggested_confidence=mean_probs.max(axis=1),
-            p_clean=tracker.p_clean_history[-1].copy(),
-            p_clean_history=np.stack(tracker.p_clean_history),
-            label_quality=quality,
-            flagged=quality < flag_threshold,
-            flag_threshold=flag_threshold,
-            score=score,
-            ids=list(ids) if ids is not None else None,
-            pass_epochs=list(tracker.epochs),
-            mean_loss=np.mean(tracker.loss_history, axis=0),
+            label_names=list(label_names), given=given_all[order], predicted=estimate.predicted[order],
+            suggested=check.suggested[order], suggested_confidence=check.suggested_confidence[order],
+            p_clean=p_hist[-1][order], p_clean_history=p_hist[:, order], label_quality=check.label_quality[order],
+            flagged=check.flagged[order], flag_threshold=check.thresholds[given_all][order],
+            flag_reason=[check.reasons[i] for i in order], split=split[order].tolist(), score=score,
+            estimate=estimate, ids=list(ids) if ids is not None else None, pass_epochs=list(estimate.pass_epochs),
+            flag_rule=flag_rule,
         )
 
     @property
     def rank(self) -> np.ndarray:
-        """``(N,)`` 1-based ranks: ascending label_quality, ties by larger mean loss, then row index."""
+        """``(N,)`` 1-based ranks: flagged rows first, then ascending label_quality, then row index."""
         n = len(self.label_quality)
-        loss = self.mean_loss if self.mean_loss is not None else np.zeros(n)
-        order = np.lexsort((np.arange(n), -loss, self.label_quality))
-        ranks = np.empty(len(order), dtype=np.int64)
-        ranks[order] = np.arange(1, len(order) + 1)
+        order = np.lexsort((np.arange(n), self.label_quality, ~self.flagged))
+        ranks = np.empty(n, dtype=np.int64)
+        ranks[order] = np.arange(1, n + 1)
         return ranks
 
     def __len__(self) -> int:
@@ -110,29 +114,45 @@ class NoiseReport:
                 "predicted_label": names[self.predicted[i]],
                 "suggested_label": names[self.suggested[i]],
                 "suggested_confidence": float(self.suggested_confidence[i]),
-                "p_clean": float(self.p_clean[i]),
-                "p_clean_history": [float(x) for x in self.p_clean_history[:, i]],
+                "p_clean": None if np.isnan(self.p_clean[i]) else float(self.p_clean[i]),
+                "p_clean_history": [] if np.isnan(self.p_clean[i]) else [float(x) for x in self.p_clean_history[:, i]],
                 "label_quality": float(self.label_quality[i]),
                 "flagged": bool(self.flagged[i]),
-                "flag_threshold": float(self.flag_threshold),
+                "flag_threshold": float(self.flag_threshold[i]),
+                "flag_reason": self.flag_reason[i],
+                "split": self.split[i],
                 "rank": int(ranks[i]),
             }
             for i in range(len(self))
         ]
 
     def summary(self) -> dict[str, Any]:
-        """Counts: rows, flagged (== rows flagged), threshold, score, estimated noise rate per given class."""
-        per_class = {}
-        for k, name in enumerate(self.label_names):
-            rows = self.given == k
-            per_class[name] = float(self.flagged[rows].mean()) if rows.any() else 0.0
+        """Counts, the estimated noise matrix and rates, per-class thresholds and fits, and the verdict.
+
+        ``flagged`` equals the number of rows flagged; ``noise_matrix.joint`` is the K x K estimate of
+        P(given = i, true = j) (rows given, columns true; sums to 1); ``estimated_noise_rate`` is its
+        off-diagonal mass (not the flagged fraction).
+        """
+        est, check, names = self.estimate, self.estimate.check, self.label_names
+        validation = sum(1 for s in self.split if s == "validation")
         return {
             "rows": int(len(self)),
+            "train_rows": int(len(self) - validation),
+            "validation_rows": int(validation),
             "flagged": int(self.flagged.sum()),
-            "flag_threshold": float(self.flag_threshold),
+            "flagged_fraction": float(self.flagged.mean()),
+            "flags_withheld": bool(check.withheld),
+            "candidates": int(check.candidates.sum()),
+            "flag_rule": f"confident learning (cleanlab filter_by={self.flag_rule})",
             "score": self.score,
-            "estimated_noise_rate": float(self.flagged.mean()),
-            "estimated_noise_rate_per_class": per_class,
+            "probabilities": f"softmax averaged over {len(self.pass_epochs)} pass(es) (held-out rows out-of-sample)",
+            "class_thresholds": {names[k]: float(t) for k, t in enumerate(check.thresholds)},
+            "noise_matrix": {"labels": names, "rows": "given", "columns": "true",
+                             "joint": [[float(x) for x in row] for row in check.joint]},
+            "estimated_noise_rate": float(check.noise_rate),
+            "estimated_noise_rate_per_class": {names[k]: float(r) for k, r in enumerate(check.noise_rate_per_class)},
+            "reliability": est.reliability.to_dict(),
+            "p_clean_fits": {(names[k] if k >= 0 else "all"): fit.to_dict() for k, fit in est.fits.items()},
         }
 
     def write_csv(self, path: str | Path) -> Path:

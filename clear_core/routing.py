@@ -87,6 +87,35 @@ def sample_gates(
     return torch.bernoulli(probs, generator=generator)
 
 
+class Router:
+    """Turns p_clean into the gates of one batch (CleaR, Kim et al. 2024, Sec. 3): the gate policy in one place.
+
+    Args:
+        controller: the model's :class:`GateController`.
+        routing_cap: c in (0, 1].
+        routed: False = plain PEFT (every gate 1).
+        route_head: also gate the head's updates per row.
+        generator: CPU generator of the draws (saved with checkpoints for exact resume).
+    """
+
+    def __init__(self, controller: GateController, *, routing_cap: float, routed: bool, route_head: bool,
+                 generator: torch.Generator) -> None:
+        self.controller, self.cap, self.routed, self.route_head = controller, routing_cap, routed, route_head
+        self.generator = generator
+
+    def route(self, p_clean: torch.Tensor | None, batch_rows: int, device: torch.device) -> None:
+        """Set the gates of a batch of ``batch_rows`` rows: ``p_clean`` ``(B,)`` after warm-up, None during it."""
+        if not self.routed:
+            self.controller.set_constant(1.0)
+            return
+        p = p_clean if p_clean is not None else torch.ones(batch_rows)
+        gates = sample_gates(p, routing_cap=self.cap, num_layers=self.controller.num_layers, generator=self.generator)
+        self.controller.set_gates(gates.to(device))
+        if self.route_head and p_clean is not None:
+            head = sample_gates(p, routing_cap=self.cap, num_layers=1, generator=self.generator)
+            self.controller.head_gates = head[:, 0].to(device)
+
+
 def find_layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """Find the transformer block list of ``model``: the longest ``nn.ModuleList`` of same-class blocks.
 

@@ -1,10 +1,14 @@
 """The CleaR training loop (Kim et al., "CleaR", ACL 2024; REFERENCE_CODE.md Sec. 1 minus faults B1-B6).
 
-Per epoch e: during the W warm-up epochs plain CE with gates ~ Bernoulli(c). From epoch W
-on, a no-grad pass (dropout off, model back in train mode afterwards) gives each row's loss
-against its given label, a 2-component GMM turns the losses into p_clean, and the pass's
-logits become the epoch's teacher; training then draws g(i, l) ~ Bernoulli(c * p_clean(i))
-and minimises CE(given) + lambda * T^2 * CE(softmax(teacher / T), softmax(logits / T)).
+A fraction of the rows (``TrainingConfig.validation_fraction``, stratified by given label) is
+held out of training and scored out-of-sample. Per epoch e: during the W warm-up epochs plain
+CE with gates ~ Bernoulli(c). From epoch W on, a no-grad pass (dropout off, model back in train
+mode afterwards) feeds the :class:`~clear_core.estimate.NoiseEstimator`, which turns each row's
+loss into p_clean (``clear_core.p_clean``); the :class:`~clear_core.routing.Router` draws
+g(i, l) ~ Bernoulli(c * p_clean(i)) and training minimises
+CE(given) + lambda * T^2 * CE(softmax(teacher / T), softmax(logits / T)) with the pass's logits
+as teacher. After the last epoch a final pass gives the estimator its last look and the noise
+report (confident learning, noise matrix, reliability verdict) is built from it.
 Symbols: N rows, K classes, B batch rows, L layers, E epochs, W warm-up epochs.
 """
 
@@ -24,12 +28,12 @@ import torch.nn.functional as F
 from .callbacks import CallbackList, TrainerCallback, TrainerState, TrainingCancelled
 from .checkpoint import data_fingerprint, latest_checkpoint, read_checkpoint, rng_state, set_rng_state, write_checkpoint
 from .config import ClearConfig, TrainingConfig, resolve_configs
-from .data import TextClassificationData, TokenizedTexts, build_label_names, encode_labels
+from .data import TextClassificationData, TokenizedTexts, build_label_names, encode_labels, stratified_holdout, subset
 from .evaluation import epoch_metrics
 from .model import ClearModel
-from .noise import NoiseTracker
+from .estimate import NoiseEstimator
 from .report import NoiseReport
-from .routing import sample_gates
+from .routing import Router
 
 
 @dataclass
@@ -44,8 +48,9 @@ class TrainResult:
         report: the :class:`NoiseReport` of the training rows.
         state: the final :class:`TrainerState`.
         wall_time_s: seconds spent in this call.
-        dynamics: the :class:`NoiseTracker` with every pass's losses, p_clean, given-label
-            confidence and the mean softmax (for comparing scoring rules).
+        dynamics: the :class:`~clear_core.estimate.NoiseEstimator` with every pass's losses, p_clean,
+            given-label confidence and the mean softmax (for comparing scoring rules).
+        warnings: the run's learning warnings (see ``TrainerCallback.on_warning``).
     """
 
     model: ClearModel
@@ -55,7 +60,8 @@ class TrainResult:
     report: NoiseReport
     state: TrainerState
     wall_time_s: float
-    dynamics: NoiseTracker
+    dynamics: NoiseEstimator
+    warnings: list[dict[str, Any]]
 
 
 def train(
@@ -123,7 +129,10 @@ class _Trainer:
     def __init__(self, data, clear, training, model_path, eval_data, label_names, callbacks, checkpoint_dir):
         self.data, self.clear, self.cfg = data, clear, training
         self.names = build_label_names(data.labels, label_names)
-        self.given = encode_labels(data.labels, self.names)
+        given = encode_labels(data.labels, self.names)
+        # held-out rows: never trained on, scored out-of-sample; the report's verdict rests on them
+        self.train_idx, self.held_idx = stratified_holdout(given, training.validation_fraction, seed=training.seed)
+        self.given, self.held_given = given[self.train_idx], given[self.held_idx]
         self.eval_y = encode_labels(eval_data.labels, self.names) if eval_data is not None else None
         self.gold = encode_labels(data.gold_labels, self.names) if data.gold_labels is not None else None
         self.device = pick_device(training.device)
@@ -136,22 +145,27 @@ class _Trainer:
                 f"max_length={training.max_length} is longer than the model's {max_positions} positions: "
                 f"give max_length <= {max_positions}"
             )
-        self.tokens = TokenizedTexts(self.model.tokenizer, data.texts, data.text_pairs, training.max_length)
-        self.eval_tokens = (
-            TokenizedTexts(self.model.tokenizer, eval_data.texts, eval_data.text_pairs, training.max_length)
-            if eval_data is not None else None
-        )
+        self.tokens = self._tokenize(subset(data, self.train_idx))
+        self.held_tokens = self._tokenize(subset(data, self.held_idx)) if len(self.held_idx) else None
+        self.eval_tokens = self._tokenize(eval_data) if eval_data is not None else None
         self.callbacks = CallbackList(callbacks)
         self.checkpoint_dir = checkpoint_dir
-        self.tracker = NoiseTracker(self.given, loss_ema=clear.loss_ema, per_class=clear.gmm_per_class, seed=training.seed)
+        self.estimator = NoiseEstimator(self.given, held_given=self.held_given, num_classes=len(self.names),
+                                        loss_ema=clear.loss_ema, per_class=clear.gmm_per_class, seed=training.seed)
         self.gates_rng = torch.Generator().manual_seed(training.seed)
+        self.router = Router(self.model.controller, routing_cap=clear.routing_cap, routed=clear.routed,
+                             route_head=clear.route_head, generator=self.gates_rng)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=training.learning_rate, weight_decay=training.weight_decay)
-        steps = math.ceil(len(data) / training.batch_size)
+        steps = math.ceil(len(self.train_idx) / training.batch_size)
         self.state = TrainerState(num_epochs=training.epochs, steps_per_epoch=steps, max_steps=steps * training.epochs)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.fingerprint = data_fingerprint(data.texts, data.labels)
+        self.warnings: list[dict[str, Any]] = []
+
+    def _tokenize(self, data: TextClassificationData) -> TokenizedTexts:
+        return TokenizedTexts(self.model.tokenizer, data.texts, data.text_pairs, self.cfg.max_length)
 
     def _lr_factor(self, step: int) -> float:
         warm = int(self.cfg.warmup_ratio * self.state.max_steps)
@@ -173,21 +187,37 @@ class _Trainer:
                 self._run_epoch()
             if self.cfg.keep == "best" and self.best_weights is not None:
                 self._load_weights(self.best_weights)
-            final_logits = self._clean_pass(self.cfg.epochs)
+            final_logits, held_logits = self._clean_pass(self.cfg.epochs)
         finally:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
         self.model.use_inference_gates()
         self.model.eval()
-        report = NoiseReport.from_tracker(
-            self.tracker, final_logits, self.names, score=self.clear.report_score,
-            flag_threshold=self.clear.flag_threshold, ids=self.data.ids,
-        )
+        report = self._report(final_logits, held_logits)
         metrics = dict(self.state.log_history[-1]) if self.state.log_history else {}
-        metrics.update(self._gold_metrics(report))
+        metrics.update(self._report_metrics(report))
         self.callbacks.fire("on_train_end", self.state)
         return TrainResult(self.model, self.names, list(self.state.log_history), metrics, report, self.state,
-                           time.perf_counter() - start, self.tracker)
+                           time.perf_counter() - start, self.estimator, list(self.warnings))
+
+    def _report(self, final_logits: np.ndarray, held_logits: np.ndarray | None) -> NoiseReport:
+        estimate = self.estimator.finish(final_logits, self.names, held_final_logits=held_logits,
+                                         filter_by=self.clear.flag_rule, quality=self.clear.report_score,
+                                         flag_when_unreliable=self.clear.flag_when_unreliable)
+        if not estimate.reliability.reliable:
+            self._warn("end", estimate.reliability)
+        return NoiseReport.from_estimate(estimate, self.names, positions=np.concatenate([self.train_idx, self.held_idx]),
+                                         train_rows=len(self.train_idx), score=self.clear.report_score,
+                                         flag_rule=self.clear.flag_rule, ids=self.data.ids)
+
+    def _warn(self, stage: str, reliability) -> None:
+        """Record and announce that the model does not seem to learn (CallbackList ``on_warning``)."""
+        when = "after warm-up" if stage == "after_warmup" else "at the end of training"
+        message = (f"the model has not learned the task {when}: " + "; ".join(reliability.reasons)
+                   + f". Try: {reliability.advice}")
+        warning = {"stage": stage, "message": message, "reliability": reliability.to_dict()}
+        self.warnings.append(warning)
+        self.callbacks.fire("on_warning", self.state, warning=warning)
 
     def _post_warmup(self, epoch: int) -> bool:
         return epoch >= self.clear.warmup_epochs
@@ -196,11 +226,15 @@ class _Trainer:
         e = self.state.epoch
         # Plain PEFT uses no p_clean while training: only the final pass runs for its report.
         needs_pass = self.clear.routed and self._post_warmup(e)
-        if needs_pass and (not self.tracker.epochs or self.tracker.epochs[-1] != e):
-            self._clean_pass(e)
+        if needs_pass and (not self.estimator.epochs or self.estimator.epochs[-1] != e):
+            _, held = self._clean_pass(e)
+            if self.estimator.passes == 1:  # the first routed epoch: has warm-up taught the model anything?
+                check = self.estimator.learning_check(held)
+                if not check.reliable:
+                    self._warn("after_warmup", check)
         self.state.phase = "plain" if not self.clear.routed else ("routed" if self._post_warmup(e) else "warmup")
         self.callbacks.fire("on_epoch_begin", self.state)
-        order = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(self.cfg.seed * 100003 + e))
+        order = torch.randperm(len(self.train_idx), generator=torch.Generator().manual_seed(self.cfg.seed * 100003 + e))
         losses = self.state.epoch_losses
         while self.state.step_in_epoch < self.state.steps_per_epoch:
             s = self.state.step_in_epoch
@@ -222,23 +256,15 @@ class _Trainer:
         batch = self.tokens.batch(idx, self.device)
         y = torch.as_tensor(self.given[idx], device=self.device)
         post = self._post_warmup(epoch)
-        if self.clear.routed:
-            p = torch.as_tensor(self.tracker.p_clean[idx]) if post else torch.ones(len(idx))
-            gates = sample_gates(p, routing_cap=self.clear.routing_cap, num_layers=self.model.num_layers,
-                                 generator=self.gates_rng)
-            self.model.controller.set_gates(gates.to(self.device))
-            if self.clear.route_head and post:
-                head = sample_gates(p, routing_cap=self.clear.routing_cap, num_layers=1, generator=self.gates_rng)
-                self.model.controller.head_gates = head[:, 0].to(self.device)
-        else:
-            self.model.controller.set_constant(1.0)
+        p_clean = torch.as_tensor(self.estimator.p_clean[idx]) if post and self.clear.routed else None
+        self.router.route(p_clean, len(idx), self.device)
         with self._autocast():
             logits = self.model(batch).float()
         loss = F.cross_entropy(logits, y)
         weight = self._distill_weight(epoch)
         if self.clear.routed and post and weight > 0:
             t = self.clear.temperature
-            teacher = torch.as_tensor(self.tracker.teacher[idx], device=self.device)
+            teacher = torch.as_tensor(self.estimator.teacher[idx], device=self.device)
             soft = -(F.softmax(teacher / t, dim=1) * F.log_softmax(logits / t, dim=1)).sum(dim=1).mean()
             loss = loss + weight * (t * t) * soft
         loss.backward()
@@ -260,22 +286,27 @@ class _Trainer:
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
 
-    def _clean_pass(self, epoch: int) -> np.ndarray:
-        logits = self.model.logits_for(self.tokens, batch_size=self.cfg.eval_batch_size, autocast=self.autocast)
-        self.tracker.update(logits, epoch)
+    def _logits(self, tokens: TokenizedTexts | None) -> np.ndarray | None:
+        if tokens is None:
+            return None
+        return self.model.logits_for(tokens, batch_size=self.cfg.eval_batch_size, autocast=self.autocast)
+
+    def _clean_pass(self, epoch: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """One no-grad pass over the training and held-out rows, fed to the estimator; returns both logits."""
+        logits, held = self._logits(self.tokens), self._logits(self.held_tokens)
+        self.estimator.update(logits, epoch, held)
         self.model.train()
-        return logits
+        return logits, held
 
     def _end_epoch(self, e: int, losses: list[float]) -> None:
-        eval_logits = None
-        if self.eval_tokens is not None:
-            eval_logits = self.model.logits_for(self.eval_tokens, batch_size=self.cfg.eval_batch_size,
-                                                autocast=self.autocast)
+        eval_logits, held_logits = self._logits(self.eval_tokens), self._logits(self.held_tokens)
+        self.model.train()
         metrics = epoch_metrics(
             e + 1, losses, phase=self.state.phase, eval_logits=eval_logits, eval_y=self.eval_y,
-            tracker=self.tracker, gold=self.gold, given=self.given,
+            estimator=self.estimator, gold=self.gold[self.train_idx] if self.gold is not None else None,
+            held_logits=held_logits,
         )
-        acc = metrics.get("eval_accuracy")
+        acc = metrics.get("eval_accuracy", metrics.get("validation_agreement"))
         if acc is not None and (self.state.best_metric is None or acc > self.state.best_metric):
             self.state.best_metric, self.state.best_epoch = acc, e + 1
             if self.cfg.keep == "best":
@@ -287,15 +318,22 @@ class _Trainer:
         if control.should_training_stop and self.state.epoch < self.cfg.epochs:
             raise TrainingCancelled(self.state)
 
-    def _gold_metrics(self, report: NoiseReport) -> dict[str, Any]:
+    def _report_metrics(self, report: NoiseReport) -> dict[str, Any]:
+        """The report's own numbers (estimated noise, verdict) and, with gold labels, its grades."""
+        summary = report.summary()
+        out: dict[str, Any] = {"estimated_noise_rate": summary["estimated_noise_rate"],
+                               "report_reliable": summary["reliability"]["reliable"],
+                               "flagged_fraction": summary["flagged_fraction"]}
         if self.gold is None:
-            return {}
+            return out
         from .metrics import classification_metrics, detection_metrics
 
-        noisy = self.gold != self.given
-        det = detection_metrics(noisy, report.flagged, -report.rank.astype(np.float64))
-        out = {f"noise_{k}": v for k, v in det.items()}
-        cls = classification_metrics(self.gold, report.predicted, num_classes=len(self.names))
+        noisy = self.gold != report.given
+        det = detection_metrics(noisy, report.flagged, 1.0 - report.label_quality)
+        out.update({f"noise_{k}": v for k, v in det.items()})
+        out["true_noise_rate"] = float(noisy.mean())
+        train = np.array([s == "train" for s in report.split])
+        cls = classification_metrics(self.gold[train], report.predicted[train], num_classes=len(self.names))
         out["train_gold_accuracy"] = cls["accuracy"]
         return out
 
@@ -304,7 +342,7 @@ class _Trainer:
         if self.checkpoint_dir is None:
             return
         payload = {
-            "format": 1,
+            "format": 2,
             "clear": self.clear.to_dict(),
             "training": self.cfg.to_dict(),
             "label_names": self.names,
@@ -314,7 +352,7 @@ class _Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(self.gates_rng),
-            "tracker": self.tracker.state_dict(),
+            "estimator": self.estimator.state_dict(),
             "state": self.state,
         }
         path = write_checkpoint(self.checkpoint_dir, self.state.global_step, payload)
@@ -336,7 +374,7 @@ class _Trainer:
         self.best_weights = ckpt["best_weights"]
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.tracker.load_state_dict(ckpt["tracker"])
+        self.estimator.load_state_dict(ckpt["estimator"])
         self.state = ckpt["state"]
         set_rng_state(ckpt["rng"], self.gates_rng)
 

@@ -67,33 +67,26 @@ def test_robustness_grid_writes_curves_and_tables(bench_data, tiny_model_dir, tm
     assert _is_table(printed) and payload["tables"]["results"] in printed and "routed − plain" in printed
 
 
-def test_detection_compares_detectors_and_scoring_rules(bench_data, tiny_model_dir, tmp_path, capsys):
+def test_detection_grades_cases_detectors_and_scoring_rules(bench_data, tiny_model_dir, tmp_path, capsys):
     from bench import detection
 
-    out = tmp_path / "detection.json"
-    detection.main(_common(bench_data, tiny_model_dir, out) + ["--epochs", "2", "--folds", "2",
-                                                               "--clear", "warmup_epochs=1"])
-    payload = json.loads(out.read_text())
-    assert {"detectors", "rules", "runs", "tables", "environment"} <= set(payload)
-    assert len(payload["detectors"]) == 3
-    report = payload["detectors"][0]
-    assert {"precision", "recall", "f1", "auroc", "average_precision", "recall_at_k", "train_time_s"} <= set(report)
-    assert "skipped" in payload["detectors"][2] or payload["detectors"][2]["runs"] == 2
-    assert {r["rule"] for r in payload["rules"]} >= {"p_clean_last", "p_clean_mean", "loss_mean",
-                                                     "self_confidence_mean", "p_clean_best_epoch"}
-    assert payload["runs"]["routed"]["rebuild_max_abs_diff"] < 1e-4
-    assert _is_table(capsys.readouterr().out)
-
-
-def test_detection_skips_cleanlab_when_it_is_missing(bench_data, tiny_model_dir, tmp_path, monkeypatch):
-    from bench import detection
-
-    monkeypatch.setattr(detection, "_import_cleanlab", lambda: None)
-    out = tmp_path / "detection.json"
-    detection.main(_common(bench_data, tiny_model_dir, out) + ["--epochs", "2", "--clear", "warmup_epochs=1",
-                                                               "--train-rows", "40"])
-    row = json.loads(out.read_text())["detectors"][2]
-    assert "not installed" in row["skipped"]
+    out = tmp_path / "detection"
+    tables = detection.main(["--quick", "--data", str(bench_data / "train.csv"), "--model", str(tiny_model_dir),
+                             "--cases", "real,shuffled", "--seeds", "0", "--rows", "72", "--epochs", "2",
+                             "--warmup", "1", "--max-length", "16", "--batch-size", "32", "--learning-rate", "1e-2",
+                             "--cleanlab", "--folds", "2", "--out-dir", str(out)])
+    files = sorted(p.name for p in out.glob("*.json"))
+    assert files == sorted(["quick_real_clear_seed0.json", "quick_real_cleanlab_seed0.json",
+                            "quick_shuffled_clear_seed0.json", "quick_shuffled_cleanlab_seed0.json"])
+    run = json.loads((out / "quick_real_clear_seed0.json").read_text())
+    assert {"flagged_fraction", "estimated_noise_rate", "true_noise_rate", "auroc", "f1", "verdict",
+            "noise_matrix", "rules_auroc_train_rows", "wall_time_s"} <= set(run)
+    assert run["rows"] == 72 and abs(sum(map(sum, run["noise_matrix"]["joint"])) - 1) < 1e-6
+    assert "self_confidence (mean of passes)" in run["rules_auroc_train_rows"]
+    printed = capsys.readouterr().out
+    assert _is_table(printed) and tables["detection"] in printed and "| shuffled | clear |" in tables["detection"]
+    again = detection.main(["--table", "--quick", "--out-dir", str(out)])  # aggregation alone trains nothing
+    assert again["detection"] == tables["detection"]
 
 
 def test_cost_measures_every_variant_in_one_process(bench_data, tiny_model_dir, tmp_path, capsys):

@@ -18,7 +18,7 @@ from clear_core import (
     train,
 )
 from clear_core.metrics import detection_metrics
-from clear_core.noise import gmm_p_clean
+from clear_core.p_clean import gmm_p_clean
 from clear_core.synthetic import symmetric_noise
 
 from .conftest import toy_texts
@@ -72,8 +72,10 @@ def test_p_clean_finds_flipped_rows_on_a_separable_task(tiny_model_dir):
         training=TrainingConfig(epochs=4, batch_size=16, learning_rate=3e-2, max_length=32, seed=0),
         model_path=tiny_model_dir,
     )
-    p_after_warmup = result.report.p_clean_history[0]
-    auroc = detection_metrics(flipped, p_after_warmup < 0.5, 1 - p_after_warmup)["auroc"]
+    train_rows = np.array([s == "train" for s in result.report.split])
+    p_after_warmup = result.report.p_clean_history[0][train_rows]
+    assert np.isnan(result.report.p_clean_history[0][~train_rows]).all()  # held-out rows are never routed
+    auroc = detection_metrics(flipped[train_rows], p_after_warmup < 0.5, 1 - p_after_warmup)["auroc"]
     assert auroc >= 0.9, f"AUROC of p_clean after warm-up {auroc:.3f}"
     assert result.metrics["noise_auroc"] >= 0.9
     assert result.metrics["noise_recall"] >= 0.7 and result.metrics["noise_precision"] >= 0.7
@@ -82,7 +84,7 @@ def test_p_clean_finds_flipped_rows_on_a_separable_task(tiny_model_dir):
     records = result.report.to_records()
     assert sorted(r["rank"] for r in records) == list(range(1, len(texts) + 1))
     worst = min(records, key=lambda r: r["rank"])
-    assert worst["label_quality"] == min(r["label_quality"] for r in records)
+    assert worst["flagged"] and worst["label_quality"] == min(r["label_quality"] for r in records if r["flagged"])
 
 
 class _StopAt(TrainerCallback):
@@ -219,21 +221,6 @@ def test_learning_rate_defaults_per_method():
 
     assert TrainingConfig().resolved(ClearConfig(method="full")).learning_rate == DEFAULT_LEARNING_RATES["full"]
     assert TrainingConfig(learning_rate=0.1).resolved(ClearConfig(method="full")).learning_rate == 0.1
-
-
-def test_rank_breaks_label_quality_ties_by_loss():
-    from clear_core.noise import NoiseTracker
-    from clear_core.report import NoiseReport
-
-    given = np.array([0, 0, 1, 1])
-    logits = np.array([[5.0, 0.0], [0.0, 3.0], [0.0, 5.0], [4.0, 0.0]])
-    tracker = NoiseTracker(given)
-    tracker.update(logits, epoch=0)
-    tracker.p_clean_history[-1] = np.array([1.0, 0.0, 1.0, 0.0], dtype=np.float32)  # saturated ties
-    report = NoiseReport.from_tracker(tracker, logits, ["a", "b"], score="p_clean_last", flag_threshold=0.5)
-    assert report.rank.tolist() == [3, 2, 4, 1]  # row 3 (loss ~4) before row 1 (loss ~3); rows 0, 2 tie fully
-    assert report.flagged.tolist() == [False, True, False, True]
-    assert report.suggested.tolist() == [0, 1, 1, 0]
 
 
 @pytest.mark.parametrize("make, match", [
