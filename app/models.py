@@ -153,7 +153,8 @@ class JobEvent(Base):
 
 
 class NoiseRow(Base):
-    """One training row's entry in a job's noise report (low ``label_quality`` = likely wrong)."""
+    """One row's entry in a job's noise report (low ``label_quality`` = likely wrong); ``split`` is ``train``
+    or ``validation`` (held out of training, scored out-of-sample)."""
 
     __tablename__ = "noise_rows"
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
@@ -169,9 +170,12 @@ class NoiseRow(Base):
     label_quality: Mapped[float] = mapped_column(Float)
     flagged: Mapped[bool] = mapped_column(Boolean)
     flag_threshold: Mapped[float] = mapped_column(Float)
+    flag_reason: Mapped[str | None] = mapped_column(Text)
+    split: Mapped[str] = mapped_column(String(20), default="train", server_default="train")
     rank: Mapped[int] = mapped_column(Integer)
 
-    __table_args__ = (Index("ix_noise_rows_job_quality", "job_id", "label_quality", "rank"),)
+    __table_args__ = (Index("ix_noise_rows_job_quality", "job_id", "label_quality", "rank"),
+                      Index("ix_noise_rows_job_rank", "job_id", "rank"))
 
 
 class IdempotencyKey(Base):

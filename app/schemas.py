@@ -57,8 +57,11 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     dataset_id: str
     validation_dataset_id: str | None = Field(None, description="A held-out dataset scored each epoch.")
-    validation_fraction: float | None = Field(None, gt=0, le=0.5,
-                                              description="Or hold out this fraction of the training rows.")
+    validation_fraction: float | None = Field(None, ge=0, le=0.5,
+                                              description="Fraction of the rows held out of training (stratified by "
+                                              "label) and scored out-of-sample; the noise report's reliability "
+                                              "verdict rests on them. Default: training.validation_fraction (0.1); "
+                                              "0 = none.")
     base_model: str | None = Field(None, description="A model name from the server's model list.")
     method: Literal["lora", "adapter", "prefix", "bitfit", "full"] = "lora"
     routed: bool = Field(True, description="CleaR routing (True) or plain PEFT (False).")
@@ -126,7 +129,8 @@ class JobsPublic(BaseModel):
 
 
 class EventPublic(BaseModel):
-    """One entry of a job's append-only log: ``state``, ``epoch`` (metrics) or ``message``."""
+    """One entry of a job's append-only log: ``state``, ``epoch`` (metrics), ``message``, or ``warning`` (the
+    model does not seem to learn: the cause and what to try)."""
 
     model_config = ConfigDict(from_attributes=True)
     id: int
@@ -147,7 +151,10 @@ class EventsPublic(BaseModel):
 
 
 class NoiseRowPublic(BaseModel):
-    """One training row of the noise report (low ``label_quality`` = label likely wrong)."""
+    """One row of the noise report (low ``label_quality`` = label likely wrong; ``rank`` 1 first: flagged rows,
+    then ascending ``label_quality``). ``flag_threshold`` is the confident-learning threshold of the row's given
+    class; ``flag_reason`` says why it is or is not flagged; ``split`` is ``train`` or ``validation`` (held out
+    of training and scored out-of-sample; such rows have no ``p_clean``)."""
 
     rank: int
     row_index: int
@@ -163,10 +170,14 @@ class NoiseRowPublic(BaseModel):
     label_quality: float
     flagged: bool
     flag_threshold: float
+    flag_reason: str | None
+    split: str
 
 
 class NoiseReportPublic(BaseModel):
-    """A page of the noise report plus its summary (rows, flagged, per-class noise estimate)."""
+    """A page of the noise report plus its summary: rows and flagged counts, the estimated noise matrix
+    P(given, true) and noise rates, the class thresholds, and the reliability verdict (when it is "not
+    reliable", flags are withheld)."""
 
     data: list[NoiseRowPublic]
     count: int

@@ -1,7 +1,10 @@
 """Response bodies of the dashboard's and live clients' routes: a job's progress snapshot (sent on the
-event stream) and the noise report's statistics (histogram, per-class noise, confusion matrix)."""
+event stream) and the noise report's statistics (histogram, per-class noise, noise matrix, confusion
+matrix, reliability verdict)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -20,21 +23,26 @@ class JobProgressPublic(BaseModel):
 
 
 class HistogramPublic(BaseModel):
-    """Counts of rows per bin of ``field`` over [0, 1], split into flagged and unflagged rows."""
+    """Counts of rows per bin of ``field`` over [0, 1], split into flagged and unflagged rows; ``thresholds``
+    are the per-class confident-learning thresholds on that same axis (a row of given class k is a flag
+    candidate when its ``label_quality`` is below ``thresholds[k]`` and another class clears its own)."""
 
-    field: str = Field(description="p_clean, or label_quality when the job has no p_clean (unrouted runs).")
+    field: str = Field(description="label_quality: the score the flags are decided on (the given label's "
+                       "probability averaged over the passes, cleanlab's self-confidence by default).")
     edges: list[float] = Field(description="bins + 1 bin edges from 0 to 1.")
     unflagged: list[int]
     flagged: list[int]
+    thresholds: dict[str, float] = Field(default_factory=dict, description="Per-class thresholds, by class name.")
 
 
 class ClassNoisePublic(BaseModel):
-    """One given class: its rows, how many were flagged, and the estimated noise rate (flagged / rows)."""
+    """One given class: its rows, how many were flagged, and its estimated noise rate."""
 
     label: str
     rows: int
     flagged: int
-    estimated_noise_rate: float
+    estimated_noise_rate: float = Field(description="P(true label differs | given = this class), from the "
+                                        "calibrated confident joint (not the flagged fraction).")
 
 
 class ConfusionPublic(BaseModel):
@@ -49,7 +57,10 @@ class ReportStatsPublic(BaseModel):
 
     rows: int
     flagged: int
-    flag_threshold: float | None
+    flags_withheld: bool = Field(False, description="The report is not reliable: flags are withheld.")
+    estimated_noise_rate: float | None = None
+    noise_matrix: dict[str, Any] | None = Field(None, description="labels and the K x K joint P(given=i, true=j).")
+    reliability: dict[str, Any] | None = None
     histogram: HistogramPublic
     per_class: list[ClassNoisePublic]
     confusion: ConfusionPublic

@@ -106,7 +106,8 @@ def check_labels(
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            mask = find_label_issues(local, sub, filter_by=filter_by)
+            # n_jobs=1: no process pool (a Celery prefork child is a daemon and may not fork one)
+            mask = find_label_issues(local, sub, filter_by=filter_by, n_jobs=1)
             quality_scores = get_label_quality_scores(local, sub, method=quality)
             joint[np.ix_(classes, classes)] = estimate_joint(local, sub)
             thresholds[classes] = get_confident_thresholds(local, sub)

@@ -15,7 +15,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from clear_core import ClearConfig, TextClassificationData, TrainingCancelled, TrainingConfig, train
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -40,7 +39,7 @@ class JobInputs:
     """Everything ``train`` needs for one job, read from the database."""
 
     data: TextClassificationData
-    row_indices: list[int]  # dataset row index of each training row
+    row_indices: list[int]  # dataset row index of each row (clear_core holds out validation_fraction of them)
     eval_data: TextClassificationData | None
     label_names: list[str]
     clear: ClearConfig
@@ -62,20 +61,13 @@ def _as_data(rows: list[DatasetRow], *, gold_as_labels: bool = False) -> TextCla
         gold_labels=[r.gold_label for r in rows] if has_gold and not gold_as_labels else None)
 
 
-def _split(rows: list[DatasetRow], fraction: float, seed: int) -> tuple[list[DatasetRow], list[DatasetRow]]:
-    order = np.random.default_rng(seed).permutation(len(rows))
-    held = set(order[: max(1, round(fraction * len(rows)))].tolist())
-    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
-
-
 def load_inputs(session: Session, job: Job, settings: Settings) -> JobInputs:
-    """The job's training rows (minus a held-out split), held-out rows and resolved configs."""
+    """The job's rows (``clear_core`` holds out the stratified ``validation_fraction`` of them and scores them
+    out-of-sample, so every row gets a report row), the validation dataset's rows and the resolved configs."""
     training = TrainingConfig.from_dict(dict(job.training_config, **({"device": settings.worker_device}
                                                                      if settings.worker_device else {})))
     rows, held = _rows(session, job.dataset_id), []
-    if job.validation_fraction:
-        rows, held = _split(rows, job.validation_fraction, training.seed)
-    elif job.validation_dataset_id:
+    if job.validation_dataset_id:
         held = _rows(session, job.validation_dataset_id)
     model_path = None if job.base_model == DEFAULT_MODEL else Path(settings.model_dir or ".") / job.base_model
     # held-out rows are scored against their ground truth where the upload gave one
@@ -159,7 +151,8 @@ class Attempt:
             if self.lease.lost.is_set():
                 return self._lost()
             key = package_adapter(result, self.id, inputs, Path(tmp), self.store, tenant_id=self.job.tenant_id)
-            metrics = json_safe(dict(result.metrics, wall_time_s=result.wall_time_s))
+            metrics = json_safe(dict(result.metrics, wall_time_s=result.wall_time_s,
+                                     warnings=[w["message"] for w in result.warnings]))
             records, summary = result.report.to_records(), result.report.summary()
         del result
         done = retry_transient(lambda: self._succeed(records, inputs.row_indices, metrics, summary, key))

@@ -91,6 +91,12 @@ class JobProgress(TrainerCallback):
         else:
             self._decide(self.lease.check(), control)
 
+    def on_warning(self, state: TrainerState, control: TrainerControl, warning: dict[str, Any]) -> None:
+        """The model does not seem to learn: a ``warning`` event with the cause and what to try."""
+        if self.stop_reason != "lost":
+            self._event("warning", warning["message"], json_safe({"stage": warning["stage"],
+                                                                  "reliability": warning["reliability"]}))
+
     def on_evaluate(self, state: TrainerState, control: TrainerControl, metrics: dict[str, Any],
                     model: Any = None) -> None:
         """Append the epoch's metrics as an ``epoch`` event and keep them as the job's latest metrics."""

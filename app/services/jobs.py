@@ -29,8 +29,10 @@ def _ready_dataset(session: Session, tenant_id: str, dataset_id: str, param: str
 
 
 def _check_validation(session: Session, train: Dataset, spec: dict[str, Any]) -> None:
-    if spec.get("validation_dataset_id") and spec.get("validation_fraction"):
-        raise InvalidInput("give validation_dataset_id or validation_fraction, not both", param="validation_fraction")
+    inner = (spec.get("training") or {}).get("validation_fraction")
+    if spec.get("validation_fraction") is not None and inner is not None and inner != spec["validation_fraction"]:
+        raise InvalidInput("give validation_fraction at the top level or in training, not two different values",
+                           param="validation_fraction")
     if spec.get("validation_dataset_id"):
         held_out = _ready_dataset(session, train.tenant_id, spec["validation_dataset_id"], "validation_dataset_id")
         unknown = sorted(set(held_out.label_names) - set(train.label_names))
@@ -66,11 +68,13 @@ def create_job(session: Session, spec: dict[str, Any], *, tenant_id: str, settin
     hard, soft = resolve_time_limits(spec, settings)
     # mid-epoch checkpoints by default, so a crashed attempt loses at most that many steps
     training = {"checkpoint_every_steps": settings.checkpoint_every_steps, **(spec.get("training") or {})}
+    if spec.get("validation_fraction") is not None:
+        training["validation_fraction"] = spec["validation_fraction"]
     clear, training = resolve_configs(spec["method"], spec["routed"], spec.get("clear") or {}, training)
     if quotas is not None:
         check_job_quotas(session, tenant_id, quotas)  # last, after validation: locks the tenant until the commit
     job = Job(tenant_id=tenant_id, dataset_id=train.id, validation_dataset_id=spec.get("validation_dataset_id"),
-              validation_fraction=spec.get("validation_fraction"),
+              validation_fraction=training["validation_fraction"],
               base_model=resolve_base_model(spec.get("base_model"), settings), method=clear["method"],
               routed=clear["routed"], clear_config=clear, training_config=training, status="queued",
               attempt=0, progress=0.0, global_step=0, time_limit_s=hard, soft_time_limit_s=soft)

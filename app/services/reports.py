@@ -1,5 +1,6 @@
-"""Noise reports: paged and filtered queries ranked by ``label_quality`` (ascending: likeliest wrong
-first), and CSV/JSONL streams read in batches so a large report never sits in memory."""
+"""Noise reports: paged and filtered queries in ``rank`` order (flagged rows first, then ascending
+``label_quality``: likeliest wrong first), and CSV/JSONL streams read in batches so a large report never
+sits in memory."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from app.services.pagination import Page, decode_cursor, encode_cursor
 
 REPORT_FIELDS = ("rank", "row_index", "id", "text", "text_pair", "given_label", "predicted_label",
                  "suggested_label", "suggested_confidence", "p_clean", "p_clean_history", "label_quality",
-                 "flagged", "flag_threshold")
+                 "flagged", "flag_threshold", "flag_reason", "split")
 
 
 def report_job(session: Session, job_id: str, *, tenant_id: str) -> Job:
@@ -40,7 +41,7 @@ def _query(job: Job, filters: dict[str, Any]):
              .where(NoiseRow.job_id == job.id, NoiseRow.tenant_id == job.tenant_id))
     if filters.get("flagged") is not None:
         query = query.where(NoiseRow.flagged == filters["flagged"])
-    for name in ("given_label", "predicted_label"):
+    for name in ("given_label", "predicted_label", "split"):
         if filters.get(name) is not None:
             query = query.where(getattr(NoiseRow, name) == filters[name])
     return query
@@ -49,11 +50,10 @@ def _query(job: Job, filters: dict[str, Any]):
 def _after(query, cursor: str | None):
     if not cursor:
         return query
-    quality, rank, row_index = decode_cursor(cursor, 3)
-    if not isinstance(quality, (int, float)) or not isinstance(rank, int) or not isinstance(row_index, int):
+    rank, row_index = decode_cursor(cursor, 2)
+    if not isinstance(rank, int) or not isinstance(row_index, int):
         raise InvalidInput(f"cursor={cursor!r} is not a noise-report cursor", param="cursor")
-    after_tie = or_(NoiseRow.rank > rank, and_(NoiseRow.rank == rank, NoiseRow.row_index > row_index))
-    return query.where(or_(NoiseRow.label_quality > quality, and_(NoiseRow.label_quality == quality, after_tie)))
+    return query.where(or_(NoiseRow.rank > rank, and_(NoiseRow.rank == rank, NoiseRow.row_index > row_index)))
 
 
 def _record(noise: NoiseRow, text: str, text_pair: str | None) -> dict[str, Any]:
@@ -63,16 +63,15 @@ def _record(noise: NoiseRow, text: str, text_pair: str | None) -> dict[str, Any]
 
 
 def report_page(session: Session, job: Job, *, filters: dict[str, Any], limit: int, cursor: str | None) -> Page:
-    """One page of ``job``'s report, ``label_quality`` ascending (ties in ``clear_core``'s ``rank`` order,
-    then by ``row_index``), after ``cursor``."""
+    """One page of ``job``'s report in ``clear_core``'s ``rank`` order (then ``row_index``), after ``cursor``."""
     base = _query(job, filters)
-    ordered = _after(base, cursor).order_by(NoiseRow.label_quality, NoiseRow.rank, NoiseRow.row_index)
+    ordered = _after(base, cursor).order_by(NoiseRow.rank, NoiseRow.row_index)
     rows = [_record(*row) for row in session.execute(ordered.limit(limit + 1))]
     count = session.scalar(select(func.count()).select_from(base.subquery())) or 0
     more = len(rows) > limit
     rows = rows[:limit]
     last = rows[-1] if rows else None
-    return Page(rows, count, encode_cursor([last["label_quality"], last["rank"], last["row_index"]]) if more else None)
+    return Page(rows, count, encode_cursor([last["rank"], last["row_index"]]) if more else None)
 
 
 def iter_report(factory: sessionmaker[Session], job: Job, filters: dict[str, Any],

@@ -38,7 +38,12 @@ def make_finished_job(client, settings, n: int = 30, tenant_id: str = TENANT_A) 
     job_id = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "base_model": "tiny-bert",
                                            "training": {"epochs": 2}}).json()["id"]
     rows = noise_rows(job_id, [str(v) for v in frame["label"]], n, tenant_id)
-    summary = {"rows": n, "flagged": sum(r["flagged"] for r in rows), "flag_threshold": 0.5}
+    summary = {"rows": n, "flagged": sum(r["flagged"] for r in rows), "flags_withheld": False,
+               "class_thresholds": {"0": 0.4, "1": 0.5, "2": 0.6}, "estimated_noise_rate": 0.1,
+               "estimated_noise_rate_per_class": {"0": 0.1, "1": 0.2, "2": 0.0},
+               "noise_matrix": {"labels": ["0", "1", "2"], "rows": "given", "columns": "true",
+                                "joint": [[0.3, 0.05, 0.0], [0.0, 0.3, 0.05], [0.0, 0.0, 0.3]]},
+               "reliability": {"reliable": True, "verdict": "reliable", "reasons": [], "advice": ""}}
     started = utcnow()
     with session_factory(settings.database_url)() as session:
         transition(session, job_id, ("queued",), "running", started_at=started)

@@ -64,7 +64,7 @@ BAD_JOBS = [
     ({"method": "dropout"}, "method"),
     ({"base_model": "../etc"}, "base_model"),
     ({"validation_fraction": 0.9}, "validation_fraction"),
-    ({"validation_fraction": 0.1, "validation_dataset_id": "ds_x"}, "validation_fraction"),
+    ({"validation_fraction": 0.1, "training": {"validation_fraction": 0.2}}, "validation_fraction"),
     ({"surprise": True}, "surprise"),
 ]
 

@@ -52,13 +52,21 @@ def test_job_succeeds_with_one_report_row_per_training_row_and_a_loading_adapter
     assert logits.shape == (2, 3) and np.isfinite(logits).all() and model.label_names == ["0", "1", "2"]
 
 
-def test_validation_fraction_holds_rows_out_of_the_report(client, settings):
+def test_validation_rows_are_held_out_of_training_but_in_the_report(client, settings):
     dataset = upload_frame(client, toy_frame(60))
     job_id = _job(client, dataset["id"], validation_fraction=0.25, method="bitfit", routed=False,
                   training={**FAST, "epochs": 1}, clear={})
     assert execute_job(job_id, settings=settings) == "succeeded"
-    assert _noise_rows(settings, job_id) == 45
-    assert "eval_accuracy" in client.get(f"/v1/jobs/{job_id}").json()["metrics"]
+    assert _noise_rows(settings, job_id) == 60  # every uploaded row has a report row
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["validation_fraction"] == 0.25 and job["training"]["validation_fraction"] == 0.25
+    assert "validation_agreement" in job["metrics"] and job["report_summary"]["validation_rows"] == 15
+    held = client.get(f"/v1/jobs/{job_id}/noise-report", params={"split": "validation", "limit": 100}).json()
+    assert held["count"] == 15 and all(r["split"] == "validation" and r["p_clean"] is None for r in held["data"])
+    counts = toy_frame(60)["label"].astype(str).value_counts()  # stratified by given label
+    held_counts = {k: sum(r["given_label"] == k for r in held["data"]) for k in counts.index}
+    assert held_counts == {k: round(0.25 * n) for k, n in counts.items()}
+    assert all(r["flag_reason"] for r in held["data"])
 
 
 def test_cancel_stops_a_running_job_within_steps(client, settings):
@@ -101,3 +109,22 @@ def test_a_job_that_is_not_queued_is_not_run_again(client, settings):
     client.post(f"/v1/jobs/{job_id}/cancel")
     assert execute_job(job_id, settings=settings) == "skipped"
     assert client.get(f"/v1/jobs/{job_id}").json()["attempt"] == 0
+
+
+def test_a_job_that_cannot_learn_warns_and_withholds_its_flags(client, settings):
+    frame = toy_frame(240)
+    frame["label"] = np.random.default_rng(3).permutation(frame["label"].to_numpy())  # labels carry no signal
+    dataset = upload_frame(client, frame)
+    job_id = _job(client, dataset["id"], training={**FAST, "epochs": 4, "learning_rate": 3e-2},
+                  clear={"warmup_epochs": 2})
+    assert execute_job(job_id, settings=settings) == "succeeded"
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    summary = job["report_summary"]
+    assert summary["reliability"]["verdict"] == "not reliable" and summary["flags_withheld"]
+    assert summary["flagged"] == 0 and job["metrics"]["warnings"]
+    warnings = [e for e in client.get(f"/v1/jobs/{job_id}/events").json()["data"] if e["type"] == "warning"]
+    assert [w["data"]["stage"] for w in warnings] == ["after_warmup", "end"]
+    assert "majority-class rate" in warnings[0]["message"] and "learning_rate" in warnings[0]["message"]
+    report = client.get(f"/v1/jobs/{job_id}/noise-report", params={"limit": 500}).json()
+    assert report["count"] == 240 and not any(r["flagged"] for r in report["data"])
+    assert all(0 <= r["label_quality"] <= 1 for r in report["data"])  # rows keep their scores

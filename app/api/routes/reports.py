@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
@@ -19,21 +19,25 @@ router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["results"],
                    responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
 FlaggedQuery = Annotated[bool | None, Query(description="Only flagged (true) or unflagged (false) rows.")]
 LabelQuery = Annotated[str | None, Query()]
+SplitQuery = Annotated[Literal["train", "validation"] | None,
+                       Query(description="Only training rows or only held-out (validation) rows.")]
 
 
-def _filters(flagged: bool | None, given_label: str | None, predicted_label: str | None) -> dict[str, Any]:
-    return {"flagged": flagged, "given_label": given_label, "predicted_label": predicted_label}
+def _filters(flagged: bool | None, given_label: str | None, predicted_label: str | None,
+             split: str | None = None) -> dict[str, Any]:
+    return {"flagged": flagged, "given_label": given_label, "predicted_label": predicted_label, "split": split}
 
 
 @router.get("/noise-report", response_model=NoiseReportPublic)
 def noise_report(principal: PrincipalDep, session: SessionDep, job_id: str, limit: LimitQuery = 100,
                  cursor: CursorQuery = None,
                  flagged: FlaggedQuery = None, given_label: LabelQuery = None,
-                 predicted_label: LabelQuery = None) -> NoiseReportPublic:
-    """The noise report, likeliest-wrong rows first (``label_quality`` ascending), with its summary."""
+                 predicted_label: LabelQuery = None, split: SplitQuery = None) -> NoiseReportPublic:
+    """The noise report in ``rank`` order (flagged rows first, then ascending ``label_quality``), with its summary
+    (counts, estimated noise matrix and rates, reliability verdict)."""
     job = service.report_job(session, job_id, tenant_id=principal.tenant_id)
-    page = service.report_page(session, job, filters=_filters(flagged, given_label, predicted_label), limit=limit,
-                               cursor=cursor)
+    page = service.report_page(session, job, filters=_filters(flagged, given_label, predicted_label, split),
+                               limit=limit, cursor=cursor)
     return NoiseReportPublic(data=[NoiseRowPublic(**r) for r in page.items], count=page.count,
                              next_cursor=page.next_cursor, summary=job.report_summary or {})
 
@@ -53,18 +57,20 @@ def _stream(request: Request, session: SessionDep, tenant_id: str, job_id: str, 
 @router.get("/noise-report.csv", response_class=StreamingResponse)
 def noise_report_csv(request: Request, principal: PrincipalDep, session: SessionDep, job_id: str,
                      flagged: FlaggedQuery = None,
-                     given_label: LabelQuery = None, predicted_label: LabelQuery = None) -> StreamingResponse:
+                     given_label: LabelQuery = None, predicted_label: LabelQuery = None,
+                     split: SplitQuery = None) -> StreamingResponse:
     """The whole report as CSV, streamed; the summary is in the ``X-Noise-Report-Summary`` header."""
-    filters = _filters(flagged, given_label, predicted_label)
+    filters = _filters(flagged, given_label, predicted_label, split)
     return _stream(request, session, principal.tenant_id, job_id, "csv", filters)
 
 
 @router.get("/noise-report.jsonl", response_class=StreamingResponse)
 def noise_report_jsonl(request: Request, principal: PrincipalDep, session: SessionDep, job_id: str,
                        flagged: FlaggedQuery = None,
-                       given_label: LabelQuery = None, predicted_label: LabelQuery = None) -> StreamingResponse:
+                       given_label: LabelQuery = None, predicted_label: LabelQuery = None,
+                       split: SplitQuery = None) -> StreamingResponse:
     """The whole report as JSON lines, streamed: a ``{"summary": ...}`` line, then one line per row."""
-    filters = _filters(flagged, given_label, predicted_label)
+    filters = _filters(flagged, given_label, predicted_label, split)
     return _stream(request, session, principal.tenant_id, job_id, "jsonl", filters)
 
 
