@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .callbacks import TrainerCallback, TrainerControl, TrainerState
-from .config import DEFAULT_DISTILL_WEIGHT, DEFAULT_ROUTING_CAP, METHODS, ClearConfig, TrainingConfig
+from .config import DEFAULT_DISTILL_WEIGHT, DEFAULT_ROUTING_CAP, FLAG_RULES, METHODS, ClearConfig, TrainingConfig
 from .data import TextClassificationData
 
 
@@ -92,6 +92,10 @@ class ProgressPrinter(TrainerCallback):
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
         self.bar.write(json.dumps(shown))
 
+    def on_warning(self, state: TrainerState, control: TrainerControl, warning: dict[str, Any]) -> None:
+        """Print that the model does not seem to learn, with what to try."""
+        (self.bar.write if self.bar is not None else print)(f"WARNING: {warning['message']}")
+
     def on_train_end(self, state: TrainerState, control: TrainerControl) -> None:
         """Close the bar."""
         self.bar.close()
@@ -129,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--temperature", type=float, default=1.0)
     t.add_argument("--loss-ema", type=float, default=0.0)
     t.add_argument("--global-gmm", action="store_true", help="one GMM for all classes instead of one per class")
+    t.add_argument("--validation-fraction", type=float, default=0.1,
+                   help="rows held out of training (stratified) and scored out-of-sample; the report's verdict")
+    t.add_argument("--flag-rule", default="prune_by_noise_rate", choices=FLAG_RULES,
+                   help="confident-learning rule of the flags (cleanlab filter_by)")
+    t.add_argument("--flag-when-unreliable", action="store_true",
+                   help="keep the flags even when the report's verdict is 'not reliable'")
     t.add_argument("--lora-r", type=int, default=8)
     t.add_argument("--device")
     return parser
@@ -141,11 +151,12 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     clear = ClearConfig(
         method=args.method, routed=not args.plain, routing_cap=args.routing_cap, warmup_epochs=args.warmup_epochs,
         distill_weight=args.distill_weight, temperature=args.temperature, loss_ema=args.loss_ema,
-        gmm_per_class=not args.global_gmm, lora_r=args.lora_r,
+        gmm_per_class=not args.global_gmm, lora_r=args.lora_r, flag_rule=args.flag_rule,
+        flag_when_unreliable=args.flag_when_unreliable,
     )
     training = TrainingConfig(
         epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, max_length=args.max_length,
-        seed=args.seed, keep=args.keep, device=args.device,
+        seed=args.seed, keep=args.keep, device=args.device, validation_fraction=args.validation_fraction,
     )
     data = load_data(args.train, args, limit=args.limit)
     eval_data = None
