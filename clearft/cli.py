@@ -87,7 +87,8 @@ def _jobs(sub: argparse._SubParsersAction) -> None:
     listing = group.add_parser("list", help="jobs, newest first")
     listing.add_argument("--status", choices=("queued", "running", "cancelling", "succeeded", "failed", "cancelled"))
     listing.add_argument("--limit", type=_positive, default=50)
-    group.add_parser("get", help="one job: state, progress, metrics").add_argument("id")
+    group.add_parser("get", help="one job: state, progress, metrics, the report's verdict and warnings"
+                     ).add_argument("id")
     group.add_parser("cancel", help="cancel a job").add_argument("id")
     wait = group.add_parser("wait", help="follow a job until it ends (progress bar)")
     wait.add_argument("id")
@@ -107,6 +108,8 @@ def _jobs(sub: argparse._SubParsersAction) -> None:
     report.add_argument("--flagged", action="store_true", help="only the flagged rows")
     report.add_argument("--given-label")
     report.add_argument("--predicted-label")
+    report.add_argument("--split", choices=("train", "validation"),
+                        help="only the training rows, or only the held-out rows (scored out-of-sample)")
     report.add_argument("--top", type=_positive, default=20, help="rows printed without -o")
 
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from clearft.client import Client
 from clearft.models import Dataset, Job
-from clearft.progress import describe_epoch
+from clearft.progress import describe_epoch, describe_warning
 
 
 def _print_json(value: Any) -> None:
@@ -35,6 +35,42 @@ def _show_dataset(d: Dataset) -> None:
     print(f"classes: {json.dumps(d.class_histogram)}")
 
 
+def _number(value: Any, digits: int = 3) -> str:
+    """A summary number for a line of text: ``0.183``, or ``?`` when the service did not give it."""
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
+
+
+def describe_verdict(summary: dict[str, Any]) -> list[str]:
+    """The report's verdict as lines: ``verdict: reliable (held-out agreement 0.850 vs majority 0.350 on 40
+    rows)``; when not reliable, whether the flags were withheld, then each reason and the advice."""
+    reliability = summary.get("reliability") or {}
+    if not reliability:
+        return []
+    verdict = reliability.get("verdict") or ("reliable" if reliability.get("reliable") else "not reliable")
+    evidence = (f"{reliability.get('evidence', '?')} agreement {_number(reliability.get('agreement'))} vs majority "
+                f"{_number(reliability.get('majority_rate'))} on {reliability.get('rows', '?')} rows")
+    if reliability.get("reliable"):
+        return [f"verdict: {verdict} ({evidence})"]
+    kept = "flags withheld" if summary.get("flags_withheld") else "flags kept (clear.flag_when_unreliable)"
+    lines = [f"verdict: {verdict} - {kept} ({evidence})"]
+    lines += [f"  reason: {reason}" for reason in reliability.get("reasons") or []]
+    if reliability.get("advice"):
+        lines.append(f"  try: {reliability['advice']}")
+    return lines
+
+
+def describe_report(summary: dict[str, Any]) -> str:
+    """``noise report: 12 of 60 rows flagged (48 train, 12 validation); estimated noise rate 0.183``."""
+    parts = []
+    if summary.get("train_rows") is not None and summary.get("validation_rows") is not None:
+        parts.append(f" ({summary['train_rows']} train, {summary['validation_rows']} validation)")
+    if summary.get("flags_withheld"):
+        parts.append("; flags withheld: the report is not reliable")
+    noise = f"; estimated noise rate {_number(summary['estimated_noise_rate'])}" \
+        if summary.get("estimated_noise_rate") is not None else ""
+    return f"noise report: {summary.get('flagged', 0)} of {summary.get('rows', 0)} rows flagged{''.join(parts)}{noise}"
+
+
 def _show_job(job: Job) -> None:
     print(f"{job.id}  {job.status}  attempt {job.attempt}  {'CleaR ' if job.routed else ''}{job.method} "
           f"on {job.base_model}, dataset {job.dataset_id}")
@@ -42,12 +78,17 @@ def _show_job(job: Job) -> None:
     print(f"progress {job.progress:.0%}  epoch {min((job.epoch or 0) + 1, epochs or 1)}/{epochs}  "
           f"step {job.global_step}/{job.max_steps or '?'}  phase {job.phase or '-'}  "
           f"loss {'-' if job.loss is None else f'{job.loss:.4f}'}")
-    if job.metrics:
+    metrics = dict(job.metrics or {})
+    warnings = metrics.pop("warnings", None) or []
+    if metrics:
         print("metrics: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                      for k, v in job.metrics.items()))
+                                      for k, v in metrics.items()))
     if job.report_summary:
-        s = job.report_summary
-        print(f"noise report: {s.get('flagged')} of {s.get('rows')} rows flagged")
+        print(describe_report(job.report_summary))
+        for line in describe_verdict(job.report_summary):
+            print(line)
+    for message in warnings:
+        print(describe_warning(message))
     if job.error:
         print(f"error: {job.error.code}: {job.error.message}")
 
@@ -144,6 +185,8 @@ def _event_line(event_type: str, data: dict[str, Any]) -> str:
     payload = data.get("data") or {}
     if event_type == "epoch":
         return describe_epoch(payload, None)
+    if event_type == "warning":
+        return describe_warning(data.get("message"))
     text = data.get("message") or ""
     return f"{event_type} {payload.get('status', '')} {text}".rstrip() if event_type == "state" else text
 
@@ -176,10 +219,36 @@ def jobs_adapter(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+REPORT_COLUMNS = ["rank", "row_index", "split", "given_label", "suggested_label", "label_quality", "flagged",
+                  "text", "flag_reason"]
+TEXT_SHOWN = 50
+
+
+def _report_filters(args: argparse.Namespace) -> dict[str, Any]:
+    return {"flagged": True if args.flagged else None, "given_label": args.given_label,
+            "predicted_label": args.predicted_label, "split": args.split}
+
+
+def _cell(column: str, value: Any) -> Any:
+    """One table cell: label_quality to 4 places, texts cut to ``TEXT_SHOWN`` characters, missing ones blank."""
+    if isinstance(value, float) and value != value:  # NaN: a value this row does not have
+        return None
+    if column == "label_quality" and isinstance(value, float):
+        return f"{value:.4f}"
+    if column == "text" and isinstance(value, str) and len(value) > TEXT_SHOWN:
+        return value[:TEXT_SHOWN - 3] + "..."
+    return value
+
+
+def _print_rows(frame, top: int) -> None:
+    """The first ``top`` rows as a left-aligned table; the reason, the last column, in full."""
+    records = frame.head(top).to_dict(orient="records")
+    _table([[_cell(c, r.get(c)) for c in REPORT_COLUMNS] for r in records], REPORT_COLUMNS)
+
+
 def jobs_noise_report(client: Client, args: argparse.Namespace) -> int:
-    """Save the noise report to a file, or print its likeliest-wrong rows."""
-    filters = {"flagged": True if args.flagged else None, "given_label": args.given_label,
-               "predicted_label": args.predicted_label}
+    """Save the noise report to a file, or print its verdict and first rows in rank order."""
+    filters = _report_filters(args)
     if args.output:
         path = client.jobs.save_noise_report(args.id, args.output, **filters)
         print(f"noise report of {args.id} saved to {path}")
@@ -189,13 +258,14 @@ def jobs_noise_report(client: Client, args: argparse.Namespace) -> int:
         print(frame.head(args.top).to_json(orient="records", indent=2))
         return 0
     summary = frame.attrs.get("summary") or {}
+    print(describe_report(summary))
+    for line in describe_verdict(summary):
+        print(line)
     if frame.empty:
         which = " matching these filters" if any(v is not None for v in filters.values()) else ""
-        print(f"the noise report of {args.id} has no rows{which} ({summary.get('rows', 0)} rows in all, "
-              f"{summary.get('flagged', 0)} flagged)")
+        print(f"the noise report of {args.id} has no rows{which}")
         return 0
-    print(f"{summary.get('flagged')} of {summary.get('rows')} rows flagged; the {min(args.top, len(frame))} "
-          "likeliest wrong:")
-    columns = ["rank", "row_index", "given_label", "suggested_label", "label_quality", "flagged", "text"]
-    print(frame.head(args.top).reindex(columns=columns).to_string(index=False, max_colwidth=60))
+    print(f"the {min(args.top, len(frame))} likeliest wrong{' of these' if any(filters.values()) else ''} "
+          "(rank order: flagged rows first, then ascending label_quality):")
+    _print_rows(frame, args.top)
     return 0

@@ -107,7 +107,7 @@ class JobsAPI:
     def wait(self, job_id: str, *, progress: bool = False, timeout: float | None = None,
              check: bool = False) -> Job:
         """Block until the job is final, following its event stream; with ``progress`` draw a bar
-        (epoch, step, loss, ETA) on stderr. Raises ``WaitTimeout`` after ``timeout`` seconds, and with
+        (epoch, step, loss, ETA) on stderr, with a line per epoch and per learning warning. Raises ``WaitTimeout`` after ``timeout`` seconds, and with
         ``check`` ``JobFailed`` unless the job succeeded."""
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = ProgressBar(job_id) if progress else None
@@ -147,7 +147,7 @@ class JobsAPI:
 
     def save_noise_report(self, job_id: str, path: str | Path, **filters: Any) -> Path:
         """Stream the whole report to ``path``: CSV (``.csv``) or JSON lines (``.jsonl``); filters:
-        ``flagged``, ``given_label``, ``predicted_label``.
+        ``flagged``, ``given_label``, ``predicted_label``, ``split`` (``"train"`` or ``"validation"``).
 
         Raises:
             UsageError: ``path`` ends in anything else (an ``.xlsx`` would get CSV bytes).
@@ -161,8 +161,10 @@ class JobsAPI:
         return path
 
     def noise_report(self, job_id: str, **filters: Any) -> "pd.DataFrame":
-        """The report as a DataFrame, ``label_quality`` ascending (likeliest wrong first); its summary
-        (rows, flagged, estimated noise per class) is in ``df.attrs["summary"]``."""
+        """The report as a DataFrame in ``rank`` order (flagged rows first, then ascending ``label_quality``),
+        one row per dataset row (``split`` says which were held out of training), with ``flag_reason``; its
+        summary (rows, flagged, estimated noise matrix and rates, class thresholds, reliability verdict) is in
+        ``df.attrs["summary"]``. Filters as in ``save_noise_report``."""
         import pandas as pd
 
         buffer = io.BytesIO()
@@ -174,11 +176,13 @@ class JobsAPI:
         return frame
 
     def report_stats(self, job_id: str, *, bins: int = 20) -> dict[str, Any]:
-        """The p_clean histogram, estimated noise per class and confusion matrix the dashboard plots."""
+        """What the dashboard plots: the label_quality histogram with the class thresholds, the estimated
+        noise matrix and rates (overall and per class), the reliability verdict and the confusion matrix."""
         return self.client.request("GET", f"/v1/jobs/{job_id}/noise-report/stats", params={"bins": bins}).json()
 
     def epochs(self, job_id: str) -> "pd.DataFrame":
-        """One row of metrics per finished epoch (losses, held-out accuracy, p_clean statistics)."""
+        """One row of metrics per finished epoch (losses, held-out accuracy and agreement, and the
+        ``last_pass_*`` statistics of the clean-probability pass run before the epoch)."""
         import pandas as pd
 
         return pd.DataFrame([e.data for e in self.events(job_id) if e.type == "epoch" and e.data])
@@ -206,8 +210,20 @@ def _archive_path(target: Path, job_id: str) -> Path:
     return target / f"{job_id}-adapter.tar.gz"
 
 
+REPORT_FILTERS = ("flagged", "given_label", "predicted_label", "split")
+SPLITS = ("train", "validation")
+
+
 def _query(filters: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(filters) - {"flagged", "given_label", "predicted_label"}
+    """The noise-report filters as query parameters (booleans as ``true``/``false``, None left out).
+
+    Raises:
+        TypeError: a filter the service does not know.
+        ValueError: ``split`` is neither ``"train"`` nor ``"validation"``.
+    """
+    unknown = set(filters) - set(REPORT_FILTERS)
     if unknown:
-        raise TypeError(f"unknown noise-report filters {sorted(unknown)}: use flagged, given_label, predicted_label")
+        raise TypeError(f"unknown noise-report filters {sorted(unknown)}: use {', '.join(REPORT_FILTERS)}")
+    if filters.get("split") is not None and filters["split"] not in SPLITS:
+        raise ValueError(f"split={filters['split']!r}: use 'train' or 'validation'")
     return {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in filters.items() if v is not None}

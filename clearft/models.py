@@ -110,7 +110,9 @@ class Job(_Model):
 
 
 class Event(_Model):
-    """One entry of a job's event log: ``state``, ``epoch`` (metrics in ``data``) or ``message``."""
+    """One entry of a job's event log: ``state``, ``epoch`` (metrics in ``data``), ``message``, or ``warning``
+    (the model does not seem to learn: ``message`` gives the cause and what to try, ``data`` the ``stage``,
+    ``after_warmup`` or ``end``, and the ``reliability`` evidence)."""
 
     id: int
     job_id: str

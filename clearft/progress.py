@@ -1,5 +1,5 @@
 """A terminal progress bar fed by a job's event stream: epoch, step, loss and ETA (tqdm's estimate
-from the step rate), with one line per state change and per finished epoch."""
+from the step rate), with one line per state change, per finished epoch and per learning warning."""
 
 from __future__ import annotations
 
@@ -11,14 +11,23 @@ from tqdm import tqdm
 from clearft.models import StreamEvent
 
 BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar}| step {n_fmt}/{total_fmt} [{elapsed}, ETA {remaining}{postfix}]"
-EPOCH_KEYS = ("train_loss", "eval_loss", "eval_accuracy", "eval_macro_f1", "p_clean_mean", "p_clean_auroc")
+# The epoch metrics printed, by their names in the job's metrics. The p_clean ones describe the clean-probability
+# pass run at the start of the epoch (the last pass so far), not the epoch's training; their names say so.
+EPOCH_KEYS = ("train_loss", "eval_loss", "eval_accuracy", "eval_macro_f1", "validation_agreement",
+              "validation_majority_rate", "last_pass_p_clean_mean", "last_pass_p_clean_below_half",
+              "last_pass_p_clean_auroc")
 
 
 def describe_epoch(metrics: dict[str, Any], num_epochs: int | None) -> str:
-    """``epoch 2/3 (routed): train_loss 0.512, eval_accuracy 0.830``."""
+    """``epoch 2/3 (routed): train_loss 0.512, eval_accuracy 0.830, last_pass_p_clean_mean 0.741``."""
     values = ", ".join(f"{k} {metrics[k]:.3f}" for k in EPOCH_KEYS if isinstance(metrics.get(k), (int, float)))
     total = f"/{num_epochs}" if num_epochs else ""
     return f"epoch {metrics.get('epoch')}{total} ({metrics.get('phase', '')}): {values}"
+
+
+def describe_warning(message: str | None) -> str:
+    """``WARNING: the model has not learned the task after warm-up: ... Try: ...``."""
+    return f"WARNING: {message or 'the model does not seem to learn'}"
 
 
 class ProgressBar:
@@ -33,7 +42,7 @@ class ProgressBar:
         tqdm.write(text, file=self.file)
 
     def feed(self, event: StreamEvent) -> None:
-        """Update the bar from a ``progress`` event; print ``state`` and ``epoch`` events as lines."""
+        """Update the bar from a ``progress`` event; print ``state``, ``epoch`` and ``warning`` events as lines."""
         if event.event == "progress":
             self._progress(event.data)
         elif event.event == "state":
@@ -42,6 +51,8 @@ class ProgressBar:
             self._write(f"{self.job_id}: {data.get('status', '?')}{message}")
         elif event.event == "epoch":
             self._write(describe_epoch(event.data.get("data") or {}, self.num_epochs))
+        elif event.event == "warning":
+            self._write(describe_warning(event.data.get("message")))
 
     def _progress(self, p: dict[str, Any]) -> None:
         self.num_epochs = p.get("num_epochs") or self.num_epochs

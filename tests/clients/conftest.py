@@ -1,6 +1,7 @@
 """A live service for the client, CLI and browser tests: uvicorn serving the API and a real Celery
-worker (tiny BERT) on a fresh Postgres database and a Redis broker database of their own; and one
-job run to its end through the Python client, shared by the tests that only read results."""
+worker (tiny BERT) on a fresh Postgres database and a Redis broker database of their own; one job run
+to its end through the Python client, shared by the tests that only read results; and one job whose
+(not reliable) report is written straight to that database, for the pages that show such a report."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from tests.service.helpers import toy_frame
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = os.environ.get("CLEAR_TEST_CLIENTS_REDIS_URL", "redis://127.0.0.1:6379/11")
-TRAINING = {"epochs": 3, "batch_size": 16, "max_length": 16}
+# a learning rate the tiny BERT learns the toy task with in 3 epochs, so that the report is reliable and flags rows
+TRAINING = {"epochs": 3, "batch_size": 8, "max_length": 16, "learning_rate": 3e-2}
 
 
 def free_port() -> int:
@@ -64,11 +66,19 @@ def service_logs(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def live_service(tmp_path_factory, model_dir, service_logs):  # noqa: F811
-    """The URL of a running API + worker pair. A key of tenant ``clients`` (every scope) is in
-    ``$CLEARFT_API_KEY`` while the session lasts, where the Python client and the CLI find it."""
+def live_database():
+    """The SQLAlchemy URL of the live service's own migrated Postgres database (dropped after it stopped)."""
     name, db_url = create_pg_database()
     run_alembic(db_url, "upgrade", "head")
+    yield db_url
+    drop_pg_database(name, db_url)
+
+
+@pytest.fixture(scope="session")
+def live_service(tmp_path_factory, model_dir, service_logs, live_database):  # noqa: F811
+    """The URL of a running API + worker pair. A key of tenant ``clients`` (every scope) is in
+    ``$CLEARFT_API_KEY`` while the session lasts, where the Python client and the CLI find it."""
+    db_url = live_database
     saved_key = os.environ.get("CLEARFT_API_KEY")
     os.environ["CLEARFT_API_KEY"] = create_key(db_url, "clients")
     redis.Redis.from_url(REDIS_URL).flushdb()
@@ -92,7 +102,6 @@ def live_service(tmp_path_factory, model_dir, service_logs):  # noqa: F811
         _stop(procs)
         for log in logs:
             log.close()
-        drop_pg_database(name, db_url)
         if saved_key is None:
             os.environ.pop("CLEARFT_API_KEY", None)
         else:
@@ -109,3 +118,34 @@ def finished_job(live_service, tmp_path_factory):
         job = client.jobs.create(dataset.id, base_model="tiny-bert", validation_fraction=0.2,
                                  clear={"warmup_epochs": 1}, training=TRAINING).wait(timeout=240, check=True)
     return job
+
+
+def unqueued_job(url: str, database_url: str, model_dir: Path, folder: Path, frame) -> str:
+    """A ``queued`` job of tenant ``clients`` on ``frame`` (uploaded through the API) that was never handed to
+    the worker, so that a test can write its events and results itself; returns its id."""
+    from app.db import session_factory
+    from app.services.jobs import create_job
+    from app.settings import Settings
+
+    path = folder / "toy.csv"
+    frame.to_csv(path, index=False)
+    with Client(url) as client:
+        dataset = client.datasets.upload(path, id_column="id", gold_label_column="gold", name="toy, written by hand")
+    settings = Settings(data_dir=folder, database_url=database_url, model_dir=model_dir)
+    with session_factory(database_url)() as session:
+        job = create_job(session, {"dataset_id": dataset.id, "method": "lora", "routed": True,
+                                   "base_model": "tiny-bert", "training": {"epochs": 2}},
+                         tenant_id="clients", settings=settings, enqueue=lambda _: None)
+        return job.id
+
+
+@pytest.fixture(scope="session")
+def unreliable_job(live_service, live_database, model_dir, tmp_path_factory):  # noqa: F811
+    """A job on 60 toy rows whose results are written straight to the live database: a report that is not
+    reliable, its flags withheld, two warning events."""
+    from tests.clients import fake_report
+
+    frame = toy_frame(60)
+    job_id = unqueued_job(live_service, live_database, model_dir, tmp_path_factory.mktemp("unreliable"), frame)
+    fake_report.finish_job(live_database, job_id, "clients", [str(v) for v in frame["label"]], reliable=False)
+    return job_id

@@ -20,6 +20,13 @@ def run(capsys, url: str, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def _table_rows(out: str) -> list[list[str]]:
+    """The printed report table (header first), each line split on blanks."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("rank "))
+    return [line.split() for line in lines[start:]]
+
+
 def test_upload_create_wait_and_download(live_service, tmp_path, capsys, tiny_model_dir):
     from clear_core import load_adapter
 
@@ -42,7 +49,7 @@ def test_upload_create_wait_and_download(live_service, tmp_path, capsys, tiny_mo
     code, out, _ = run(capsys, live_service, "jobs", "list")
     assert code == 0 and job["id"] in out and "succeeded" in out
     code, out, _ = run(capsys, live_service, "jobs", "get", job["id"])
-    assert code == 0 and "noise report:" in out
+    assert code == 0 and "noise report:" in out and "estimated noise rate" in out and "verdict: " in out
     code, out, _ = run(capsys, live_service, "jobs", "events", job["id"], "-f")
     assert code == 0 and "state queued" in out and "epoch 2" in out and out.rstrip().endswith("job ended succeeded")
 
@@ -53,9 +60,14 @@ def test_upload_create_wait_and_download(live_service, tmp_path, capsys, tiny_mo
 
     code, _, _ = run(capsys, live_service, "jobs", "noise-report", job["id"], "-o", str(tmp_path / "report.csv"))
     report = pd.read_csv(tmp_path / "report.csv")
-    assert code == 0 and len(report) == 40 and report["label_quality"].is_monotonic_increasing
+    assert code == 0 and len(report) == 40 and report["rank"].is_monotonic_increasing  # every row, held out too
+    assert set(report["split"]) == {"train", "validation"} and report["flag_reason"].notna().all()
     code, out, _ = run(capsys, live_service, "jobs", "noise-report", job["id"], "--top", "3")
-    assert code == 0 and "likeliest wrong" in out
+    assert code == 0 and "likeliest wrong" in out and "estimated noise rate" in out and "verdict: " in out
+    assert _table_rows(out)[0][-1] == "flag_reason"
+    code, out, _ = run(capsys, live_service, "jobs", "noise-report", job["id"], "--split", "validation")
+    rows = _table_rows(out)[1:]
+    assert code == 0 and rows and all(row[2] == "validation" for row in rows)
 
 
 def test_refusals_exit_1_with_the_service_message(live_service, finished_job, capsys):

@@ -1,5 +1,7 @@
 """``clearft`` against a fake transport (no service): an empty noise report, a missing or unsupported
-local file, the row errors of a refused upload, and ``--archive -o FILE.tgz``."""
+local file, the row errors of a refused upload, ``--archive -o FILE.tgz``, and how a job's report is shown
+(estimated noise rate, verdict, reasons and advice when it is not reliable, warnings, the ``--split``
+filter and each row's ``flag_reason``)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pytest
 
 from clearft import Client, UsageError
 from clearft.cli import main
+from tests.clients import fake_report
 
 
 def _fake(handler) -> Client:
@@ -211,3 +214,110 @@ def test_request_errors_show_their_field_and_counts_must_be_positive(capsys):
 def test_a_noise_report_file_must_be_csv_or_jsonl(capsys, tmp_path, name):
     code, _, err = run(capsys, _never_called, "jobs", "noise-report", "job_x", "-o", str(tmp_path / name))
     assert code == 2 and "name the file .csv or .jsonl" in err and not (tmp_path / name).exists()
+
+
+def _job_body(report_summary: dict, metrics: dict) -> dict:
+    return {"id": "job_x", "dataset_id": "ds_x", "base_model": "tiny-bert", "method": "lora", "routed": True,
+            "clear": {}, "training": {"epochs": 3}, "status": "succeeded", "attempt": 1, "progress": 1.0, "epoch": 3,
+            "global_step": 12, "max_steps": 12, "phase": "routed", "loss": 0.5, "metrics": metrics,
+            "report_summary": report_summary, "created_at": "2026-01-01T00:00:00Z"}
+
+
+def test_jobs_get_of_a_reliable_report_prints_the_noise_rate_and_the_verdict(capsys):
+    body = _job_body(fake_report.summary(), {"eval_accuracy": 0.8, "estimated_noise_rate": 0.12,
+                                             "report_reliable": True, "warnings": []})
+    code, out, _ = run(capsys, lambda _: httpx.Response(200, json=body), "jobs", "get", "job_x")
+    assert code == 0
+    assert "noise report: 9 of 60 rows flagged (48 train, 12 validation); estimated noise rate 0.120" in out, out
+    assert "verdict: reliable (held-out agreement 0.850 vs majority 0.350 on 20 rows)" in out, out
+    assert "withheld" not in out and "WARNING" not in out and "warnings" not in out
+
+
+def test_jobs_get_of_a_report_that_is_not_reliable_says_why_and_that_flags_are_withheld(capsys):
+    body = _job_body(fake_report.summary(reliable=False),
+                     {"eval_accuracy": 0.35, "report_reliable": False, "warnings": [fake_report.WARNING]})
+    code, out, _ = run(capsys, lambda _: httpx.Response(200, json=body), "jobs", "get", "job_x")
+    assert code == 0
+    lines = out.splitlines()
+    assert "noise report: 0 of 60 rows flagged (48 train, 12 validation); flags withheld: the report is not " \
+           "reliable; estimated noise rate 0.120" in lines, out
+    assert any(line.startswith("verdict: not reliable - flags withheld (held-out agreement 0.350") for line in lines)
+    for text in fake_report.UNRELIABLE_REASONS:
+        assert f"  reason: {text}" in lines, out
+    assert f"  try: {fake_report.ADVICE}" in lines
+    assert f"WARNING: {fake_report.WARNING}" in lines
+    metrics_line = next(line for line in lines if line.startswith("metrics: "))
+    assert "report_reliable False" in metrics_line and "warnings" not in metrics_line
+
+
+def test_flags_kept_on_an_unreliable_report_are_said_to_be_kept(capsys):
+    report_summary = dict(fake_report.summary(reliable=False), flags_withheld=False, flagged=9)
+    body = _job_body(report_summary, {})
+    code, out, _ = run(capsys, lambda _: httpx.Response(200, json=body), "jobs", "get", "job_x")
+    assert code == 0 and "verdict: not reliable - flags kept (clear.flag_when_unreliable)" in out, out
+    assert "flags withheld" not in out
+
+
+def _report_service(rows: list[dict], report_summary: dict, seen: list):
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/v1/jobs/job_x/noise-report.jsonl"
+        seen.append(dict(request.url.params))
+        split = request.url.params.get("split")
+        lines = [{"summary": report_summary}] + [r for r in rows if split in (None, r["split"])]
+        return httpx.Response(200, text="".join(json.dumps(line) + "\n" for line in lines))
+    return handler
+
+
+def test_noise_report_prints_the_verdict_the_split_and_each_rows_reason(capsys):
+    seen: list = []
+    rows = fake_report.report_rows(6, flagged=2)
+    code, out, err = run(capsys, _report_service(rows, fake_report.summary(), seen), "jobs", "noise-report",
+                         "job_x", "--top", "4")
+    assert code == 0 and err == "" and seen == [{}]
+    lines = out.splitlines()
+    assert lines[0] == "noise report: 9 of 60 rows flagged (48 train, 12 validation); estimated noise rate 0.120"
+    assert lines[1].startswith("verdict: reliable (held-out")
+    assert "likeliest wrong" in lines[2] and "flagged rows first" in lines[2]
+    header = lines[3].split()
+    assert header[:7] == ["rank", "row_index", "split", "given_label", "suggested_label", "label_quality", "flagged"]
+    assert header[-2:] == ["text", "flag_reason"]
+    table = lines[4:]
+    assert len(table) == 4
+    assert table[0].rstrip().endswith(fake_report.reason("0", "1", flagged=True))  # the reason in full
+    assert table[2].rstrip().endswith(": kept") and " validation " in table[2]
+    assert "..." in table[0]  # the long text is cut, not the reason
+
+
+def test_noise_report_filters_by_split(capsys):
+    seen: list = []
+    rows = fake_report.report_rows(6, flagged=2)
+    handler = _report_service(rows, fake_report.summary(), seen)
+    code, out, _ = run(capsys, handler, "jobs", "noise-report", "job_x", "--split", "validation", "--flagged")
+    assert code == 0 and seen == [{"split": "validation", "flagged": "true"}]
+    table = out.splitlines()[4:]
+    assert len(table) == 2 and all(" validation " in line for line in table), out
+    with pytest.raises(SystemExit):
+        main(["jobs", "noise-report", "job_x", "--split", "test"], client=_fake(_never_called))
+    assert "invalid choice" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="split"):
+        _fake(_never_called).jobs.noise_report("job_x", split="test")
+
+
+def test_noise_report_of_an_unreliable_report_says_flags_are_withheld(capsys):
+    rows = fake_report.report_rows(3, flagged=2, withheld=True)
+    code, out, _ = run(capsys, _report_service(rows, fake_report.summary(reliable=False), []), "jobs",
+                       "noise-report", "job_x")
+    assert code == 0 and "; flags withheld: the report is not reliable;" in out.splitlines()[0]
+    assert "verdict: not reliable - flags withheld" in out and f"  try: {fake_report.ADVICE}" in out
+    assert "flag withheld (the report is not reliable): predicted '0'" in out
+
+
+def test_events_print_warnings_as_warning_lines(capsys):
+    events = [{"id": 1, "job_id": "job_x", "type": "state", "message": None, "data": {"status": "running"},
+               "created_at": "2026-01-01T00:00:00Z"},
+              {"id": 2, "job_id": "job_x", "type": "warning", "message": fake_report.WARNING,
+               "data": {"stage": "after_warmup", "reliability": fake_report.summary(reliable=False)["reliability"]},
+               "created_at": "2026-01-01T00:00:01Z"}]
+    body = {"data": events, "next_cursor": None, "has_more": False}
+    code, out, _ = run(capsys, lambda _: httpx.Response(200, json=body), "jobs", "events", "job_x")
+    assert code == 0 and out.splitlines()[1].endswith(f"#2 WARNING: {fake_report.WARNING}"), out

@@ -13,6 +13,7 @@ from clearft import ApiError, Client
 from clearft.models import StreamEvent
 from clearft.progress import ProgressBar
 from clearft.sse import parse_sse
+from tests.clients import fake_report
 
 
 def test_a_finished_job_reads_back_as_dataframes(live_service, finished_job):
@@ -20,15 +21,29 @@ def test_a_finished_job_reads_back_as_dataframes(live_service, finished_job):
         job = client.jobs.get(finished_job.id)
         assert job.status == "succeeded" and job.is_final and job.progress == 1.0
         report = job.noise_report()
-        assert len(report) == 48 == report.attrs["summary"]["rows"]  # 60 rows minus the 20 % held out
-        assert report["label_quality"].is_monotonic_increasing
-        assert int(report["flagged"].sum()) == report.attrs["summary"]["flagged"]
+        summary = report.attrs["summary"]
+        held_out = report["split"] == "validation"
+        assert len(report) == 60 == summary["rows"]  # every row, the 20 % held out of training too
+        assert summary["validation_rows"] == int(held_out.sum()) == 12 and summary["train_rows"] == 48
+        assert report.loc[held_out, "p_clean"].isna().all() and report.loc[~held_out, "p_clean"].notna().all()
+        assert report["rank"].tolist() == list(range(1, 61))  # rank order: flagged rows first
+        assert report["flagged"].is_monotonic_decreasing
+        for _, part in report.groupby("flagged"):
+            assert part["label_quality"].is_monotonic_increasing
+        assert report["flag_reason"].str.len().gt(0).all()
+        assert int(report["flagged"].sum()) == summary["flagged"]
+        assert summary["reliability"]["verdict"] in ("reliable", "not reliable")
+        assert abs(sum(map(sum, summary["noise_matrix"]["joint"])) - 1) < 1e-6
         flagged = job.noise_report(flagged=True)
-        assert len(flagged) == report.attrs["summary"]["flagged"] and flagged["flagged"].all()
+        assert len(flagged) == summary["flagged"] and flagged["flagged"].all()
+        validation = job.noise_report(split="validation")
+        assert len(validation) == 12 and (validation["split"] == "validation").all()
         epochs = job.epochs()
-        assert epochs["epoch"].tolist() == [1, 2, 3] and epochs["eval_accuracy"].notna().all()
+        assert epochs["epoch"].tolist() == [1, 2, 3] and epochs["validation_agreement"].notna().all()
+        assert epochs["last_pass_p_clean_mean"].notna().tolist() == [False, True, True]  # one warm-up epoch
         stats = client.jobs.report_stats(job.id)
-        assert sum(stats["histogram"]["flagged"]) == stats["flagged"] == report.attrs["summary"]["flagged"]
+        assert sum(stats["histogram"]["flagged"]) == stats["flagged"] == summary["flagged"]
+        assert stats["histogram"]["thresholds"] == summary["class_thresholds"]
         assert job.id in [j.id for j in client.jobs.list(status="succeeded")]
 
 
@@ -87,11 +102,17 @@ def test_the_sse_parser_and_the_progress_bar():
     bar = ProgressBar("job_x", file=out)
     bar.feed(StreamEvent("progress", {"status": "running", "num_epochs": 3, "epoch": 1, "global_step": 12,
                                       "max_steps": 36, "phase": "routed", "loss": 0.4321}))
-    bar.feed(StreamEvent("epoch", {"data": {"epoch": 2, "phase": "routed", "train_loss": 0.5, "eval_accuracy": 0.8}}, 4))
+    bar.feed(StreamEvent("epoch", {"data": {"epoch": 2, "phase": "routed", "train_loss": 0.5, "eval_accuracy": 0.8,
+                                            "last_pass_p_clean_mean": 0.74, "p_clean_mean": 0.1}}, 4))
+    bar.feed(StreamEvent("warning", {"type": "warning", "message": fake_report.WARNING,
+                                     "data": {"stage": "after_warmup", "reliability": {"reliable": False}}}, 5))
     bar.close()
     text = out.getvalue()
-    for part in ("step 12/36", "epoch 2/3 routed", "loss 0.4321", "ETA", "epoch 2/3 (routed): train_loss 0.500"):
+    for part in ("step 12/36", "epoch 2/3 routed", "loss 0.4321", "ETA",
+                 "epoch 2/3 (routed): train_loss 0.500, eval_accuracy 0.800, last_pass_p_clean_mean 0.740\n",
+                 f"WARNING: {fake_report.WARNING}\n"):
         assert part in text, text
+    assert "p_clean_mean 0.100" not in text  # an old name is not printed
 
 
 def _json_lines(path) -> list[dict]:
