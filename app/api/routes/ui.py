@@ -1,5 +1,9 @@
 """The web dashboard at ``/ui``: server-rendered pages (Jinja2) over the same services as the REST
-routes; charts are drawn in the browser by the vendored Chart.js from JSON embedded in the page.
+routes; charts are drawn in the browser by the vendored Chart.js (the noise matrix as plain SVG) from JSON
+embedded in the page. A job's page shows its learning warnings, the noise report's reliability verdict,
+per-epoch metrics (the ``last_pass_*`` ones named as the clean-probability pass they come from), the
+label_quality histogram with each class's threshold, the estimated noise matrix, and the flagged rows with
+why each was flagged.
 
 ``app.main`` includes this router behind ``ui_auth.ui_principal`` (a signed-out visitor is sent to the
 login form), which leaves the caller in ``request.state.principal``: every page shows its tenant's
@@ -14,10 +18,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from app.api.deps import SessionDep
 from app.errors import NotFound
-from app.models import JOB_STATUSES, TERMINAL_STATUSES, Dataset
+from app.models import JOB_STATUSES, TERMINAL_STATUSES, Dataset, Job, JobEvent
 from app.schemas import JobPublic
 from app.services import jobs as jobs_service
 from app.services.live import epoch_metrics, progress_snapshot
@@ -28,11 +33,28 @@ UI_DIR = Path(__file__).resolve().parents[2] / "ui"
 STATIC_DIR = UI_DIR / "static"
 UI_URL, STATIC_URL = "/ui", "/ui/static"
 FLAGGED_SHOWN = 500
+REVIEW_SHOWN = 50  # rows shown when the flags are withheld: the lowest label_quality, with their reasons
 HEADLINE = (("eval_accuracy", "held-out accuracy"), ("eval_macro_f1", "held-out macro F1"),
+            ("validation_agreement", "held-out agreement (given labels)"),
+            ("estimated_noise_rate", "estimated noise rate"), ("true_noise_rate", "true noise rate (gold)"),
+            ("flagged_fraction", "flagged fraction"),
             ("noise_precision", "report precision (gold)"), ("noise_recall", "report recall (gold)"),
             ("noise_auroc", "report AUROC (gold)"), ("train_gold_accuracy", "training accuracy (gold)"),
             ("wall_time_s", "training time (s)"))
 DIGITS = {"wall_time_s": 0}
+# The per-epoch table: metric key and column title. The p_clean columns come from the clean-probability pass
+# run at the start of the epoch (the last pass so far), not from the epoch's own training.
+EPOCH_COLUMNS = (("phase", "phase"), ("train_loss", "training loss"), ("eval_loss", "held-out loss"),
+                 ("eval_accuracy", "held-out accuracy"), ("eval_macro_f1", "held-out macro F1"),
+                 ("validation_agreement", "held-out agreement (given labels)"),
+                 ("validation_majority_rate", "majority-class rate (held out)"),
+                 ("last_pass_p_clean_mean", "last pass p_clean mean"),
+                 ("last_pass_p_clean_below_half", "last pass p_clean < 0.5 (fraction)"),
+                 ("last_pass_mean_loss", "last pass mean loss"),
+                 ("last_pass_p_clean_auroc", "last pass p_clean AUROC (gold)"))
+# One colour per class (cycled), shared by the threshold lines of the histogram and their legend.
+PALETTE = ("#2f6fde", "#e8871e", "#1d8a4e", "#8e44ad", "#c23b3b", "#16a2b8", "#9c6b30", "#d6338a", "#5c6f82",
+           "#7a9a01")
 
 router = APIRouter(prefix=UI_URL, include_in_schema=False)
 templates = Jinja2Templates(directory=str(UI_DIR / "templates"))
@@ -87,9 +109,73 @@ def _duration(job: JobPublic) -> str | None:
     return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
 
 
+def epoch_columns(epochs: list[dict[str, Any]], final: bool) -> list[tuple[str, str]]:
+    """The per-epoch table's columns: those some epoch of a final job has; all of them while the job runs
+    (epochs streamed in later, e.g. the first routed one after warm-up, may have any of them)."""
+    if not final:
+        return list(EPOCH_COLUMNS)
+    return [(key, title) for key, title in EPOCH_COLUMNS if any(e.get(key) is not None for e in epochs)]
+
+
+def warning_events(session: Session, job_id: str, *, tenant_id: str) -> list[dict[str, Any]]:
+    """The job's ``warning`` events, oldest first: message, stage and time."""
+    query = (select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.tenant_id == tenant_id,
+                                    JobEvent.type == "warning").order_by(JobEvent.id))
+    return [{"message": e.message, "stage": (e.data or {}).get("stage"), "created_at": e.created_at}
+            for e in session.scalars(query)]
+
+
+def verdict(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The banner of the report's reliability verdict: ``state`` (reliable / unreliable), its title, the
+    evidence in one line, and when not reliable the reasons and the advice; None for a summary without one."""
+    rel = summary.get("reliability")
+    if not rel:
+        return None
+    evidence = (f"{rel.get('evidence', '?')} agreement with the given labels {fmt(rel.get('agreement'))} vs the "
+                f"majority-class rate {fmt(rel.get('majority_rate'))} on {rel.get('rows', '?')} rows, skill "
+                f"{fmt(rel.get('skill'), 2)}, p = {fmt_p(rel.get('p_value'))}, median training loss "
+                f"{fmt(rel.get('loss_ratio'), 2)} × ln K")
+    if rel.get("reliable"):
+        title = "reliable"
+    elif summary.get("flags_withheld"):
+        title = "not reliable — flags withheld"
+    else:
+        title = "not reliable — flags kept (clear.flag_when_unreliable)"
+    return {"state": "reliable" if rel.get("reliable") else "unreliable", "title": title, "evidence": evidence,
+            "reasons": list(rel.get("reasons") or []), "advice": rel.get("advice") or ""}
+
+
+def fmt_p(value: Any) -> str:
+    """A p-value: two significant digits (``3.2e-06``, ``0.41``), blank when missing."""
+    return "" if value is None else f"{value:.2g}"
+
+
+def class_thresholds(stats: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Each class's threshold on the label_quality axis with its colour, in the noise matrix's label order."""
+    if not stats:
+        return []
+    thresholds = stats["histogram"].get("thresholds") or {}
+    order = (stats.get("noise_matrix") or {}).get("labels") or list(thresholds)
+    names = [n for n in order if n in thresholds] + [n for n in thresholds if n not in order]
+    return [{"label": name, "value": float(thresholds[name]), "color": PALETTE[k % len(PALETTE)]}
+            for k, name in enumerate(names)]
+
+
+def report_rows(session: Session, job: Job, stats: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The rows the table lists: the flagged ones (up to ``FLAGGED_SHOWN``), or when the flags are withheld
+    the ``REVIEW_SHOWN`` lowest-label_quality rows, whose reasons say what would have been flagged."""
+    if not stats:
+        return []
+    if stats.get("flags_withheld"):
+        return report_page(session, job, filters={}, limit=REVIEW_SHOWN, cursor=None).items
+    return report_page(session, job, filters={"flagged": True}, limit=FLAGGED_SHOWN, cursor=None).items
+
+
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, session: SessionDep, job_id: str):
-    """One job: progress (live while it runs), per-epoch plots, the report's plots, the flagged rows."""
+    """One job: progress (live while it runs), learning warnings, the report's verdict, per-epoch plots and
+    table, the report's plots (label_quality with the class thresholds, the noise matrix, noise per class,
+    confusion), the flagged rows."""
     tenant_id = tenant_of(request)
     try:
         row = jobs_service.get_job(session, job_id, tenant_id=tenant_id)
@@ -98,17 +184,20 @@ def job_page(request: Request, session: SessionDep, job_id: str):
     job, snapshot = JobPublic.from_job(row), progress_snapshot(row)
     has_report = job.status == "succeeded" and job.report_summary is not None
     stats = report_stats(session, row) if has_report else None
-    flagged = report_page(session, row, filters={"flagged": True}, limit=FLAGGED_SHOWN,
-                          cursor=None).items if has_report else []
     dataset = session.scalar(select(Dataset).where(Dataset.id == job.dataset_id,
                                                    Dataset.tenant_id == tenant_id))
     metrics = job.metrics or {}
-    data = {"job_id": job.id, "final": job.status in TERMINAL_STATUSES,
-            "epochs": epoch_metrics(session, job.id, tenant_id=tenant_id),
-            "stats": stats, "stream_url": f"/v1/jobs/{job.id}/events/stream"}
+    final = job.status in TERMINAL_STATUSES
+    epochs = epoch_metrics(session, job.id, tenant_id=tenant_id)
+    columns = epoch_columns(epochs, final)
+    thresholds = class_thresholds(stats)
+    data = {"job_id": job.id, "final": final, "epochs": epochs, "epoch_columns": [key for key, _ in columns],
+            "stats": stats, "thresholds": thresholds, "stream_url": f"/v1/jobs/{job.id}/events/stream"}
     return templates.TemplateResponse(request, "job.html", {
-        "job": job, "api": f"/v1/jobs/{job.id}", "stats": stats, "flagged_rows": flagged, "data": data,
-        "dataset_name": dataset.name if dataset else job.dataset_id, "progress_text": progress_text(snapshot),
-        "duration": _duration(job),
+        "job": job, "api": f"/v1/jobs/{job.id}", "stats": stats, "flagged_rows": report_rows(session, row, stats),
+        "data": data, "dataset_name": dataset.name if dataset else job.dataset_id,
+        "progress_text": progress_text(snapshot), "duration": _duration(job), "epochs": epochs,
+        "epoch_columns": columns, "warnings": warning_events(session, job.id, tenant_id=tenant_id),
+        "verdict": verdict(job.report_summary or {}) if has_report else None, "thresholds": thresholds,
         "headline": [(label, fmt(metrics[key], DIGITS.get(key, 3))) for key, label in HEADLINE
-                     if metrics.get(key) is not None]})
+                     if isinstance(metrics.get(key), (int, float)) and not isinstance(metrics.get(key), bool)]})
