@@ -1,5 +1,7 @@
 """The demo's client side: upload the NoisyAG-News sample, run a routed-LoRA job with a progress bar,
-download the adapter and the noise report, then score both against the sample's ground truth.
+download the adapter and the noise report, then score both against the sample's ground truth: test
+accuracy, and the report's estimated noise rate, precision and recall (over every report row: the rows
+held out of training are in the report too) next to the true noise rate, with the report's verdict.
 
 Run by ``scripts/demo`` against a running service; test accuracy is measured with the downloaded
 adapter loaded by stock ``peft`` (not by this project's code).
@@ -19,6 +21,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from clearft.client import default_key
+from clearft.commands import describe_verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -100,13 +103,45 @@ def stock_peft_accuracy(adapter_dir: Path, test: pd.DataFrame) -> float:
     return float((pd.Series(predicted) == test["gt"].astype(str).values).mean())
 
 
-def report_scores(report: pd.DataFrame, train: pd.DataFrame) -> dict[str, float]:
-    """Precision and recall of the flagged rows against the rows whose label differs from gt."""
-    noisy = (train["label"] != train["gt"]).to_numpy()
-    flagged = report.set_index("row_index").sort_index()["flagged"].astype(str).eq("True").to_numpy()
+def report_scores(report: pd.DataFrame, train: pd.DataFrame) -> dict[str, float | int | None]:
+    """Precision and recall of the flagged rows against the rows whose label differs from gt, over every
+    report row (training and held-out: each dataset row has one, matched by ``row_index``), and the true
+    noise rate; precision is None when nothing was flagged.
+
+    Raises:
+        ValueError: the report does not have exactly one row per training-sample row.
+    """
+    rows = report.set_index("row_index")
+    if len(rows) != len(train) or not rows.index.is_unique or set(rows.index) != set(range(len(train))):
+        raise ValueError(f"the noise report has {len(rows)} rows for {len(train)} dataset rows: expected one each")
+    rows = rows.sort_index()
+    noisy = (train["label"].astype(str) != train["gt"].astype(str)).to_numpy()
+    flagged = rows["flagged"].astype(str).str.lower().eq("true").to_numpy()
+    held_out = rows["split"].eq("validation").to_numpy()
     hits = int((noisy & flagged).sum())
-    return {"flagged": int(flagged.sum()), "noisy": int(noisy.sum()),
-            "precision": hits / max(1, int(flagged.sum())), "recall": hits / max(1, int(noisy.sum()))}
+    return {"rows": len(rows), "held_out": int(held_out.sum()), "flagged": int(flagged.sum()),
+            "noisy": int(noisy.sum()), "true_noise_rate": float(noisy.mean()),
+            "precision": hits / int(flagged.sum()) if flagged.any() else None,
+            "recall": hits / max(1, int(noisy.sum()))}
+
+
+def number(value: float | None) -> str:
+    """``0.814``, or ``n/a`` for a score the job did not compute."""
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"
+
+
+def report_lines(scores: dict, summary: dict) -> list[str]:
+    """What the demo prints about the noise report: counts, estimated vs true noise rate, precision and
+    recall against gt, and the report's reliability verdict (with reasons and advice when not reliable)."""
+    precision = "n/a (nothing flagged)" if scores["precision"] is None else number(scores["precision"])
+    trained = scores["rows"] - scores["held_out"]
+    return [f"noise report: {scores['flagged']:,} of {scores['rows']:,} rows flagged ({trained:,} trained on, "
+            f"{scores['held_out']:,} held out); {scores['noisy']:,} labels really wrong",
+            f"estimated noise rate {number(summary.get('estimated_noise_rate'))} (the report's noise matrix), "
+            f"true noise rate {scores['true_noise_rate']:.3f} (label != gt)",
+            f"noise report precision {precision}, recall {scores['recall']:.3f} (against gt, all "
+            f"{scores['rows']:,} rows)",
+            *describe_verdict(summary)]
 
 
 def main() -> int:
@@ -140,11 +175,12 @@ def main() -> int:
     scores = report_scores(report, train)
     accuracy = stock_peft_accuracy(adapter_dir, test)
     print(f"\ntest accuracy (1,000 rows, adapter loaded with stock peft): {accuracy:.3f}")
-    print(f"noise report: {scores['flagged']} rows flagged of 2,000; {scores['noisy']} labels really wrong")
-    print(f"noise report precision {scores['precision']:.3f}, recall {scores['recall']:.3f} (against gt)")
-    print(f"job's own scores: noise_precision {job['metrics'].get('noise_precision', float('nan')):.3f}, "
-          f"noise_recall {job['metrics'].get('noise_recall', float('nan')):.3f}, "
-          f"noise_auroc {job['metrics'].get('noise_auroc', float('nan')):.3f}")
+    for line in report_lines(scores, job.get("report_summary") or {}):
+        print(line)
+    for warning in job["metrics"].get("warnings") or []:
+        print(f"WARNING: {warning}")
+    print("job's own scores: " + ", ".join(f"{key} {number(job['metrics'].get(key))}" for key in
+                                           ("noise_precision", "noise_recall", "noise_auroc", "true_noise_rate")))
     print(f"demo client time {time.monotonic() - start:.0f} s")
     return 0
 
