@@ -306,6 +306,9 @@ class _Trainer:
             estimator=self.estimator, gold=self.gold[self.train_idx] if self.gold is not None else None,
             held_logits=held_logits,
         )
+        if held_logits is not None and self.gold is not None:  # scoring only: gold never steers training
+            right = held_logits.argmax(axis=1) == self.gold[self.held_idx]
+            metrics["validation_gold_accuracy"] = float(np.mean(right))
         acc = metrics.get("eval_accuracy", metrics.get("validation_agreement"))
         if acc is not None and (self.state.best_metric is None or acc > self.state.best_metric):
             self.state.best_metric, self.state.best_epoch = acc, e + 1

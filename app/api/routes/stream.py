@@ -23,7 +23,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"],
 POLL_S = 0.5
 HEARTBEAT_S = 15.0
 RETRY_MS = 2000
-STREAM_DOC = """Each job event is sent as ``id: <event id>``, ``event: <type>`` (state, epoch, message) and
+STREAM_DOC = """Each job event is sent as ``id: <event id>``, ``event: <type>`` (state, epoch, message, warning) and
 ``data: <the event as in /events>``. Between them, ``event: progress`` (no id) carries a
 ``JobProgressPublic`` whenever the job's progress changes. When the job is final and every event has
 been sent, ``event: end`` with ``{"status": ...}`` closes the stream. A reconnecting client sends
