@@ -54,3 +54,18 @@ def create_job(client, dataset_id: str, training: dict[str, Any], **body: Any) -
                                              "training": training, **body})
     assert response.status_code == 201, response.text
     return response.json()["id"]
+
+
+def report_arrays(settings, job_id: str) -> dict[str, np.ndarray]:
+    """A stored noise report as arrays in row order (p_clean NaN for held-out rows), for comparing two runs."""
+    from sqlalchemy import select
+
+    from app.db import session_factory
+    from app.models import NoiseRow
+
+    with session_factory(settings.database_url)() as session:
+        rows = session.scalars(select(NoiseRow).where(NoiseRow.job_id == job_id).order_by(NoiseRow.row_index)).all()
+    out = {k: np.array([getattr(r, k) for r in rows]) for k in
+           ("label_quality", "flagged", "predicted_label", "suggested_label", "rank", "split", "flag_reason")}
+    out["p_clean"] = np.array([np.nan if r.p_clean is None else r.p_clean for r in rows])
+    return out

@@ -19,7 +19,7 @@ from app.faults import TransientJobError
 from app.models import Job, NoiseRow, utcnow
 from app.services.leases import reap
 from clear_core import TrainerCallback
-from tests.service.helpers import create_job, toy_frame, upload_frame
+from tests.service.helpers import create_job, report_arrays, toy_frame, upload_frame
 from worker.pipeline import execute_job
 from worker.results import write_noise_rows
 
@@ -121,15 +121,6 @@ def _run_in_thread(job_id, settings):
     return thread, outcome
 
 
-def _report(settings, job_id):
-    with session_factory(settings.database_url)() as session:
-        rows = session.scalars(select(NoiseRow).where(NoiseRow.job_id == job_id).order_by(NoiseRow.row_index)).all()
-    out = {k: np.array([getattr(r, k) for r in rows]) for k in
-           ("label_quality", "flagged", "predicted_label", "suggested_label", "rank", "split", "flag_reason")}
-    out["p_clean"] = np.array([np.nan if r.p_clean is None else r.p_clean for r in rows])  # None: held-out rows
-    return out
-
-
 def test_a_requeued_attempt_resumes_from_its_checkpoint_with_the_same_report(client, settings, dataset, gate,
                                                                                monkeypatch):
     reference = _job(client, dataset["id"], validation_fraction=0.2)
@@ -150,7 +141,7 @@ def test_a_requeued_attempt_resumes_from_its_checkpoint_with_the_same_report(cli
     assert got["attempt"] == 2 and got["global_step"] == want["global_step"]
     messages = [e["message"] for e in client.get(f"/v1/jobs/{job_id}/events").json()["data"]]
     assert "attempt 2 resumes from the checkpoint at step 8" in messages
-    a, b = _report(settings, job_id), _report(settings, reference)
+    a, b = report_arrays(settings, job_id), report_arrays(settings, reference)
     np.testing.assert_allclose(a.pop("label_quality"), b.pop("label_quality"), atol=1e-5)
     np.testing.assert_allclose(a.pop("p_clean"), b.pop("p_clean"), atol=1e-5, equal_nan=True)
     for key in a:
