@@ -124,7 +124,7 @@ def rule_aurocs(result, gt_train: np.ndarray) -> dict[str, float]:
     est = result.dynamics
     given = est.given
     noisy = given != gt_train
-    mean = est.prob_sum / est.passes
+    mean = est.mean_probs
     last = softmax(est.teacher.astype(np.float64))
     rules = {
         "self_confidence (mean of passes)": get_label_quality_scores(given, mean, method="self_confidence"),

@@ -114,6 +114,7 @@ def check_labels(
     rows = np.arange(n)
     other = probs.copy()
     other[rows, given] = -1.0
+    other[:, np.setdiff1d(np.arange(k), classes)] = -1.0  # never suggest a class no row is given
     suggested = np.where(mask, other.argmax(axis=1), probs.argmax(axis=1))
     flagged = np.zeros(n, bool) if withhold else mask.copy()
     per_class = 1.0 - np.diag(joint) / np.clip(joint.sum(axis=1), 1e-12, None)
@@ -131,7 +132,7 @@ def _reason(check: LabelCheck, probs: np.ndarray, given: np.ndarray, i: int, nam
     g, s = int(given[i]), int(check.suggested[i])
     pg, ps, tg, ts = probs[i, g], probs[i, s], check.thresholds[g], check.thresholds[s]
     if check.candidates[i]:
-        evidence = (f"predicted '{names[s]}' with {ps:.2f} (class threshold {ts:.2f}); "
+        evidence = (f"the passes' mean probabilities favour '{names[s]}' with {ps:.2f} (class threshold {ts:.2f}); "
                     f"given '{names[g]}' has {pg:.2f} (class threshold {tg:.2f})")
         return ("flag withheld (the report is not reliable): " + evidence) if check.withheld else evidence
     if s == g:

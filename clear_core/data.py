@@ -122,8 +122,9 @@ def encode_labels(labels: Sequence[str], label_names: Sequence[str]) -> np.ndarr
 def stratified_holdout(given: np.ndarray, fraction: float, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split row indices into training and held-out rows, stratified by given label.
 
-    Each class holds out ``round(fraction * n_k)`` of its n_k rows (never all of them: at least one
-    stays for training, so no class vanishes from training); rows are drawn with ``seed``.
+    Each class holds out ``floor(fraction * n_k + 0.5)`` of its n_k rows, at most ``n_k // 2`` (so at
+    least half, and at least one row, stay for training: no class vanishes from training); rows are
+    drawn with ``seed``.
 
     Args:
         given: ``(N,)`` int given labels.
@@ -142,7 +143,7 @@ def stratified_holdout(given: np.ndarray, fraction: float, *, seed: int) -> tupl
     held = []
     for k in np.unique(given):
         rows = rng.permutation(np.flatnonzero(given == k))
-        take = min(int(round(fraction * len(rows))), len(rows) - 1)
+        take = min(int(np.floor(fraction * len(rows) + 0.5)), len(rows) // 2)  # half up; never over half
         held.extend(rows[:take].tolist())
     mask = np.zeros(len(given), dtype=bool)
     mask[held] = True

@@ -26,7 +26,7 @@ import numpy as np
 from .confident import LabelCheck, check_labels
 from .noise import cross_entropy_rows, softmax
 from .p_clean import MixtureFit, p_clean_by_class
-from .reliability import MIN_HELD_OUT, Reliability, assess
+from .reliability import MIN_HELD_OUT, Reliability, assess, contradicted_by
 
 
 @dataclass
@@ -79,6 +79,7 @@ class NoiseEstimator:
         self.confidence_history: list[np.ndarray] = []
         self.prob_sum: np.ndarray | None = None
         self.held_prob_sum: np.ndarray | None = None
+        self.summed = 0  # passes in prob_sum: all but a pass before any training (epoch 0)
         self.teacher: np.ndarray | None = None
         self.fits: dict[int, MixtureFit] = {}
         self._smoothed: np.ndarray | None = None
@@ -92,6 +93,17 @@ class NoiseEstimator:
     def passes(self) -> int:
         """E', the number of passes recorded."""
         return len(self.epochs)
+
+    @property
+    def mean_probs(self) -> np.ndarray:
+        """``(N, K)`` the training rows' softmax averaged over the passes after some training.
+
+        Raises:
+            ValueError: before such a pass.
+        """
+        if not self.summed:
+            raise ValueError("no pass after training has run yet")
+        return self.prob_sum / self.summed
 
     def update(self, logits: np.ndarray, epoch: int, held_logits: np.ndarray | None = None) -> np.ndarray:
         """Record one pass: training logits ``(N, K)`` (and held-out ``(M, K)``) at the start of ``epoch``.
@@ -117,10 +129,12 @@ class NoiseEstimator:
         self.loss_history.append(losses.astype(np.float32))
         self.p_clean_history.append(p.astype(np.float32))
         self.confidence_history.append(probs[np.arange(len(self.given)), self.given].astype(np.float32))
-        self.prob_sum = probs if self.prob_sum is None else self.prob_sum + probs
-        if held_logits is not None:
-            held = softmax(held_logits.astype(np.float64))
-            self.held_prob_sum = held if self.held_prob_sum is None else self.held_prob_sum + held
+        if epoch > 0:  # a pass before any training step (warmup_epochs=0) says nothing about the labels
+            self.summed += 1
+            self.prob_sum = probs if self.prob_sum is None else self.prob_sum + probs
+            if held_logits is not None:
+                held = softmax(held_logits.astype(np.float64))
+                self.held_prob_sum = held if self.held_prob_sum is None else self.held_prob_sum + held
         self.teacher = logits.astype(np.float32)
         return p
 
@@ -134,16 +148,20 @@ class NoiseEstimator:
         Raises:
             ValueError: before any pass.
         """
-        if not self.loss_history:
-            raise ValueError("no clean-probability pass has run yet")
+        if not self.summed:
+            raise ValueError("no pass after training has run yet")
         train_loss = float(np.median(self.loss_history[-1]))
+        held = held_logits if held_logits is not None else self.held_prob_sum
         if self.held_given is not None and len(self.held_given) >= MIN_HELD_OUT:
-            held = held_logits if held_logits is not None else self.held_prob_sum
             return assess(self.held_given, held.argmax(axis=1), train_loss=train_loss,
                           num_classes=self.num_classes, evidence="held-out")
-        # too few held-out rows: the passes' mean softmax in-sample (inflated by memorisation; said so)
-        predicted = self.prob_sum.argmax(axis=1)
-        return assess(self.given, predicted, train_loss=train_loss, num_classes=self.num_classes, evidence="in-sample")
+        # too few held-out rows: the passes' mean softmax in-sample (inflated by memorisation; said so),
+        # and the few held-out rows there are must not contradict it
+        verdict = assess(self.given, self.prob_sum.argmax(axis=1), train_loss=train_loss,
+                         num_classes=self.num_classes, evidence="in-sample")
+        if self.held_given is not None:
+            verdict = contradicted_by(verdict, self.held_given, held.argmax(axis=1))
+        return verdict
 
     def finish(self, final_logits: np.ndarray, label_names: Sequence[str], *, held_final_logits: np.ndarray | None = None,
                filter_by: str = "prune_by_noise_rate", quality: str = "self_confidence",
@@ -160,13 +178,11 @@ class NoiseEstimator:
         Raises:
             ValueError: before any pass, or on mismatched shapes.
         """
-        if not self.passes:
-            raise ValueError("no clean-probability pass has run yet")
-        probs = self.prob_sum / self.passes
+        probs = self.mean_probs
         predicted = final_logits.argmax(axis=1)
         given = self.given
         if self.held_given is not None:
-            probs = np.vstack([probs, self.held_prob_sum / self.passes])
+            probs = np.vstack([probs, self.held_prob_sum / self.summed])
             predicted = np.concatenate([predicted, held_final_logits.argmax(axis=1)])
             given = np.concatenate([given, self.held_given])
         reliability = self.learning_check(
@@ -197,7 +213,7 @@ class NoiseEstimator:
             raise ValueError(f"unknown score rule {rule!r}: choose one of {', '.join(rules)}")
         return rules[rule]()
 
-    _STATE = ("epochs", "loss_history", "p_clean_history", "confidence_history", "prob_sum", "held_prob_sum",
+    _STATE = ("epochs", "loss_history", "p_clean_history", "confidence_history", "prob_sum", "held_prob_sum", "summed",
               "teacher", "_smoothed", "fits")
 
     def state_dict(self) -> dict[str, Any]:

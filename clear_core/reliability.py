@@ -13,8 +13,9 @@ Symbols: M held-out rows, K classes. Two pieces of evidence:
 
 The report is reliable when the held-out test passes (p < ``MAX_P_VALUE`` and skill >=
 ``MIN_SKILL``) and the loss ratio is under ``MAX_LOSS_RATIO``. With fewer than ``MIN_HELD_OUT``
-held-out rows the agreement is measured in-sample (first post-warm-up pass), which memorisation
-inflates; the verdict says which evidence it used.
+held-out rows the agreement is measured in-sample (the softmax averaged over the passes), which
+memorisation inflates, and the few held-out rows there are must not contradict it (their agreement
+must exceed their majority rate, see :func:`contradicted_by`); the verdict says which evidence it used.
 """
 
 from __future__ import annotations
@@ -108,3 +109,25 @@ def assess(given: np.ndarray, predicted: np.ndarray, *, train_loss: float, num_c
     reliable = not reasons
     return Reliability(reliable, "reliable" if reliable else "not reliable", evidence, m, agreement, majority,
                        skill, p_value, loss_ratio, reasons, "" if reliable else ADVICE)
+
+
+def contradicted_by(verdict: Reliability, given: np.ndarray, predicted: np.ndarray) -> Reliability:
+    """``verdict`` made "not reliable" when the held-out rows' ``given`` ``(M,)`` and ``predicted`` ``(M,)`` labels
+    agree no more often than their majority class would (too few rows for a test, enough to contradict).
+
+    Raises:
+        ValueError: on mismatched shapes.
+    """
+    given, predicted = np.asarray(given), np.asarray(predicted)
+    if given.shape != predicted.shape:
+        raise ValueError(f"given {given.shape} and predicted {predicted.shape} differ in shape")
+    if len(given) == 0:
+        return verdict
+    agreement = float(np.mean(given == predicted))
+    majority = float(np.bincount(given).max() / len(given))
+    if agreement > majority:
+        return verdict
+    reason = (f"the {len(given)} held-out rows agree with their given labels {agreement:.3f}, not above their "
+              f"majority-class rate {majority:.3f}")
+    return Reliability(False, "not reliable", verdict.evidence, verdict.rows, verdict.agreement, verdict.majority_rate,
+                       verdict.skill, verdict.p_value, verdict.loss_ratio, verdict.reasons + [reason], ADVICE)

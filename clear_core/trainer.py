@@ -45,7 +45,7 @@ class TrainResult:
         label_names: K class names (logit order).
         history: per-epoch metric dicts (``epoch`` is 1-based).
         metrics: the last epoch's metrics plus final noise-detection scores when gold labels exist.
-        report: the :class:`NoiseReport` of the training rows.
+        report: the :class:`NoiseReport` of every row (training and held-out).
         state: the final :class:`TrainerState`.
         wall_time_s: seconds spent in this call.
         dynamics: the :class:`~clear_core.estimate.NoiseEstimator` with every pass's losses, p_clean,
@@ -212,6 +212,8 @@ class _Trainer:
 
     def _warn(self, stage: str, reliability) -> None:
         """Record and announce that the model does not seem to learn (CallbackList ``on_warning``)."""
+        if any(w["stage"] == stage for w in self.warnings):  # a resumed run does not announce it twice
+            return
         when = "after warm-up" if stage == "after_warmup" else "at the end of training"
         message = (f"the model has not learned the task {when}: " + "; ".join(reliability.reasons)
                    + f". Try: {reliability.advice}")
@@ -228,7 +230,7 @@ class _Trainer:
         needs_pass = self.clear.routed and self._post_warmup(e)
         if needs_pass and (not self.estimator.epochs or self.estimator.epochs[-1] != e):
             _, held = self._clean_pass(e)
-            if self.estimator.passes == 1:  # the first routed epoch: has warm-up taught the model anything?
+            if self.estimator.summed == 1:  # the first pass after training began: has warm-up taught anything?
                 check = self.estimator.learning_check(held)
                 if not check.reliable:
                     self._warn("after_warmup", check)
@@ -356,6 +358,7 @@ class _Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(self.gates_rng),
             "estimator": self.estimator.state_dict(),
+            "warnings": list(self.warnings),
             "state": self.state,
         }
         path = write_checkpoint(self.checkpoint_dir, self.state.global_step, payload)
@@ -378,6 +381,7 @@ class _Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.estimator.load_state_dict(ckpt["estimator"])
+        self.warnings = list(ckpt.get("warnings", []))
         self.state = ckpt["state"]
         set_rng_state(ckpt["rng"], self.gates_rng)
 

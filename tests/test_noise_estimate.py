@@ -67,7 +67,8 @@ def test_known_flips_are_flagged_with_a_suggestion_and_a_reason(noisy_run):
     assert flagged.any() and np.all(report.suggested[flagged] != report.given[flagged])
     assert all(reason for reason in report.flag_reason)
     for i in np.flatnonzero(flagged):
-        assert report.flag_reason[i].startswith(f"predicted '{report.label_names[report.suggested[i]]}'")
+        assert report.flag_reason[i].startswith(
+            f"the passes' mean probabilities favour '{report.label_names[report.suggested[i]]}'")
     kept = [r for r, f in zip(report.flag_reason, flagged) if not f]
     assert all(r.endswith(": kept") for r in kept)
     np.testing.assert_allclose(report.suggested_confidence,
@@ -177,3 +178,62 @@ def test_verdict_needs_agreement_clearly_above_the_majority_rate():
     assert good.reliable and good.skill == pytest.approx(1.0)
     flat = assess(given, given.copy(), train_loss=0.69, num_classes=2, evidence="held-out")
     assert not flat.reliable and "ln K" in flat.reasons[0]
+
+
+def test_no_warm_up_means_no_false_warning(tiny_model_dir):
+    texts, clean = toy_texts(240, seed=0)
+    result = train(TextClassificationData(texts, [str(y) for y in clean]), clear=ClearConfig(warmup_epochs=0),
+                   training=TrainingConfig(epochs=4, batch_size=16, learning_rate=3e-2, max_length=32, seed=0),
+                   model_path=tiny_model_dir)
+    assert result.warnings == [] and result.report.summary()["reliability"]["reliable"]
+    assert result.dynamics.epochs[0] == 0 and result.dynamics.summed == result.dynamics.passes - 1
+
+
+def test_a_resumed_run_keeps_its_warnings_and_does_not_repeat_them(tiny_model_dir, tmp_path):
+    texts, clean = toy_texts(240, seed=0)
+    data = TextClassificationData(texts, [str(y) for y in np.random.default_rng(5).permutation(clean)])
+    clear = ClearConfig(warmup_epochs=2)
+    training = TrainingConfig(epochs=4, batch_size=16, learning_rate=3e-2, max_length=32, seed=0,
+                              checkpoint_every_steps=5)
+
+    class StopInEpoch4(TrainerCallback):
+        def on_step_end(self, state, control):
+            if state.epoch == 3 and state.step_in_epoch == 7:
+                control.should_training_stop = True
+
+    from clear_core import TrainingCancelled
+
+    with pytest.raises(TrainingCancelled):
+        train(data, clear=clear, training=training, model_path=tiny_model_dir, checkpoint_dir=tmp_path,
+              callbacks=[StopInEpoch4()])
+    seen = _Warnings()
+    resumed = train(data, clear=clear, training=training, model_path=tiny_model_dir, checkpoint_dir=tmp_path,
+                    resume_from=tmp_path, callbacks=[seen])
+    assert [w["stage"] for w in resumed.warnings] == ["after_warmup", "end"]
+    assert [w["stage"] for w in seen.seen] == ["end"]  # the warm-up warning was announced before the stop
+
+
+def test_few_held_out_rows_can_still_contradict_an_in_sample_verdict():
+    from clear_core.reliability import contradicted_by
+
+    given = np.array([0, 1] * 30)
+    in_sample = assess(given, given.copy(), train_loss=0.1, num_classes=2, evidence="in-sample")
+    assert in_sample.reliable
+    held = np.array([0, 1, 0, 1, 0, 1])
+    assert contradicted_by(in_sample, held, held.copy()).reliable
+    verdict = contradicted_by(in_sample, held, np.zeros(6, int))
+    assert not verdict.reliable and "6 held-out rows" in verdict.reasons[-1]
+
+
+def test_a_class_with_no_rows_is_never_suggested():
+    probs = np.array([[0.2, 0.1, 0.7]] * 3 + [[0.1, 0.2, 0.7]] * 3)
+    check = check_labels(np.array([0, 1, 0, 1, 0, 1]), probs, ["a", "b", "unused"])
+    assert not np.any(check.suggested[check.flagged] == 2)
+
+
+def test_holdout_rounds_half_up_and_never_takes_over_half_a_class():
+    given = np.array([0] * 3 + [1] * 5 + [2] * 15 + [3] * 25)
+    _, held = stratified_holdout(given, 0.5, seed=0)
+    assert np.bincount(given[held]).tolist() == [1, 2, 7, 12]
+    _, held = stratified_holdout(given, 0.1, seed=0)
+    assert np.bincount(given[held], minlength=4).tolist() == [0, 1, 2, 3]
