@@ -46,4 +46,10 @@ def test_cli_trains_routed_lora_on_real_noisy_data(tmp_path):
     assert len(report) == 500 and report["rank"].tolist() == list(range(1, 501))
     assert summary["report"]["flagged"] == int(report["flagged"].sum())
     assert (out / "adapter" / "adapter_config.json").is_file()
-    assert summary["metrics"]["noise_auroc"] > 0.55  # better than chance after 2 short epochs
+    verdict = summary["report"]["reliability"]
+    assert len(report) == 500 and (report["split"] == "validation").sum() == summary["report"]["validation_rows"] > 0
+    if verdict["reliable"]:
+        assert summary["metrics"]["noise_auroc"] > 0.55  # better than chance
+    else:  # 2 short epochs on 450 rows may not teach MiniLM the task: then the report must say so
+        assert verdict["reasons"] and summary["report"]["flags_withheld"] and summary["report"]["flagged"] == 0
+        assert "WARNING: the model has not learned the task" in done.stderr
