@@ -94,7 +94,9 @@ class ProgressPrinter(TrainerCallback):
 
     def on_warning(self, state: TrainerState, control: TrainerControl, warning: dict[str, Any]) -> None:
         """Print that the model does not seem to learn, with what to try."""
-        (self.bar.write if self.bar is not None else print)(f"WARNING: {warning['message']}")
+        from tqdm import tqdm
+
+        tqdm.write(f"WARNING: {warning['message']}", file=sys.stderr)
 
     def on_train_end(self, state: TrainerState, control: TrainerControl) -> None:
         """Close the bar."""

@@ -155,7 +155,7 @@ def test_the_dashboard_of_a_finished_job_draws_its_plots_and_flagged_rows(live_s
     assert rows[0].find_element(By.CSS_SELECTOR, ".label.suggested").text
     assert rows[0].find_element(By.CSS_SELECTOR, "td.text").get_attribute("title")
     assert rows[0].find_element(By.CSS_SELECTOR, "td.reason").text.startswith(
-        ("flag withheld", "predicted") if stats["flags_withheld"] else "predicted")
+        ("flag withheld", "the passes' mean") if stats["flags_withheld"] else "the passes' mean probabilities favour")
     assert rows[0].find_element(By.CSS_SELECTOR, "span.split").text in ("train", "validation")
     header = browser.find_element(By.XPATH, "//table[@id='flagged-table']//th[text()='label_quality']")
     header.click()  # the table came sorted ascending: one click sorts it descending
