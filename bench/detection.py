@@ -172,6 +172,7 @@ def clear_run(frame: pd.DataFrame, labels: np.ndarray, args, seed: int) -> dict[
 
 def cleanlab_run(frame: pd.DataFrame, labels: np.ndarray, args, seed: int) -> dict[str, Any]:
     """cleanlab's recipe: ``folds``-fold CV of plain LoRA (same budget), ``find_label_issues``, self-confidence."""
+    from cleanlab.count import estimate_joint
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
     from sklearn.model_selection import StratifiedKFold
@@ -193,8 +194,6 @@ def cleanlab_run(frame: pd.DataFrame, labels: np.ndarray, args, seed: int) -> di
     quality = get_label_quality_scores(given, probs, method="self_confidence")
     gt = np.array([names.index(str(y)) for y in frame["gt"]])
     det = detection_metrics(given != gt, flagged, 1.0 - quality)
-    from cleanlab.count import estimate_joint
-
     return {"wall_time_s": seconds, "rows": len(given), "true_noise_rate": float((given != gt).mean()),
             "flagged_fraction": float(flagged.mean()), "estimated_noise_rate": float(1 - np.trace(estimate_joint(given, probs))),
             **{k: det[k] for k in ("precision", "recall", "f1", "auroc", "average_precision")}}

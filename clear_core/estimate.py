@@ -185,8 +185,7 @@ class NoiseEstimator:
             probs = np.vstack([probs, self.held_prob_sum / self.summed])
             predicted = np.concatenate([predicted, held_final_logits.argmax(axis=1)])
             given = np.concatenate([given, self.held_given])
-        reliability = self.learning_check(
-            softmax(held_final_logits.astype(np.float64)) if held_final_logits is not None else None)
+        reliability = self.learning_check(held_final_logits)
         withhold = not reliability.reliable and not flag_when_unreliable
         check = check_labels(given, probs, label_names, filter_by=filter_by, quality=quality, withhold=withhold)
         return NoiseEstimate(given, check, reliability, probs, predicted, self.p_clean_history[-1].copy(),

@@ -64,9 +64,9 @@ class NoiseReport:
 
     @classmethod
     def from_estimate(cls, estimate: NoiseEstimate, label_names: Sequence[str], *, positions: np.ndarray,
-                      train_rows: int, score: str, flag_rule: str, ids: Sequence[Any] | None = None) -> "NoiseReport":
+                      score: str, flag_rule: str, ids: Sequence[Any] | None = None) -> "NoiseReport":
         """Build the report; ``positions`` ``(N,)`` gives each estimate row's place in the caller's order
-        (training rows first in the estimate, then held-out rows).
+        (training rows first in the estimate, as many as ``estimate.p_clean`` has, then held-out rows).
 
         Raises:
             ValueError: if ``positions`` is not a permutation of the estimate's rows.
@@ -76,7 +76,7 @@ class NoiseReport:
         if sorted(positions.tolist()) != list(range(n)):
             raise ValueError(f"positions must be a permutation of 0..{n - 1}")
         order = np.argsort(positions)  # estimate row of each caller row
-        check = estimate.check
+        check, train_rows = estimate.check, len(estimate.p_clean)
         p_hist = np.full((estimate.p_clean_history.shape[0], n), np.nan, dtype=np.float32)
         p_hist[:, :train_rows] = estimate.p_clean_history
         split = np.array(["train"] * train_rows + ["validation"] * (n - train_rows))

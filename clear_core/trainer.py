@@ -163,6 +163,8 @@ class _Trainer:
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.fingerprint = data_fingerprint(data.texts, data.labels)
         self.warnings: list[dict[str, Any]] = []
+        # held-out logits of the epoch end, reused by the next epoch's pass (same weights, same step)
+        self._held_cache: tuple[int, np.ndarray] | None = None
 
     def _tokenize(self, data: TextClassificationData) -> TokenizedTexts:
         return TokenizedTexts(self.model.tokenizer, data.texts, data.text_pairs, self.cfg.max_length)
@@ -207,7 +209,7 @@ class _Trainer:
         if not estimate.reliability.reliable:
             self._warn("end", estimate.reliability)
         return NoiseReport.from_estimate(estimate, self.names, positions=np.concatenate([self.train_idx, self.held_idx]),
-                                         train_rows=len(self.train_idx), score=self.clear.report_score,
+                                         score=self.clear.report_score,
                                          flag_rule=self.clear.flag_rule, ids=self.data.ids)
 
     def _warn(self, stage: str, reliability) -> None:
@@ -295,13 +297,22 @@ class _Trainer:
 
     def _clean_pass(self, epoch: int) -> tuple[np.ndarray, np.ndarray | None]:
         """One no-grad pass over the training and held-out rows, fed to the estimator; returns both logits."""
-        logits, held = self._logits(self.tokens), self._logits(self.held_tokens)
+        logits, held = self._logits(self.tokens), self._held_logits()
         self.estimator.update(logits, epoch, held)
         self.model.train()
         return logits, held
 
+    def _held_logits(self) -> np.ndarray | None:
+        """The held-out rows' logits at the current weights, computed once per optimizer step."""
+        cached = self._held_cache
+        if cached is not None and cached[0] == self.state.global_step:
+            return cached[1]
+        held = self._logits(self.held_tokens)
+        self._held_cache = None if held is None else (self.state.global_step, held)
+        return held
+
     def _end_epoch(self, e: int, losses: list[float]) -> None:
-        eval_logits, held_logits = self._logits(self.eval_tokens), self._logits(self.held_tokens)
+        eval_logits, held_logits = self._logits(self.eval_tokens), self._held_logits()
         self.model.train()
         metrics = epoch_metrics(
             e + 1, losses, phase=self.state.phase, eval_logits=eval_logits, eval_y=self.eval_y,
@@ -386,6 +397,7 @@ class _Trainer:
         set_rng_state(ckpt["rng"], self.gates_rng)
 
     def _load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        self._held_cache = None  # other weights: the cached held-out logits are stale
         named = dict(self.model.model.named_parameters())
         with torch.no_grad():
             for k, v in weights.items():
