@@ -21,6 +21,7 @@ BigIntId = BigInteger().with_variant(Integer(), "sqlite")
 DATASET_STATUSES = ("processing", "ready", "failed")
 JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+REVIEW_ACTIONS = ("accept", "keep", "relabel", "drop")
 
 
 def utcnow() -> datetime:
@@ -82,6 +83,11 @@ class Dataset(Base):
     class_histogram: Mapped[dict[str, Any]] = mapped_column(JSON)
     columns: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # a version made from a job's review decisions (issue 10): where it came from and what changed
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id", name="fk_datasets_parent_id"), index=True)
+    from_job_id: Mapped[str | None] = mapped_column(
+        ForeignKey("jobs.id", name="fk_datasets_from_job_id", ondelete="SET NULL", use_alter=True))
+    lineage: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class DatasetRow(Base):
@@ -135,6 +141,9 @@ class Job(Base):
     checkpoint_step: Mapped[int | None] = mapped_column(Integer)
     time_limit_s: Mapped[int | None] = mapped_column(Integer)
     soft_time_limit_s: Mapped[int | None] = mapped_column(Integer)
+    # a retrain (issue 10): the job whose settings this one took
+    from_job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", name="fk_jobs_from_job_id",
+                                                                ondelete="SET NULL"))
 
     __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),)
 
@@ -176,6 +185,22 @@ class NoiseRow(Base):
 
     __table_args__ = (Index("ix_noise_rows_job_quality", "job_id", "label_quality", "rank"),
                       Index("ix_noise_rows_job_rank", "job_id", "rank"))
+
+
+class ReviewDecision(Base):
+    """A reviewer's decision on one row of a job's noise report; the latest per row wins (it replaces the
+    earlier one). ``action`` is one of ``REVIEW_ACTIONS``; ``label`` is the label the row takes in a version
+    (the suggested label for ``accept``, the chosen one for ``relabel``, the given one for ``keep``, None for
+    ``drop``)."""
+
+    __tablename__ = "review_decisions"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    row_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    action: Mapped[str] = mapped_column(String(20))
+    label: Mapped[str | None] = mapped_column(String(200))
+    api_key_id: Mapped[str | None] = mapped_column(String(40))
+    decided_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class IdempotencyKey(Base):
