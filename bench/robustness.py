@@ -9,6 +9,7 @@ accuracy (a split of the training rows with their given labels; the test set nev
 
     python -m bench.robustness --quick
     python -m bench.robustness --methods lora,adapter --noise real --epochs 15 --variant gmm_per_class=true
+    python -m bench.robustness --quick --variant relabel=hard --variant relabel=soft,relabel_threshold=0.8
 """
 
 from __future__ import annotations
@@ -172,9 +173,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for i, spec in enumerate(specs, 1):
         record = run_spec(spec, splits, args)
         records.append(record)
+        relabelled = record["last"].get("relabelled_rows")
+        precision = record["last"].get("relabel_precision")
+        relabel = "" if relabelled is None else (f"; relabelled {relabelled} rows in the last epoch"
+                                                 + ("" if precision is None else f", precision {precision:.2f}"))
         print(f"[{i}/{len(specs)}] {spec['noise']} {spec['method']} {spec['arm']} {spec['variant']} "
               f"E={spec['epochs']} seed={spec['seed']}: test acc last {record['last'].get('test_accuracy'):.3f} "
-              f"best {record['best'].get('test_accuracy'):.3f} ({record['train_time_s']:.0f} s)", flush=True)
+              f"best {record['best'].get('test_accuracy'):.3f} ({record['train_time_s']:.0f} s){relabel}", flush=True)
         if i < len(specs):  # a long grid cut short keeps the runs it finished
             write_results(payload(), script="robustness", quick=args.quick, out=args.out)
     result = payload()

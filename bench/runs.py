@@ -62,7 +62,7 @@ class EpochRecorder(TrainerCallback):
 
 
 CURVE_KEYS = ("epoch", "phase", "train_loss", "eval_accuracy", "eval_macro_f1", "last_pass_p_clean_auroc",
-              "last_pass_p_clean_below_half")
+              "last_pass_p_clean_below_half", "relabelled_rows", "relabel_precision")
 
 
 def run(
@@ -109,7 +109,8 @@ def run_configs(method: str, arm: str, overrides: dict[str, Any], *, epochs: int
     """The configs of one arm: ``plain`` (unrouted PEFT), ``routed`` (CleaR), ``full`` or ``ceiling``.
 
     Unrouted arms get ``warmup_epochs = epochs``, which skips the clean-probability passes they
-    do not use (only the final pass for the report remains), so their cost is plain PEFT's.
+    do not use (only the final pass for the report remains), so their cost is plain PEFT's; they
+    drop the routed-only overrides (``inference``, ``relabel``, ``relabel_threshold``).
     The ceiling is plain PEFT (trained on true labels by the caller). Both configs come back
     resolved (``resolve_configs``): the warm-up and learning rate the run will use.
     """
@@ -118,8 +119,9 @@ def run_configs(method: str, arm: str, overrides: dict[str, Any], *, epochs: int
     if not routed:
         fields["warmup_epochs"] = epochs
     fields.update(method="full" if arm == "full" else method, routed=routed)
-    if not routed:
-        fields.pop("inference", None)
+    if not routed:  # settings of routed training only (relabel needs the routed passes)
+        for key in ("inference", "relabel", "relabel_threshold"):
+            fields.pop(key, None)
     # the benchmarks hold out their own split (``heldout``), so the trainer holds out nothing more
     training = {"validation_fraction": 0.0, **training}
     return resolve_configs(ClearConfig(**fields), TrainingConfig(epochs=epochs, **training))

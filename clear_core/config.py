@@ -23,6 +23,7 @@ INFERENCE_MODES = ("expected", "full")
 # label_quality methods (cleanlab.rank) and flag rules (cleanlab.filter); chosen by bench/detection.py
 REPORT_SCORES = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
 FLAG_RULES = ("prune_by_noise_rate", "both", "confident_learning", "prune_by_class", "predicted_neq_given")
+RELABEL_MODES = ("off", "hard", "soft")  # ClearConfig.relabel; the policy is clear_core/relabel.py
 # Defaults chosen on held-out training rows, never the test set (bench/study.py, results in
 # bench/results/study_defaults.jsonl; NoisyAG, 1,000 rows, 8 epochs, MiniLM LoRA, one seed):
 # held-out accuracy 0.768 with the paper's c = 0.85 and lambda = 1, 0.798 with c = 1 and
@@ -93,9 +94,13 @@ class ClearConfig:
     with probability ``routing_cap``. ``routed=False`` gives plain PEFT through the same code
     (every gate is 1) and ``method="full"`` full fine-tuning.
 
+    ``relabel`` (off by default) additionally trains the rows the report's flag rule flags with a
+    confident suggestion toward that suggestion, routed on (``clear_core.relabel``).
+
     Raises:
-        ValueError: on an unknown method, inference mode or report score, or a value out of
-            its range; the message quotes the value and the accepted range.
+        ValueError: on an unknown method, inference mode, report score or relabel mode, a value
+            out of its range (the message quotes the value and the accepted range), or
+            ``relabel`` other than ``"off"`` on an unrouted run (plain PEFT, full fine-tuning).
     """
 
     method: str = field(default="lora", metadata={"help": "PEFT method: lora, adapter, prefix, bitfit or full."})
@@ -160,6 +165,18 @@ class ClearConfig:
         metadata={"help": "Keep the flags even when the report's reliability verdict is 'not reliable' "
                   "(by default they are withheld and every row keeps its scores)."},
     )
+    relabel: str = field(
+        default="off",
+        metadata={"help": "Correct, not only bypass (routed runs only): from each post-warm-up pass on, rows the "
+                  "report's flag rule flags and whose suggested class has mean probability >= relabel_threshold "
+                  "train toward it, routed on as clean: 'off' (default), 'hard' (CE on the suggested class) or "
+                  "'soft' (CE against the mean predicted distribution, SelfMix's target with T = 1)."},
+    )
+    relabel_threshold: float = field(
+        default=0.9,
+        metadata={"help": "In (0, 1]: minimum mean probability of the suggested class for a flagged row to be "
+                  "relabelled (relabel != 'off')."},
+    )
     # method hyperparameters
     lora_r: int = field(default=8, metadata={"help": "LoRA rank r >= 1."})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (scaling = alpha / r)."})
@@ -186,6 +203,8 @@ class ClearConfig:
             raise ValueError(f"loss_ema={self.loss_ema!r} is out of range: give a value in [0, 1)")
         _check_choice("report_score", self.report_score, REPORT_SCORES)
         _check_choice("flag_rule", self.flag_rule, FLAG_RULES)
+        _check_choice("relabel", self.relabel, RELABEL_MODES)
+        _check_range("relabel_threshold", float(self.relabel_threshold), 0.0, 1.0, low_open=True)
         if self.lora_r < 1 or self.adapter_size < 1 or self.num_virtual_tokens < 1:
             raise ValueError(
                 f"lora_r={self.lora_r!r}, adapter_size={self.adapter_size!r} and "
@@ -196,6 +215,12 @@ class ClearConfig:
         if self.method == "full" and self.routed:
             # Full fine-tuning has no PEFT delta to gate: it is a baseline only.
             self.routed = False
+        if self.relabel != "off" and not self.routed:
+            # the relabel set comes from CleaR's per-epoch passes, which only a routed run makes
+            raise ValueError(
+                f"relabel={self.relabel!r} needs routed=true: the relabelled rows are decided on CleaR's "
+                "per-epoch passes, which plain PEFT and full fine-tuning do not run; set relabel='off' or routed=true"
+            )
         if self.inference is None:
             self.inference = "full"
         _check_choice("inference", self.inference, INFERENCE_MODES)

@@ -7,8 +7,12 @@ mode afterwards) feeds the :class:`~clear_core.estimate.NoiseEstimator`, which t
 loss into p_clean (``clear_core.p_clean``); the :class:`~clear_core.routing.Router` draws
 g(i, l) ~ Bernoulli(c * p_clean(i)) and training minimises
 CE(given) + lambda * T^2 * CE(softmax(teacher / T), softmax(logits / T)) with the pass's logits
-as teacher. After the last epoch a final pass gives the estimator its last look and the noise
-report (confident learning, noise matrix, reliability verdict) is built from it.
+as teacher. With ``ClearConfig.relabel`` on, the :class:`~clear_core.relabel.Relabeller` then picks,
+from the estimator's state, the rows the report's flag rule flags with a confident suggestion; they
+train toward the suggested label (hard or soft) and are routed as clean (p_clean = P_MAX) for the
+epoch; every other row trains as without it. After the last epoch a final pass gives the estimator
+its last look and the noise report (confident learning, noise matrix, reliability verdict) is built
+from it; the report judges the given labels, relabelled or not.
 Symbols: N rows, K classes, B batch rows, L layers, E epochs, W warm-up epochs.
 """
 
@@ -32,6 +36,7 @@ from .data import TextClassificationData, TokenizedTexts, build_label_names, enc
 from .evaluation import epoch_metrics
 from .model import ClearModel
 from .estimate import NoiseEstimator
+from .relabel import Relabeller
 from .report import NoiseReport
 from .routing import Router
 
@@ -152,6 +157,9 @@ class _Trainer:
         self.checkpoint_dir = checkpoint_dir
         self.estimator = NoiseEstimator(self.given, held_given=self.held_given, num_classes=len(self.names),
                                         loss_ema=clear.loss_ema, per_class=clear.gmm_per_class, seed=training.seed)
+        self.relabel = Relabeller(clear.relabel, threshold=clear.relabel_threshold, label_names=self.names,
+                                  flag_rule=clear.flag_rule, quality=clear.report_score,
+                                  flag_when_unreliable=clear.flag_when_unreliable)
         self.gates_rng = torch.Generator().manual_seed(training.seed)
         self.router = Router(self.model.controller, routing_cap=clear.routing_cap, routed=clear.routed,
                              route_head=clear.route_head, generator=self.gates_rng)
@@ -236,6 +244,8 @@ class _Trainer:
                 check = self.estimator.learning_check(held)
                 if not check.reliable:
                     self._warn("after_warmup", check)
+        if needs_pass:  # from the estimator's state alone: a resumed run decides the same rows
+            self.relabel.update(self.estimator)
         self.state.phase = "plain" if not self.clear.routed else ("routed" if self._post_warmup(e) else "warmup")
         self.callbacks.fire("on_epoch_begin", self.state)
         order = torch.randperm(len(self.train_idx), generator=torch.Generator().manual_seed(self.cfg.seed * 100003 + e))
@@ -261,6 +271,7 @@ class _Trainer:
         y = torch.as_tensor(self.given[idx], device=self.device)
         post = self._post_warmup(epoch)
         p_clean = torch.as_tensor(self.estimator.p_clean[idx]) if post and self.clear.routed else None
+        y, p_clean = self.relabel.batch(idx, y, p_clean)  # unchanged unless a relabelled row is in the batch
         self.router.route(p_clean, len(idx), self.device)
         with self._autocast():
             logits = self.model(batch).float()
@@ -319,6 +330,7 @@ class _Trainer:
             estimator=self.estimator, gold=self.gold[self.train_idx] if self.gold is not None else None,
             held_logits=held_logits,
         )
+        metrics.update(self.relabel.metrics(self.gold[self.train_idx] if self.gold is not None else None))
         if held_logits is not None and self.gold is not None:  # scoring only: gold never steers training
             right = held_logits.argmax(axis=1) == self.gold[self.held_idx]
             metrics["validation_gold_accuracy"] = float(np.mean(right))
@@ -385,7 +397,9 @@ class _Trainer:
         ckpt = read_checkpoint(path)
         if ckpt["fingerprint"] != self.fingerprint or ckpt["label_names"] != self.names:
             raise ValueError(f"checkpoint {str(path)!r} belongs to a run on other data or labels; do not resume from it")
-        if ckpt["clear"] != self.clear.to_dict() or ckpt["training"] != self.cfg.to_dict():
+        # from_dict fills fields added since the checkpoint was written with their defaults
+        if (ClearConfig.from_dict(ckpt["clear"]).to_dict() != self.clear.to_dict()
+                or TrainingConfig.from_dict(ckpt["training"]).to_dict() != self.cfg.to_dict()):
             raise ValueError(f"checkpoint {str(path)!r} was written with other settings; resume with the same ones")
         self._load_weights(ckpt["trainable"])
         self.best_weights = ckpt["best_weights"]
