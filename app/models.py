@@ -21,6 +21,7 @@ BigIntId = BigInteger().with_variant(Integer(), "sqlite")
 DATASET_STATUSES = ("processing", "ready", "failed")
 JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+JOB_KINDS = ("train", "predict")  # a prediction run is a job row of kind "predict" (see app.services.predictions)
 REVIEW_ACTIONS = ("accept", "keep", "relabel", "drop")
 
 
@@ -109,7 +110,8 @@ class Job(Base):
     __tablename__ = "jobs"
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("job"))
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
-    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    # the dataset trained on; for a prediction run the dataset predicted (None when it predicts an uploaded file)
+    dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"), index=True)
     validation_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))
     validation_fraction: Mapped[float | None] = mapped_column(Float)
     base_model: Mapped[str] = mapped_column(String(300))
@@ -144,6 +146,14 @@ class Job(Base):
     # a retrain (issue 10): the job whose settings this one took
     from_job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", name="fk_jobs_from_job_id",
                                                                 ondelete="SET NULL"))
+    # prediction runs (Alembic 0006): kind "predict" uses the adapter of the job model_job_id on a dataset or on
+    # an uploaded file (input_name, its validated rows at input_uri in the artifact store) of row_count rows
+    kind: Mapped[str] = mapped_column(String(20), default="train", server_default="train")
+    model_job_id: Mapped[str | None] = mapped_column(
+        ForeignKey("jobs.id", name="fk_jobs_model_job_id", ondelete="CASCADE"), index=True)
+    input_name: Mapped[str | None] = mapped_column(String(200))
+    input_uri: Mapped[str | None] = mapped_column(String(500))
+    row_count: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),)
 
@@ -185,6 +195,30 @@ class NoiseRow(Base):
 
     __table_args__ = (Index("ix_noise_rows_job_quality", "job_id", "label_quality", "rank"),
                       Index("ix_noise_rows_job_rank", "job_id", "rank"))
+
+
+class PredictionRow(Base):
+    """One row of a prediction run (a ``jobs`` row of kind ``predict``): the predicted label and the class
+    probabilities (a list in the model's class order, ``jobs.report_summary["labels"]``, summing to 1); when the
+    row came with a label, the label check's verdict on it (``flagged`` ... ``flag_reason``), else those are null."""
+
+    __tablename__ = "prediction_rows"
+    run_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    row_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    row_id: Mapped[str | None] = mapped_column(String(200))
+    text: Mapped[str] = mapped_column(Text)
+    text_pair: Mapped[str | None] = mapped_column(Text)
+    given_label: Mapped[str | None] = mapped_column(String(200))
+    predicted_label: Mapped[str] = mapped_column(String(200))
+    probabilities: Mapped[list[Any]] = mapped_column(JSON)
+    flagged: Mapped[bool | None] = mapped_column(Boolean)
+    suggested_label: Mapped[str | None] = mapped_column(String(200))
+    suggested_confidence: Mapped[float | None] = mapped_column(Float)
+    label_quality: Mapped[float | None] = mapped_column(Float)
+    flag_reason: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_prediction_rows_run_predicted", "run_id", "predicted_label", "row_index"),)
 
 
 class ReviewDecision(Base):

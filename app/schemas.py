@@ -41,6 +41,12 @@ class DatasetPublic(BaseModel):
     class_histogram: dict[str, int]
     columns: dict[str, str]
     created_at: UtcDatetime
+    parent_id: str | None = Field(None, description="The dataset a version was made from (null for an upload).")
+    from_job_id: str | None = Field(None, description="The job whose review decisions made this version (null "
+                                    "for an upload, or once that job was deleted).")
+    lineage: dict[str, int] | None = Field(None, description="A version's row counts: accepted, relabelled, kept, "
+                                           "dropped (decisions applied), unchanged and labels_changed (rows of the "
+                                           "version whose label is / is not the parent's).")
 
 
 class DatasetsPublic(BaseModel):
@@ -72,6 +78,11 @@ class JobCreate(BaseModel):
                                      "fails with code time_limit.")
     soft_time_limit_s: int | None = Field(None, ge=1, description="Past this the trainer stops between steps and "
                                           "the job fails with code time_limit (default: 95% of time_limit_s).")
+    from_job: str | None = Field(None, max_length=40, pattern=r"^[^\x00]*$",
+                                 description="Retrain: take this earlier job's method, routed, base_model, clear and "
+                                 "training settings, validation dataset and fraction and time limits; fields given "
+                                 "here override them (clear and training merged key by key). The dataset's labels "
+                                 "must be a subset of that job's dataset's labels.")
 
 
 class JobError(BaseModel):
@@ -110,6 +121,10 @@ class JobPublic(BaseModel):
     created_at: UtcDatetime
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
+    from_job_id: str | None = Field(None, description="The job this one retrained from (null once it was deleted).")
+    comparison: dict[str, Any] | None = Field(None, description="When both this job and from_job succeeded: "
+                                              "{from_job_id, before, after, difference} over the accuracy-like "
+                                              "metrics and the estimated noise rate (difference = after - before).")
 
     @classmethod
     def from_job(cls, job: Any) -> "JobPublic":
@@ -172,6 +187,10 @@ class NoiseRowPublic(BaseModel):
     flag_threshold: float
     flag_reason: str | None
     split: str
+    decision: str | None = Field(None, description="The row's latest review decision (accept, keep, relabel, drop), "
+                                 "null when undecided.")
+    decision_label: str | None = Field(None, description="The label the decision gives the row (null when undecided "
+                                       "or dropped).")
 
 
 class NoiseReportPublic(BaseModel):

@@ -29,6 +29,7 @@ _EXPORTS = {
     "load_adapter": "io",
     "read_adapter_config": "io",
     "save_adapter": "io",
+    "predict_proba": "predict",
 }
 
 
@@ -59,6 +60,7 @@ __all__ = [
     "TrainingCancelled",
     "TrainingConfig",
     "load_adapter",
+    "predict_proba",
     "read_adapter_config",
     "resolve_model_path",
     "save_adapter",

@@ -5,6 +5,9 @@
     clearft jobs list | get ID | cancel ID | events ID -f
     clearft jobs adapter ID -o adapter/
     clearft jobs noise-report ID -o report.csv
+    clearft jobs decide ID --row 3=drop --row 5=relabel:2 | --action accept --flagged --min-confidence 0.9
+    clearft datasets version DATASET --from-job ID ; datasets download ID -o rows.csv ; datasets delete ID
+    clearft jobs create --dataset VERSION --from-job ID --wait ; jobs delete ID
 
 --url (or $CLEARFT_URL) names the service, --api-key (or $CLEARFT_API_KEY, or the file
 $CLEARFT_API_KEY_FILE, or the embedded service's $CLEAR_DATA_DIR/api-key or ./var/api-key) the key.
@@ -54,12 +57,23 @@ def _datasets(sub: argparse._SubParsersAction) -> None:
     upload.add_argument("--format", choices=("csv", "jsonl", "parquet"))
     group.add_parser("list", help="datasets, newest first").add_argument("--limit", type=_positive, default=50)
     group.add_parser("get", help="one dataset").add_argument("id")
+    version = group.add_parser("version", help="a new dataset from this one and a job's review decisions")
+    version.add_argument("id")
+    version.add_argument("--from-job", required=True, help="a succeeded job trained on the dataset")
+    version.add_argument("--name")
+    download = group.add_parser("download", help="save every row as CSV, JSONL or Parquet (by the file's suffix)")
+    download.add_argument("id")
+    download.add_argument("-o", "--output", required=True, help="FILE.csv, FILE.jsonl or FILE.parquet")
+    delete = group.add_parser("delete", help="delete a dataset and its rows")
+    delete.add_argument("id")
+    delete.add_argument("--cascade", action="store_true", help="also its versions and the jobs using them")
 
 
 def _create(group: argparse._SubParsersAction) -> None:
     create = group.add_parser("create", help="submit a fine-tuning job")
     create.add_argument("--dataset", required=True, help="training dataset id")
-    create.add_argument("--method", choices=PEFT_METHODS, default="lora")
+    create.add_argument("--from-job", help="retrain: take this job's settings (the flags given override them)")
+    create.add_argument("--method", choices=PEFT_METHODS, help="default lora (or the --from-job job's)")
     create.add_argument("--plain", action="store_true", help="plain PEFT, without CleaR routing")
     create.add_argument("--base-model")
     create.add_argument("--validation-dataset")
@@ -111,6 +125,31 @@ def _jobs(sub: argparse._SubParsersAction) -> None:
     report.add_argument("--split", choices=("train", "validation"),
                         help="only the training rows, or only the held-out rows (scored out-of-sample)")
     report.add_argument("--top", type=_positive, default=20, help="rows printed without -o")
+    decided = report.add_mutually_exclusive_group()
+    decided.add_argument("--decided", action="store_true", help="only rows with a review decision")
+    decided.add_argument("--undecided", action="store_true", help="only rows without one")
+    _review(group)
+
+
+def _review(group: argparse._SubParsersAction) -> None:
+    group.add_parser("delete", help="delete a finished job with its report, decisions and adapter").add_argument("id")
+    decide = group.add_parser("decide", help="record review decisions on the noise report (the latest per row wins)")
+    decide.add_argument("id")
+    decide.add_argument("--row", action="append", default=[], metavar="INDEX=ACTION[:LABEL]",
+                        help="one row: 3=accept, 4=keep, 5=drop or 6=relabel:LABEL (repeat the flag)")
+    decide.add_argument("--action", choices=("accept", "keep", "drop"),
+                        help="a bulk decision on every row matching the --flagged/... conditions")
+    flagged = decide.add_mutually_exclusive_group()
+    flagged.add_argument("--flagged", action="store_true", help="rule: only flagged rows")
+    flagged.add_argument("--unflagged", action="store_true", help="rule: only unflagged rows")
+    decide.add_argument("--min-confidence", type=float, help="rule: suggested_confidence at least this (0-1)")
+    decide.add_argument("--given-label", help="rule: only rows with this given label")
+    decide.add_argument("--suggested-label", help="rule: only rows with this suggested label")
+    decide.add_argument("--split", choices=("train", "validation"), help="rule: only these rows")
+    listing = group.add_parser("decisions", help="the job's review decisions in row order")
+    listing.add_argument("id")
+    listing.add_argument("--action", choices=("accept", "keep", "relabel", "drop"))
+    listing.add_argument("--limit", type=_positive, default=1000)
 
 
 def build_parser() -> argparse.ArgumentParser:

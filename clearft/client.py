@@ -1,4 +1,4 @@
-"""The typed HTTP client: ``Client(url, key).datasets`` and ``.jobs``.
+"""The typed HTTP client: ``Client(url, key).datasets``, ``.jobs`` and ``.predictions``.
 
 Every call raises ``ApiError`` (the service's error envelope) on a 4xx/5xx answer. The API key is
 sent as ``Authorization: Bearer <key>``; it defaults to ``$CLEARFT_API_KEY``, else the first line of
@@ -18,6 +18,7 @@ import httpx
 from clearft.datasets import DatasetsAPI
 from clearft.errors import ApiError, UsageError
 from clearft.jobs import JobsAPI
+from clearft.predictions import Prediction, PredictionsAPI
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 USER_AGENT = "clearft/0.1"
@@ -81,6 +82,7 @@ class Client:
         self.http = http
         self.datasets = DatasetsAPI(self)
         self.jobs = JobsAPI(self)
+        self.predictions = PredictionsAPI(self)
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send one request; raises ``ApiError`` unless the answer is 2xx/3xx."""
@@ -100,6 +102,23 @@ class Client:
                 out.write(chunk)
                 written += len(chunk)
         return written
+
+    def predict(self, job_id: str, **kwargs: Any) -> Prediction:
+        """Queue a prediction run of job ``job_id``'s model (``dataset_id=`` or ``file=``; see
+        ``PredictionsAPI.predict``)."""
+        return self.predictions.predict(job_id, **kwargs)
+
+    def get_prediction(self, prediction_id: str) -> Prediction:
+        """A prediction run as it stands now."""
+        return self.predictions.get(prediction_id)
+
+    def prediction_rows(self, prediction_id: str, **filters: Any):
+        """A run's rows as a DataFrame (see ``PredictionsAPI.rows``)."""
+        return self.predictions.rows(prediction_id, **filters)
+
+    def download_prediction(self, prediction_id: str, path: str | Path, **filters: Any) -> Path:
+        """Save a run's rows as ``.csv`` or ``.jsonl`` (see ``PredictionsAPI.download``)."""
+        return self.predictions.download(prediction_id, path, **filters)
 
     def health(self) -> dict[str, Any]:
         """``/healthz``: the service answers."""

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from clearft.client import Client
+from clearft.errors import UsageError
 from clearft.models import Dataset, Job
 from clearft.progress import describe_epoch, describe_warning
 
@@ -33,6 +34,9 @@ def _table(rows: list[list[Any]], header: list[str]) -> None:
 def _show_dataset(d: Dataset) -> None:
     print(f"{d.id}  {d.status}  {d.row_count} rows  {d.name!r}")
     print(f"classes: {json.dumps(d.class_histogram)}")
+    if d.parent_id or d.lineage:
+        counts = ", ".join(f"{k} {v}" for k, v in (d.lineage or {}).items())
+        print(f"version of {d.parent_id or '-'} from job {d.from_job_id or '-'}: {counts}")
 
 
 def _number(value: Any, digits: int = 3) -> str:
@@ -91,6 +95,16 @@ def _show_job(job: Job) -> None:
         print(describe_warning(message))
     if job.error:
         print(f"error: {job.error.code}: {job.error.message}")
+    if job.comparison:
+        print(describe_comparison(job.comparison))
+
+
+def describe_comparison(comparison: dict[str, Any]) -> str:
+    """``compared with job_...: eval_accuracy 0.700 -> 0.800 (+0.100), ...`` for the numbers both jobs have."""
+    before, after = comparison.get("before") or {}, comparison.get("after") or {}
+    parts = [f"{k} {_number(before[k])} -> {_number(after[k])} ({v:+.3f})"
+             for k, v in (comparison.get("difference") or {}).items()]
+    return f"compared with {comparison.get('from_job_id')}: " + (", ".join(parts) or "no metric in common")
 
 
 def _emit(args: argparse.Namespace, value: Any, show) -> int:
@@ -143,9 +157,10 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
 def jobs_create(client: Client, args: argparse.Namespace) -> int:
     """Submit a job, and with ``--wait`` follow it to its end."""
     clear, training = _settings(args)
-    job = client.jobs.create(args.dataset, method=args.method, routed=not args.plain, base_model=args.base_model,
-                             validation_dataset_id=args.validation_dataset,
-                             validation_fraction=args.validation_fraction, clear=clear, training=training)
+    job = client.jobs.create(args.dataset, method=args.method, routed=False if args.plain else None,
+                             base_model=args.base_model, validation_dataset_id=args.validation_dataset,
+                             validation_fraction=args.validation_fraction, clear=clear, training=training,
+                             from_job=args.from_job)
     if not args.wait:
         return _emit(args, job, _show_job)
     print(f"job {job.id} created; following it (Ctrl-C stops following, not the job)", file=sys.stderr)
@@ -226,7 +241,8 @@ TEXT_SHOWN = 50
 
 def _report_filters(args: argparse.Namespace) -> dict[str, Any]:
     return {"flagged": True if args.flagged else None, "given_label": args.given_label,
-            "predicted_label": args.predicted_label, "split": args.split}
+            "predicted_label": args.predicted_label, "split": args.split,
+            "decided": True if args.decided else False if args.undecided else None}
 
 
 def _cell(column: str, value: Any) -> Any:
@@ -269,3 +285,66 @@ def jobs_noise_report(client: Client, args: argparse.Namespace) -> int:
           "(rank order: flagged rows first, then ascending label_quality):")
     _print_rows(frame, args.top)
     return 0
+
+
+def datasets_version(client: Client, args: argparse.Namespace) -> int:
+    """Make a version of a dataset from a job's review decisions."""
+    return _emit(args, client.datasets.create_version(args.id, args.from_job, name=args.name), _show_dataset)
+
+
+def datasets_download(client: Client, args: argparse.Namespace) -> int:
+    """Save a dataset's rows as CSV, JSONL or Parquet."""
+    path = client.datasets.download_rows(args.id, args.output)
+    print(f"rows of {args.id} saved to {path}")
+    return 0
+
+
+def datasets_delete(client: Client, args: argparse.Namespace) -> int:
+    """Delete a dataset (with --cascade its versions and jobs too)."""
+    client.datasets.delete(args.id, cascade=args.cascade)
+    print(f"dataset {args.id} deleted{' with its versions and jobs' if args.cascade else ''}")
+    return 0
+
+
+def jobs_delete(client: Client, args: argparse.Namespace) -> int:
+    """Delete a finished job."""
+    client.jobs.delete(args.id)
+    print(f"job {args.id} deleted")
+    return 0
+
+
+def _row_decision(item: str) -> dict[str, Any]:
+    """``3=accept`` / ``5=relabel:LABEL`` as a decision; ``UsageError`` on anything else."""
+    index, sep, action = item.partition("=")
+    action, colon, label = action.partition(":")
+    if not sep or not index.strip().isdigit() or action not in ("accept", "keep", "relabel", "drop") \
+            or (action == "relabel") != bool(colon and label):
+        raise UsageError(f"--row {item!r}: write INDEX=accept, INDEX=keep, INDEX=drop or INDEX=relabel:LABEL")
+    return {"row_index": int(index), "action": action, **({"label": label} if action == "relabel" else {})}
+
+
+def jobs_decide(client: Client, args: argparse.Namespace) -> int:
+    """Record decisions on rows (--row) or on every row matching a rule (--action with conditions)."""
+    if bool(args.row) == bool(args.action):
+        raise UsageError("give --row INDEX=ACTION (repeatable) or --action with rule conditions, not both")
+    if args.row:
+        counts = client.jobs.decide(args.id, [_row_decision(item) for item in args.row])
+    else:
+        rule = {"flagged": True if args.flagged else False if args.unflagged else None,
+                "min_suggested_confidence": args.min_confidence, "given_label": args.given_label,
+                "suggested_label": args.suggested_label, "split": args.split}
+        counts = client.jobs.decide(args.id, rule={k: v for k, v in rule.items() if v is not None},
+                                    action=args.action)
+    if args.json:
+        _print_json(counts)
+    else:
+        actions = ", ".join(f"{k} {v}" for k, v in counts["by_action"].items() if v)
+        print(f"{counts['recorded']} row(s) decided{': ' + actions if actions else ''}")
+    return 0
+
+
+def jobs_decisions(client: Client, args: argparse.Namespace) -> int:
+    """List a job's review decisions in row order."""
+    items = client.jobs.list_decisions(args.id, action=args.action, limit=args.limit)
+    return _emit(args, items, lambda ds: _table([[d["row_index"], d["action"], d["label"], d["decided_at"]]
+                                                 for d in ds], ["ROW", "ACTION", "LABEL", "DECIDED"]))

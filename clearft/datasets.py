@@ -1,4 +1,5 @@
-"""``client.datasets``: upload a labelled file with its column mapping, list and get datasets."""
+"""``client.datasets``: upload a labelled file with its column mapping, list and get datasets, make a version
+from a job's review decisions, download a dataset's rows, delete a dataset."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from clearft.errors import UsageError
 from clearft.models import Dataset
 
 EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+ROW_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 
 if TYPE_CHECKING:
     from clearft.client import Client
@@ -91,3 +93,43 @@ class DatasetsAPI:
     def list(self, *, limit: int = 50) -> list[Dataset]:
         """Up to ``limit`` datasets, newest first."""
         return [Dataset.model_validate(d) for d in collect_pages(self.client, "/v1/datasets", limit, {})]
+
+    def create_version(self, dataset_id: str, from_job: str, *, name: str | None = None) -> Dataset:
+        """A new dataset from ``dataset_id`` and the review decisions of ``from_job`` (a succeeded job trained on
+        it): decided rows take the decision's label, dropped rows are left out. The answer's ``lineage`` counts
+        the rows accepted, relabelled, kept, dropped, unchanged and with a changed label.
+
+        Raises:
+            ApiError: 422 when the version would not be a valid dataset (``details`` name the classes left too
+                small) or the job is not one of this dataset's; 409 while the job has no report.
+        """
+        body = {"from_job": from_job, **({"name": name} if name is not None else {})}
+        response = self.client.request("POST", f"/v1/datasets/{dataset_id}/versions", json=body)
+        return Dataset.model_validate(response.json())
+
+    def download_rows(self, dataset_id: str, path: str | Path) -> Path:
+        """Save every row of the dataset (columns ``id, text, text_pair, label, gold_label``) to ``path``, as CSV,
+        JSON lines or Parquet by its suffix (``.csv``, ``.jsonl``, ``.parquet``); returns the path. A refused
+        download leaves an existing file as it was.
+
+        Raises:
+            UsageError: ``path`` has another suffix; nothing is sent.
+        """
+        from clearft.jobs import _save  # the shared write-then-rename helper
+
+        path = Path(path).expanduser()
+        kind = ROW_FORMATS.get(path.suffix.lower())
+        if kind is None:
+            raise UsageError(f"cannot save the rows as {path.name!r}: name the file .csv, .jsonl or .parquet")
+        _save(path, lambda out: self.client.download(f"/v1/datasets/{dataset_id}/rows.{kind}", out))
+        return path
+
+    def delete(self, dataset_id: str, *, cascade: bool = False) -> None:
+        """Delete the dataset and its rows; with ``cascade`` also its versions and the jobs using it or them.
+
+        Raises:
+            ApiError: 409 while a job using it is queued or running, or (without ``cascade``) while versions or
+                jobs depend on it (the message names them); 404 for an unknown id.
+        """
+        params = {"cascade": "true"} if cascade else {}
+        self.client.request("DELETE", f"/v1/datasets/{dataset_id}", params=params)

@@ -38,16 +38,48 @@ class JobsAPI:
     def _job(self, body: dict[str, Any]) -> Job:
         return Job.model_validate(body).bind(self)
 
-    def create(self, dataset_id: str, *, method: str = "lora", routed: bool = True, base_model: str | None = None,
-               validation_dataset_id: str | None = None, validation_fraction: float | None = None,
-               clear: dict[str, Any] | None = None, training: dict[str, Any] | None = None) -> Job:
+    def create(self, dataset_id: str, *, method: str | None = None, routed: bool | None = None,
+               base_model: str | None = None, validation_dataset_id: str | None = None,
+               validation_fraction: float | None = None, clear: dict[str, Any] | None = None,
+               training: dict[str, Any] | None = None, from_job: str | None = None) -> Job:
         """Submit a job; the returned ``Job`` echoes every resolved setting. ``clear`` and ``training``
-        take ``ClearConfig`` / ``TrainingConfig`` fields (e.g. ``{"routing_cap": 0.85}``, ``{"epochs": 3}``)."""
+        take ``ClearConfig`` / ``TrainingConfig`` fields (e.g. ``{"routing_cap": 0.85}``, ``{"epochs": 3}``).
+        ``method`` and ``routed`` left out are the service's defaults (``lora``, routed). With ``from_job`` (a
+        retrain, e.g. on a version made from that job's decisions) every setting not given here is that job's,
+        and once both jobs succeeded ``job.comparison`` compares them."""
         body = {"dataset_id": dataset_id, "method": method, "routed": routed, "base_model": base_model,
                 "validation_dataset_id": validation_dataset_id, "validation_fraction": validation_fraction,
-                "clear": clear or {}, "training": training or {}}
+                "clear": clear or None, "training": training or None, "from_job": from_job}
         body = {k: v for k, v in body.items() if v is not None}
         return self._job(self.client.request("POST", "/v1/jobs", json=body).json())
+
+    def delete(self, job_id: str) -> None:
+        """Delete a finished job with its events, noise report, decisions and adapter (versions and retrains
+        made from it stay). Raises ``ApiError`` 409 while it is queued or running."""
+        self.client.request("DELETE", f"/v1/jobs/{job_id}")
+
+    def decide(self, job_id: str, decisions: list[dict[str, Any]] | None = None, *,
+               rule: dict[str, Any] | None = None, action: str | None = None) -> dict[str, Any]:
+        """Record review decisions on the job's noise report and return ``{"recorded", "by_action"}``: either
+        ``decisions``, a list of ``{"row_index": 3, "action": "accept" | "keep" | "drop"}`` or ``{"row_index": 5,
+        "action": "relabel", "label": "2"}``, or a bulk ``rule`` (``flagged``, ``min_suggested_confidence``,
+        ``given_label``, ``suggested_label``, ``split``) with an ``action`` (accept, keep or drop). The latest
+        decision per row wins; a request with an unknown row stores nothing.
+
+        Raises:
+            UsageError: neither or both forms given; nothing is sent.
+            ApiError: 422 naming an unknown row or label, 409 while the job has no report.
+        """
+        if (decisions is None) == (rule is None) or (rule is not None and action is None):
+            raise UsageError("give either decisions, or rule with action")
+        body = {"decisions": decisions} if decisions is not None else {"rule": rule, "action": action}
+        return self.client.request("POST", f"/v1/jobs/{job_id}/noise-report/decisions", json=body).json()
+
+    def list_decisions(self, job_id: str, *, action: str | None = None, limit: int = 100_000
+                       ) -> list[dict[str, Any]]:
+        """Up to ``limit`` of the job's decisions in ``row_index`` order (``row_index``, ``action``, ``label``,
+        ``api_key_id``, ``decided_at``), optionally only those with ``action``."""
+        return collect_pages(self.client, f"/v1/jobs/{job_id}/noise-report/decisions", limit, {"action": action})
 
     def get(self, job_id: str) -> Job:
         """One job as it stands now."""
@@ -147,7 +179,8 @@ class JobsAPI:
 
     def save_noise_report(self, job_id: str, path: str | Path, **filters: Any) -> Path:
         """Stream the whole report to ``path``: CSV (``.csv``) or JSON lines (``.jsonl``); filters:
-        ``flagged``, ``given_label``, ``predicted_label``, ``split`` (``"train"`` or ``"validation"``).
+        ``flagged``, ``given_label``, ``predicted_label``, ``split`` (``"train"`` or ``"validation"``), ``decided``
+        (rows with or without a review decision; every row has ``decision`` and ``decision_label``).
 
         Raises:
             UsageError: ``path`` ends in anything else (an ``.xlsx`` would get CSV bytes).
@@ -210,7 +243,7 @@ def _archive_path(target: Path, job_id: str) -> Path:
     return target / f"{job_id}-adapter.tar.gz"
 
 
-REPORT_FILTERS = ("flagged", "given_label", "predicted_label", "split")
+REPORT_FILTERS = ("flagged", "given_label", "predicted_label", "split", "decided")
 SPLITS = ("train", "validation")
 
 

@@ -24,7 +24,9 @@ class _Model(BaseModel):
 
 
 class Dataset(_Model):
-    """An uploaded dataset: status, size, labels and class histogram."""
+    """A dataset: status, size, labels and class histogram; a version made from a job's review decisions also
+    has ``parent_id``, ``from_job_id`` and ``lineage`` (rows accepted, relabelled, kept, dropped, unchanged,
+    labels_changed)."""
 
     id: str
     name: str
@@ -34,6 +36,9 @@ class Dataset(_Model):
     class_histogram: dict[str, int]
     sha256: str
     created_at: datetime
+    parent_id: str | None = None
+    from_job_id: str | None = None
+    lineage: dict[str, int] | None = None
 
 
 class JobError(_Model):
@@ -67,6 +72,8 @@ class Job(_Model):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    from_job_id: str | None = None
+    comparison: dict[str, Any] | None = None
     _api: "JobsAPI | None" = PrivateAttr(default=None)
 
     def bind(self, api: "JobsAPI") -> "Job":

@@ -86,7 +86,8 @@ def error_code(exc: BaseException) -> str:
 
 def execute_job(job_id: str, *, settings: Settings, factory: sessionmaker[Session] | None = None,
                 store: ArtifactStore | None = None, progress_interval_s: float | None = None) -> str:
-    """Run one attempt of job ``job_id`` if it is queued; returns the outcome (see the module docstring).
+    """Run one attempt of job ``job_id`` if it is queued (a prediction run, kind ``predict``, goes to
+    ``worker.predict``); returns the outcome (see the module docstring).
 
     Raises:
         TransientJobError: the database or the store failed for a while; the job is queued again.
@@ -102,8 +103,11 @@ def execute_job(job_id: str, *, settings: Settings, factory: sessionmaker[Sessio
     if job is None:
         return "skipped"
     interval = settings.progress_interval_s if progress_interval_s is None else progress_interval_s
+    kind = Attempt
+    if job.kind == "predict":  # a prediction run is a jobs row too: same claim, lease and outcomes
+        from worker.predict import PredictionAttempt as kind
     with Lease(factory, job_id, job.attempt, interval_s=settings.heartbeat_interval_s) as lease:
-        attempt = Attempt(job, lease, settings, store or ArtifactStore(settings.artifact_url), interval)
+        attempt = kind(job, lease, settings, store or ArtifactStore(settings.artifact_url), interval)
         try:
             return attempt.run()
         finally:

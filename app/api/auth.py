@@ -1,6 +1,19 @@
-"""Who is calling: the API key from ``Authorization: Bearer <key>`` (or, for GET requests only, the
+"""Who is calling: the API key from ``Authorization: Bearer <key>`` (or, for GET requests, the
 dashboard's HttpOnly cookie), checked against its hash, its scope for the request (GET/HEAD need
 ``read``, every other method ``write``; ``admin`` includes both) and its rate limit.
+
+The dashboard's writes (review decisions, publishing a version, retraining: ``COOKIE_WRITES``, nothing
+else) may also be authorised by the cookie, but only with a CSRF token (``csrf_token``) in the
+``X-CSRF-Token`` header and from this origin. Why this design rather than handing the key to the
+page's JavaScript (a Bearer header from ``sessionStorage``): the key stays in the HttpOnly cookie,
+out of reach of any script, as before. The token is ``HMAC-SHA256(key=<the API key>,
+"clear-dashboard-csrf-v1")``: the server prints it into the job page it renders for the cookie's
+holder, it reveals nothing of the key, needs no server-side state or extra secret, and dies with the
+key (revoked key, new sign-in with another key). A page on another site cannot compute it or read it
+(the same-origin policy keeps our pages' content from it), cannot send the custom header without a
+CORS preflight this service never grants, and the ``SameSite=Strict`` cookie does not even travel
+with its requests; ``Sec-Fetch-Site``/``Origin``, where the browser sends them, must say same-origin
+too (defence in depth). A cookie without the token still authorises reads only.
 
 Every route of the API depends on ``authenticate`` except the health checks, the docs and the
 dashboard's login page; routes read the caller's tenant from the ``Principal`` it returns.
@@ -8,7 +21,11 @@ dashboard's login page; routes read the caller's tenant from the ``Principal`` i
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -20,6 +37,12 @@ from app.services.quotas import Quotas, quotas_for
 
 COOKIE = "clear_api_key"
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
+CSRF_HEADER = "x-csrf-token"
+CSRF_MESSAGE = b"clear-dashboard-csrf-v1"
+# The only writes the dashboard's cookie may authorise (with the CSRF token): its review buttons.
+COOKIE_WRITES = (("POST", re.compile(r"/v1/jobs/[^/]+/noise-report/decisions")),
+                 ("POST", re.compile(r"/v1/datasets/[^/]+/versions")),
+                 ("POST", re.compile(r"/v1/jobs")))
 bearer = HTTPBearer(auto_error=False, scheme_name="ApiKey",
                     description="An API key made by `python -m app.cli create-key`, sent as "
                                 "`Authorization: Bearer <key>`.")
@@ -69,11 +92,48 @@ def required_scope(request: Request) -> str:
     return "read" if request.method in READ_METHODS else "write"
 
 
+def csrf_token(key: str) -> str:
+    """The dashboard's CSRF token for the API key held in its cookie: ``HMAC-SHA256(key, CSRF_MESSAGE)`` in
+    hex (see the module's docstring). The job page embeds it; its POSTs send it as ``X-CSRF-Token``."""
+    return hmac.new(key.encode(), CSRF_MESSAGE, hashlib.sha256).hexdigest()
+
+
+def same_origin(request: Request) -> bool:
+    """False if the browser says the request comes from another origin (``Sec-Fetch-Site`` other than
+    ``same-origin``, else an ``Origin`` whose host is not this one); True when it says neither."""
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        return fetch_site == "same-origin"
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    return origin != "null" and urlsplit(origin).netloc.lower() == (request.headers.get("host") or "").lower()
+
+
+def _cookie_may_write(request: Request, cookie: str) -> bool:
+    """Whether the cookie authorises this write: one of ``COOKIE_WRITES``, with the key's CSRF token, same origin.
+
+    Raises:
+        Unauthorized: a CSRF token was sent but is wrong, or the request comes from another origin
+            (code ``csrf_failed``).
+    """
+    token = request.headers.get(CSRF_HEADER)
+    if token is None or not any(method == request.method and pattern.fullmatch(request.url.path)
+                                for method, pattern in COOKIE_WRITES):
+        return False
+    if not hmac.compare_digest(token.encode(), csrf_token(cookie).encode()) or not same_origin(request):
+        raise Unauthorized("the dashboard's sign-in authorises this change only from this service's own page, with "
+                           "the page's X-CSRF-Token: reload the job page (after signing in again if you changed "
+                           "key), or send 'Authorization: Bearer <key>'", code="csrf_failed")
+    return True
+
+
 def _key_of(request: Request, credentials: HTTPAuthorizationCredentials | None) -> str:
     if credentials is not None and credentials.credentials:
         return credentials.credentials
     cookie = request.cookies.get(COOKIE)
-    if cookie and request.method in READ_METHODS:  # never for writes: a cookie alone must not change anything
+    # a cookie alone never writes: only the dashboard's own review POSTs, with its CSRF token (module docstring)
+    if cookie and (request.method in READ_METHODS or _cookie_may_write(request, cookie)):
         return cookie
     raise Unauthorized("this route needs an API key: send 'Authorization: Bearer <key>' (the embedded service "
                        "writes its key to <data dir>/api-key; python -m app.cli create-key makes others)",

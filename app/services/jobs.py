@@ -21,7 +21,11 @@ Enqueue = Callable[[str], None]
 
 
 def _ready_dataset(session: Session, tenant_id: str, dataset_id: str, param: str) -> Dataset:
-    dataset = get_dataset(session, dataset_id, tenant_id=tenant_id, param=param)
+    # FOR SHARE (Postgres; SQLite has one writer anyway) until the job's commit: a concurrent DELETE of the dataset
+    # (which takes FOR UPDATE, app/services/deletion.py) either waits for the new job and then sees it, or has
+    # already deleted the dataset, which is then a plain 404 here instead of a foreign-key error
+    locked = select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id).with_for_update(read=True)
+    dataset = session.scalar(locked) or get_dataset(session, dataset_id, tenant_id=tenant_id, param=param)
     if dataset.status != "ready":
         raise Conflict(f"dataset {dataset_id!r} is {dataset.status}, not ready: wait until it is ready or upload "
                        "it again", param=param, code="dataset_not_ready")
@@ -77,7 +81,8 @@ def create_job(session: Session, spec: dict[str, Any], *, tenant_id: str, settin
               validation_fraction=training["validation_fraction"],
               base_model=resolve_base_model(spec.get("base_model"), settings), method=clear["method"],
               routed=clear["routed"], clear_config=clear, training_config=training, status="queued",
-              attempt=0, progress=0.0, global_step=0, time_limit_s=hard, soft_time_limit_s=soft)
+              attempt=0, progress=0.0, global_step=0, time_limit_s=hard, soft_time_limit_s=soft,
+              from_job_id=spec.get("from_job"))  # a retrain (app.services.retrain filled the spec in)
     session.add(job)
     session.flush()
     add_event(session, job.id, "state", data={"status": "queued"})
@@ -94,19 +99,20 @@ def create_job(session: Session, spec: dict[str, Any], *, tenant_id: str, settin
 
 
 def get_job(session: Session, job_id: str, *, tenant_id: str) -> Job:
-    """The tenant's job with this id; raises ``NotFound`` otherwise (another tenant's id included)."""
-    job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
+    """The tenant's (training) job with this id; raises ``NotFound`` otherwise (another tenant's id included, and a
+    prediction run's: those are ``app.services.predictions``')."""
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id, Job.kind == "train"))
     if job is None:
         raise NotFound(f"no job with id {job_id!r}", param="job_id")
     return job
 
 
 def list_jobs(session: Session, *, tenant_id: str, status: str | None, limit: int, cursor: str | None) -> Page:
-    """The tenant's jobs newest first, optionally only those in ``status``."""
+    """The tenant's training jobs newest first (not its prediction runs), optionally only those in ``status``."""
     if status is not None and status not in JOB_STATUSES:
         raise InvalidInput(f"status={status!r} is not a job state: use one of {', '.join(JOB_STATUSES)}",
                            param="status")
-    conditions = [Job.tenant_id == tenant_id] + ([Job.status == status] if status else [])
+    conditions = [Job.tenant_id == tenant_id, Job.kind == "train"] + ([Job.status == status] if status else [])
     return newest_first(session, Job, conditions=conditions, limit=limit, cursor=cursor)
 
 

@@ -16,13 +16,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from clear_core.csv_safety import csv_safe  # no torch or sklearn behind it
 
 from app.errors import Conflict, InvalidInput
-from app.models import DatasetRow, Job, NoiseRow
+from app.models import DatasetRow, Job, NoiseRow, ReviewDecision
 from app.services.jobs import get_job
 from app.services.pagination import Page, decode_cursor, encode_cursor
 
 REPORT_FIELDS = ("rank", "row_index", "id", "text", "text_pair", "given_label", "predicted_label",
                  "suggested_label", "suggested_confidence", "p_clean", "p_clean_history", "label_quality",
-                 "flagged", "flag_threshold", "flag_reason", "split")
+                 "flagged", "flag_threshold", "flag_reason", "split", "decision", "decision_label")
 
 
 def report_job(session: Session, job_id: str, *, tenant_id: str) -> Job:
@@ -35,16 +35,30 @@ def report_job(session: Session, job_id: str, *, tenant_id: str) -> Job:
 
 
 def _query(job: Job, filters: dict[str, Any]):
-    query = (select(NoiseRow, DatasetRow.text, DatasetRow.text_pair)
+    query = (select(NoiseRow, DatasetRow.text, DatasetRow.text_pair, ReviewDecision.action, ReviewDecision.label)
              .join(DatasetRow, and_(DatasetRow.dataset_id == job.dataset_id,
                                     DatasetRow.row_index == NoiseRow.row_index))
+             .outerjoin(ReviewDecision, and_(ReviewDecision.job_id == NoiseRow.job_id,
+                                             ReviewDecision.row_index == NoiseRow.row_index))
              .where(NoiseRow.job_id == job.id, NoiseRow.tenant_id == job.tenant_id))
+    if filters.get("decided") is not None:  # the review decisions of issue 10: decided rows, or undecided ones
+        decided = ReviewDecision.row_index.is_not(None)
+        query = query.where(decided if filters["decided"] else ~decided)
     if filters.get("flagged") is not None:
         query = query.where(NoiseRow.flagged == filters["flagged"])
-    for name in ("given_label", "predicted_label", "split"):
+    for name in ("given_label", "predicted_label", "suggested_label", "split"):
         if filters.get(name) is not None:
             query = query.where(getattr(NoiseRow, name) == filters[name])
+    if filters.get("q"):  # a case-insensitive substring of the text or the text pair (ILIKE / SQLite's LIKE)
+        pattern = "%" + _like_escape(filters["q"]) + "%"
+        query = query.where(or_(DatasetRow.text.ilike(pattern, escape="\\"),
+                                DatasetRow.text_pair.ilike(pattern, escape="\\")))
     return query
+
+
+def _like_escape(text: str) -> str:
+    """``text`` with LIKE's wildcards (``%``, ``_``) and the escape character itself escaped by a backslash."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _after(query, cursor: str | None):
@@ -56,9 +70,10 @@ def _after(query, cursor: str | None):
     return query.where(or_(NoiseRow.rank > rank, and_(NoiseRow.rank == rank, NoiseRow.row_index > row_index)))
 
 
-def _record(noise: NoiseRow, text: str, text_pair: str | None) -> dict[str, Any]:
+def _record(noise: NoiseRow, text: str, text_pair: str | None, decision: str | None = None,
+            decision_label: str | None = None) -> dict[str, Any]:
     record = {name: getattr(noise, name) for name in REPORT_FIELDS if hasattr(NoiseRow, name)}
-    record.update(id=noise.row_id, text=text, text_pair=text_pair)
+    record.update(id=noise.row_id, text=text, text_pair=text_pair, decision=decision, decision_label=decision_label)
     return {name: record[name] for name in REPORT_FIELDS}
 
 

@@ -18,7 +18,7 @@ from app.settings import Settings
 PG_ADMIN = os.environ.get("CLEAR_TEST_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
 REDIS_URL = os.environ.get("CLEAR_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
-TABLES = ("noise_rows", "job_events", "jobs", "dataset_rows", "datasets", "idempotency_keys")
+TABLES = ("noise_rows", "job_events", "jobs", "dataset_rows", "datasets", "idempotency_keys", "review_decisions")
 AUTH_TABLES = ("api_keys", "tenants")
 TENANT_A = "tenant-a"
 ALL_SCOPES = "read,write,admin"

@@ -62,8 +62,9 @@ def test_no_operation_answers_5xx(api_schema):
     schema, ids, auth = api_schema
     server_errors: list[str] = []
     fuzzed, started = [], time.monotonic()
-    for result in schema.get_all_operations():
-        operation = result.ok()
+    # the DELETE routes last: they may delete the known dataset and job the other operations are fuzzed on
+    operations = sorted((r.ok() for r in schema.get_all_operations()), key=lambda o: o.label.startswith("DELETE "))
+    for operation in operations:
         if operation.label in SKIP:
             continue
         for strategy in _strategies(operation, ids):

@@ -20,7 +20,8 @@ from tests.service.conftest import AUTH_TABLES, TABLES, create_key
 from tests.service.fake_results import make_finished_job
 from tests.service.helpers import toy_frame, upload_frame
 
-UNKNOWN = {"job_id": "job_000000000000000000000000", "dataset_id": "ds_000000000000000000000000"}
+UNKNOWN = {"job_id": "job_000000000000000000000000", "dataset_id": "ds_000000000000000000000000",
+           "prediction_id": "pred_000000000000000000000000"}
 STREAM = "/v1/jobs/{job_id}/events/stream"
 # Routes without an id in the path, and how each is checked for leaks instead of a 404.
 UNSCOPED = {("GET", "/v1/datasets"), ("GET", "/v1/jobs"), ("POST", "/v1/jobs"), ("POST", "/v1/datasets"),
@@ -37,7 +38,8 @@ def snapshot(url: str, store_root) -> dict:
 
 @pytest.fixture
 def tenant_a_objects(client, settings, tmp_path):
-    """Tenant A's dataset, a finished job (report, events, adapter archive) and a queued job."""
+    """Tenant A's dataset, a finished job (report, events, adapter archive), a queued job and a queued prediction
+    run of the finished job."""
     finished, _ = make_finished_job(client, settings)
     archive = tmp_path / "adapter.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
@@ -51,7 +53,9 @@ def tenant_a_objects(client, settings, tmp_path):
     dataset = upload_frame(client, toy_frame(30))
     queued = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "base_model": "tiny-bert"}).json()["id"]
     assert client.get(f"/v1/jobs/{finished}/adapter").status_code == 200  # A itself can read all of it
-    return {"job_id": [finished, queued], "dataset_id": [dataset["id"]]}
+    run = client.post(f"/v1/jobs/{finished}/predictions", json={"dataset_id": dataset["id"]})
+    assert run.status_code == 201, run.text
+    return {"job_id": [finished, queued], "dataset_id": [dataset["id"]], "prediction_id": [run.json()["id"]]}
 
 
 @pytest.fixture
@@ -69,9 +73,16 @@ def _operations(app):
             yield method.upper(), path
 
 
+# Routes that need a valid body to get past validation (a 422) to the tenant's 404.
+BODIES = {("POST", "/v1/jobs/{job_id}/noise-report/decisions"): {"decisions": [{"row_index": 0, "action": "keep"}]},
+          ("POST", "/v1/datasets/{dataset_id}/versions"): {"from_job": UNKNOWN["job_id"]},
+          ("POST", "/v1/jobs/{job_id}/predictions"): {"dataset_id": UNKNOWN["dataset_id"]}}
+
+
 def _call(client, method: str, path: str, ids: dict[str, str]):
     url = path.format(**ids)
-    return client.request(method, url)
+    body = BODIES.get((method, path))
+    return client.request(method, url, json=body) if body is not None else client.request(method, url)
 
 
 def _as_unknown(body: str, ids: dict[str, str]) -> str:

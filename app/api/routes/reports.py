@@ -21,23 +21,32 @@ FlaggedQuery = Annotated[bool | None, Query(description="Only flagged (true) or 
 LabelQuery = Annotated[str | None, Query()]
 SplitQuery = Annotated[Literal["train", "validation"] | None,
                        Query(description="Only training rows or only held-out (validation) rows.")]
+DecidedQuery = Annotated[bool | None, Query(description="Only rows with a review decision (true) or without (false).")]
+TextQuery = Annotated[str | None, Query(max_length=200, pattern=r"^[^\x00]*$",
+                                        description="Only rows whose text or text pair contains this, ignoring case.")]
 
 
 def _filters(flagged: bool | None, given_label: str | None, predicted_label: str | None,
-             split: str | None = None) -> dict[str, Any]:
-    return {"flagged": flagged, "given_label": given_label, "predicted_label": predicted_label, "split": split}
+             split: str | None = None, decided: bool | None = None, suggested_label: str | None = None,
+             q: str | None = None) -> dict[str, Any]:
+    return {"flagged": flagged, "given_label": given_label, "predicted_label": predicted_label, "split": split,
+            "decided": decided, "suggested_label": suggested_label, "q": q}
 
 
 @router.get("/noise-report", response_model=NoiseReportPublic)
 def noise_report(principal: PrincipalDep, session: SessionDep, job_id: str, limit: LimitQuery = 100,
                  cursor: CursorQuery = None,
                  flagged: FlaggedQuery = None, given_label: LabelQuery = None,
-                 predicted_label: LabelQuery = None, split: SplitQuery = None) -> NoiseReportPublic:
+                 predicted_label: LabelQuery = None, split: SplitQuery = None,
+                 decided: DecidedQuery = None, suggested_label: LabelQuery = None,
+                 q: TextQuery = None) -> NoiseReportPublic:
     """The noise report in ``rank`` order (flagged rows first, then ascending ``label_quality``), with its summary
-    (counts, estimated noise matrix and rates, reliability verdict)."""
+    (counts, estimated noise matrix and rates, reliability verdict); each row has its review ``decision`` and
+    ``decision_label`` (null when undecided). Filters combine: ``flagged``, ``given_label``, ``predicted_label``,
+    ``suggested_label``, ``split``, ``decided`` and ``q`` (a case-insensitive substring of the text)."""
     job = service.report_job(session, job_id, tenant_id=principal.tenant_id)
-    page = service.report_page(session, job, filters=_filters(flagged, given_label, predicted_label, split),
-                               limit=limit, cursor=cursor)
+    filters = _filters(flagged, given_label, predicted_label, split, decided, suggested_label, q)
+    page = service.report_page(session, job, filters=filters, limit=limit, cursor=cursor)
     return NoiseReportPublic(data=[NoiseRowPublic(**r) for r in page.items], count=page.count,
                              next_cursor=page.next_cursor, summary=job.report_summary or {})
 
@@ -58,9 +67,10 @@ def _stream(request: Request, session: SessionDep, tenant_id: str, job_id: str, 
 def noise_report_csv(request: Request, principal: PrincipalDep, session: SessionDep, job_id: str,
                      flagged: FlaggedQuery = None,
                      given_label: LabelQuery = None, predicted_label: LabelQuery = None,
-                     split: SplitQuery = None) -> StreamingResponse:
+                     split: SplitQuery = None, decided: DecidedQuery = None, suggested_label: LabelQuery = None,
+                     q: TextQuery = None) -> StreamingResponse:
     """The whole report as CSV, streamed; the summary is in the ``X-Noise-Report-Summary`` header."""
-    filters = _filters(flagged, given_label, predicted_label, split)
+    filters = _filters(flagged, given_label, predicted_label, split, decided, suggested_label, q)
     return _stream(request, session, principal.tenant_id, job_id, "csv", filters)
 
 
@@ -68,9 +78,10 @@ def noise_report_csv(request: Request, principal: PrincipalDep, session: Session
 def noise_report_jsonl(request: Request, principal: PrincipalDep, session: SessionDep, job_id: str,
                        flagged: FlaggedQuery = None,
                        given_label: LabelQuery = None, predicted_label: LabelQuery = None,
-                       split: SplitQuery = None) -> StreamingResponse:
+                       split: SplitQuery = None, decided: DecidedQuery = None, suggested_label: LabelQuery = None,
+                       q: TextQuery = None) -> StreamingResponse:
     """The whole report as JSON lines, streamed: a ``{"summary": ...}`` line, then one line per row."""
-    filters = _filters(flagged, given_label, predicted_label, split)
+    filters = _filters(flagged, given_label, predicted_label, split, decided, suggested_label, q)
     return _stream(request, session, principal.tenant_id, job_id, "jsonl", filters)
 
 

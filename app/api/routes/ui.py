@@ -5,6 +5,14 @@ per-epoch metrics (the ``last_pass_*`` ones named as the clean-probability pass 
 label_quality histogram with each class's threshold, the estimated noise matrix, and the flagged rows with
 why each was flagged.
 
+The report table is also the review screen: its script pages, filters and searches the rows through
+``GET /v1/jobs/{id}/noise-report``, records decisions on the rows ticked (accept the suggestion, keep the
+given label, relabel, drop) with ``POST .../noise-report/decisions``, publishes a version of the dataset
+(``POST /v1/datasets/{id}/versions``) and retrains on it (``POST /v1/jobs`` with ``from_job``). Those POSTs
+ride on the sign-in cookie with the CSRF token this page embeds (``app.api.auth.csrf_token``: the key itself
+never reaches the page's script). A retrained job's page links the job it came from and shows the
+before/after comparison.
+
 ``app.main`` includes this router behind ``ui_auth.ui_principal`` (a signed-out visitor is sent to the
 login form), which leaves the caller in ``request.state.principal``: every page shows its tenant's
 objects only."""
@@ -20,11 +28,13 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.api.auth import COOKIE, csrf_token
 from app.api.deps import SessionDep
 from app.errors import NotFound
 from app.models import JOB_STATUSES, TERMINAL_STATUSES, Dataset, Job, JobEvent
 from app.schemas import JobPublic
 from app.services import jobs as jobs_service
+from app.services import retrain
 from app.services.live import epoch_metrics, progress_snapshot
 from app.services.report_stats import report_stats
 from app.services.reports import report_page
@@ -32,8 +42,7 @@ from app.services.reports import report_page
 UI_DIR = Path(__file__).resolve().parents[2] / "ui"
 STATIC_DIR = UI_DIR / "static"
 UI_URL, STATIC_URL = "/ui", "/ui/static"
-FLAGGED_SHOWN = 500
-REVIEW_SHOWN = 50  # rows shown when the flags are withheld: the lowest label_quality, with their reasons
+PAGE_ROWS = 50  # report rows per page of the review table (the script pages on through the API)
 HEADLINE = (("eval_accuracy", "held-out accuracy"), ("eval_macro_f1", "held-out macro F1"),
             ("validation_agreement", "held-out agreement (given labels)"),
             ("estimated_noise_rate", "estimated noise rate"), ("true_noise_rate", "true noise rate (gold)"),
@@ -161,14 +170,49 @@ def class_thresholds(stats: dict[str, Any] | None) -> list[dict[str, Any]]:
             for k, name in enumerate(names)]
 
 
-def report_rows(session: Session, job: Job, stats: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The rows the table lists: the flagged ones (up to ``FLAGGED_SHOWN``), or when the flags are withheld
-    the ``REVIEW_SHOWN`` lowest-label_quality rows, whose reasons say what would have been flagged."""
+def report_filters(stats: dict[str, Any] | None) -> dict[str, Any]:
+    """The review table's first filters: the flagged rows, or every row (lowest label_quality first) when the
+    flags are withheld, where the reasons say what would have been flagged."""
+    return {} if not stats or stats.get("flags_withheld") else {"flagged": True}
+
+
+def report_rows(session: Session, job: Job, stats: dict[str, Any] | None) -> dict[str, Any]:
+    """The review table's first page (``PAGE_ROWS`` rows under ``report_filters``): ``{"items", "count",
+    "next_cursor"}``; empty without a report."""
     if not stats:
+        return {"items": [], "count": 0, "next_cursor": None}
+    page = report_page(session, job, filters=report_filters(stats), limit=PAGE_ROWS, cursor=None)
+    return {"items": page.items, "count": page.count, "next_cursor": page.next_cursor}
+
+
+def decision_text(action: str | None, label: str | None) -> str:
+    """A row's decision for the table: ``accept → 0``, ``relabel → 2``, ``keep``, ``drop``; blank if undecided."""
+    if not action:
+        return ""
+    return f"{action} → {label}" if action in ("accept", "relabel") and label is not None else action
+
+
+def review_links(session: Session, job: Job) -> dict[str, Any]:
+    """What the review loop already made from ``job``: its versions (newest first: id, name, rows, lineage)
+    and the jobs retrained from it (newest first: id, status, dataset)."""
+    made = session.scalars(select(Dataset).where(Dataset.from_job_id == job.id, Dataset.tenant_id == job.tenant_id)
+                           .order_by(Dataset.created_at.desc()).limit(20))
+    versions = [{"id": d.id, "name": d.name, "row_count": d.row_count, "lineage": d.lineage or {}} for d in made]
+    retrained = session.scalars(select(Job).where(Job.from_job_id == job.id, Job.tenant_id == job.tenant_id)
+                                .order_by(Job.created_at.desc()).limit(20))
+    return {"versions": versions,
+            "retrains": [{"id": j.id, "status": j.status, "dataset_id": j.dataset_id} for j in retrained]}
+
+
+def comparison_rows(comparison: dict[str, Any] | None) -> list[dict[str, str]]:
+    """The retrain comparison as table rows: metric, before, after and the signed difference, formatted."""
+    if not comparison:
         return []
-    if stats.get("flags_withheld"):
-        return report_page(session, job, filters={}, limit=REVIEW_SHOWN, cursor=None).items
-    return report_page(session, job, filters={"flagged": True}, limit=FLAGGED_SHOWN, cursor=None).items
+    before, after, difference = comparison["before"], comparison["after"], comparison["difference"]
+    names = [n for n in after if n in before] + [n for n in after if n not in before] + \
+        [n for n in before if n not in after]
+    return [{"metric": n, "before": fmt(before.get(n)), "after": fmt(after.get(n)),
+             "difference": "" if n not in difference else f"{difference[n]:+.3f}"} for n in names]
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
@@ -182,6 +226,7 @@ def job_page(request: Request, session: SessionDep, job_id: str):
     except NotFound as exc:
         return templates.TemplateResponse(request, "missing.html", {"message": exc.message}, status_code=404)
     job, snapshot = JobPublic.from_job(row), progress_snapshot(row)
+    job = job.model_copy(update={"comparison": retrain.comparisons(session, [row]).get(row.id)})
     has_report = job.status == "succeeded" and job.report_summary is not None
     stats = report_stats(session, row) if has_report else None
     dataset = session.scalar(select(Dataset).where(Dataset.id == job.dataset_id,
@@ -191,10 +236,23 @@ def job_page(request: Request, session: SessionDep, job_id: str):
     epochs = epoch_metrics(session, job.id, tenant_id=tenant_id)
     columns = epoch_columns(epochs, final)
     thresholds = class_thresholds(stats)
+    rows = report_rows(session, row, stats)
+    cookie = request.cookies.get(COOKIE)
+    review = {"dataset_id": job.dataset_id, "page_rows": PAGE_ROWS, "filters": report_filters(stats),
+              "count": rows["count"], "next_cursor": rows["next_cursor"],
+              "has_ids": any(r["id"] is not None for r in rows["items"]),
+              "csrf_token": csrf_token(cookie) if cookie else None,
+              "can_write": request.state.principal.allows("write")} if stats else None
     data = {"job_id": job.id, "final": final, "epochs": epochs, "epoch_columns": [key for key, _ in columns],
-            "stats": stats, "thresholds": thresholds, "stream_url": f"/v1/jobs/{job.id}/events/stream"}
+            "stats": stats, "thresholds": thresholds, "stream_url": f"/v1/jobs/{job.id}/events/stream",
+            "review": review}
+    parent = session.scalar(select(Dataset).where(Dataset.id == dataset.parent_id, Dataset.tenant_id == tenant_id)
+                            ) if dataset is not None and dataset.parent_id else None
     return templates.TemplateResponse(request, "job.html", {
-        "job": job, "api": f"/v1/jobs/{job.id}", "stats": stats, "flagged_rows": report_rows(session, row, stats),
+        "job": job, "api": f"/v1/jobs/{job.id}", "stats": stats, "flagged_rows": rows["items"], "review": review,
+        "classes": list(dataset.label_names or []) if dataset else [], "parent": parent, "dataset": dataset,
+        "made": review_links(session, row) if stats else None, "comparison": comparison_rows(job.comparison),
+        "decision_text": decision_text,
         "data": data, "dataset_name": dataset.name if dataset else job.dataset_id,
         "progress_text": progress_text(snapshot), "duration": _duration(job), "epochs": epochs,
         "epoch_columns": columns, "warnings": warning_events(session, job.id, tenant_id=tenant_id),

@@ -1,7 +1,9 @@
 """Signing in to the dashboard: a form at ``/ui/login`` takes an API key and, if it is valid and may
 read, stores it in an HttpOnly, SameSite=Strict cookie that GET requests of this site then carry
-(the pages, the event stream, the downloads). A cookie never authorises a POST, so a forged form
-on another site can change nothing. ``/ui/logout`` removes the cookie."""
+(the pages, the event stream, the downloads). A cookie alone never authorises a POST, so a forged
+form on another site can change nothing; the job page's review buttons send, with it, the CSRF token
+the page was rendered with (``app.api.auth.csrf_token``, explained there). ``/ui/logout`` removes the
+cookie."""
 
 from __future__ import annotations
 

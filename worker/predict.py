@@ -1,0 +1,248 @@
+"""One attempt of a prediction run (a ``jobs`` row of kind ``predict``, see ``app.services.predictions``),
+claimed and leased by ``worker.pipeline.execute_job`` exactly as a training job is: load the model job's
+adapter from the artifact store, predict every row in batches (progress and a cancel check after each), run
+the noise report's label check on the probabilities when the rows carry labels, then write every row and
+move the run to ``succeeded`` in one transaction fenced by the attempt, replacing whatever rows an earlier
+attempt left. Outcomes are the pipeline's: succeeded, failed, cancelled, lost (the lease was taken away:
+nothing written), or a transient fault that gives the run back to the queue."""
+
+from __future__ import annotations
+
+import logging
+import tarfile
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from clear_core import load_adapter, predict_proba
+from clear_core.confident import check_labels
+from clear_core.trainer import pick_device
+from sqlalchemy import delete, insert, select
+from sqlalchemy.orm import Session
+
+from app.faults import retry_transient
+from app.models import DatasetRow, Job, PredictionRow, utcnow
+from app.services.leases import ACTIVE
+from app.services.transitions import transition
+from app.settings import DEFAULT_MODEL
+from worker.pipeline import Attempt
+
+logger = logging.getLogger(__name__)
+CHUNK_ROWS = 512  # rows per progress write and cancel check
+INSERT_BATCH = 5000
+FLAG_RULE, QUALITY = "prune_by_noise_rate", "self_confidence"  # the noise report's defaults (ClearConfig)
+
+
+class RunCancelled(Exception):
+    """The run was asked to stop (its status became ``cancelling``)."""
+
+
+class RunLost(Exception):
+    """Another attempt or the reaper holds the run now."""
+
+
+@dataclass
+class PredictionInputs:
+    """The rows of a run: N texts (and text pairs), their ids, row indices and given labels (or None)."""
+
+    row_indices: list[int]
+    row_ids: list[str | None]
+    texts: list[str]
+    text_pairs: list[str] | None
+    labels: list[str] | None
+
+
+def _from_rows(row_indices, row_ids, texts, pairs, labels) -> PredictionInputs:
+    has_pair = any(p is not None for p in pairs)
+    has_label = any(y is not None for y in labels)
+    return PredictionInputs(list(row_indices), list(row_ids), list(texts), list(pairs) if has_pair else None,
+                            list(labels) if has_label else None)
+
+
+def load_prediction_inputs(session: Session, run: Job, store, tmp: Path) -> PredictionInputs:
+    """A run's rows: the dataset's (its labels are the given labels) or the uploaded file's validated rows.
+
+    Raises:
+        ValueError: the uploaded input is no longer in the artifact store.
+    """
+    if run.dataset_id:
+        query = (select(DatasetRow.row_index, DatasetRow.row_id, DatasetRow.text, DatasetRow.text_pair,
+                        DatasetRow.label).where(DatasetRow.dataset_id == run.dataset_id)
+                 .order_by(DatasetRow.row_index))
+        rows = session.execute(query).all()
+        return _from_rows(*zip(*rows)) if rows else PredictionInputs([], [], [], None, None)
+    if not run.input_uri or not store.exists(run.input_uri):
+        raise ValueError(f"the uploaded input of prediction run {run.id} is gone from the artifact store: upload the "
+                         "file again in a new prediction")
+    import pyarrow.parquet as pq
+
+    local = tmp / "input.parquet"
+    store.get_file(run.input_uri, str(local))
+    table = pq.read_table(local).to_pydict()
+    return _from_rows(table["row_index"], table["row_id"], table["text"], table["text_pair"], table["label"])
+
+
+def model_path(settings, base_model: str) -> Path | None:
+    """The backbone folder of ``base_model`` as the training pipeline resolves it (None: the default model)."""
+    return None if base_model == DEFAULT_MODEL else Path(settings.model_dir or ".") / base_model
+
+
+def summarise(labels: list[str], probs: np.ndarray, given: list[str] | None, check) -> dict[str, Any]:
+    """The run's summary (see ``PredictionPublic``): counts, mean confidence and, with labels, the label check's
+    flag counts, thresholds and estimated noise matrix and rates."""
+    predicted = probs.argmax(axis=1)
+    counts = Counter(int(k) for k in predicted)
+    summary: dict[str, Any] = {
+        "rows": int(len(probs)), "labels": list(labels), "labelled": given is not None,
+        "predicted_histogram": {name: counts.get(k, 0) for k, name in enumerate(labels)},
+        "mean_confidence": float(probs.max(axis=1).mean()),
+    }
+    if given is None:
+        return summary
+    given_counts = Counter(given)
+    flagged_per_class = Counter(g for g, f in zip(given, check.flagged) if f)
+    summary.update({
+        "given_histogram": {name: given_counts.get(name, 0) for name in labels},
+        "agreement": float(np.mean([labels[k] == g for k, g in zip(predicted, given)])),
+        "flagged": int(check.flagged.sum()), "flagged_fraction": float(check.flagged.mean()),
+        "flagged_per_class": {name: flagged_per_class.get(name, 0) for name in labels},
+        "flag_rule": f"confident learning (cleanlab filter_by={FLAG_RULE}) on the model's probabilities",
+        "score": QUALITY,
+        "class_thresholds": {name: float(t) for name, t in zip(labels, check.thresholds)},
+        "noise_matrix": {"labels": list(labels), "rows": "given", "columns": "true",
+                         "joint": [[float(x) for x in row] for row in check.joint]},
+        "estimated_noise_rate": float(check.noise_rate),
+        "estimated_noise_rate_per_class": {name: float(r) for name, r in zip(labels, check.noise_rate_per_class)},
+    })
+    return summary
+
+
+def row_records(run: Job, inputs: PredictionInputs, labels: list[str], probs: np.ndarray, check) -> list[dict]:
+    """The ``prediction_rows`` of a run, in row order."""
+    predicted = probs.argmax(axis=1)
+    records = []
+    for i, row_index in enumerate(inputs.row_indices):
+        record = {"run_id": run.id, "row_index": int(row_index), "tenant_id": run.tenant_id,
+                  "row_id": inputs.row_ids[i], "text": inputs.texts[i],
+                  "text_pair": inputs.text_pairs[i] if inputs.text_pairs is not None else None,
+                  "given_label": None, "predicted_label": labels[int(predicted[i])],
+                  "probabilities": [float(p) for p in probs[i]], "flagged": None, "suggested_label": None,
+                  "suggested_confidence": None, "label_quality": None, "flag_reason": None}
+        if check is not None:
+            record.update(given_label=inputs.labels[i], flagged=bool(check.flagged[i]),
+                          suggested_label=labels[int(check.suggested[i])],
+                          suggested_confidence=float(check.suggested_confidence[i]),
+                          label_quality=float(check.label_quality[i]), flag_reason=check.reasons[i])
+        records.append(record)
+    return records
+
+
+def write_rows(session: Session, run_id: str, attempt: int, records: list[dict], summary: dict) -> bool:
+    """In one transaction: lock the run while ``attempt`` holds it, delete any rows an earlier attempt wrote,
+    insert ``records`` in batches, and move the run to ``succeeded``; all or nothing. Returns False (nothing
+    written) when the attempt no longer holds the run."""
+    held = session.execute(select(Job.id).where(Job.id == run_id, Job.attempt == attempt, Job.status.in_(ACTIVE))
+                           .with_for_update()).first()
+    if held is None:
+        session.rollback()
+        return False
+    try:
+        session.execute(delete(PredictionRow).where(PredictionRow.run_id == run_id))
+        for start in range(0, len(records), INSERT_BATCH):
+            session.execute(insert(PredictionRow), records[start:start + INSERT_BATCH])
+    except BaseException:
+        session.rollback()
+        raise
+    return transition(session, run_id, ACTIVE, "succeeded", on_attempt=attempt, progress=1.0,
+                      report_summary=summary, finished_at=utcnow(), lease_owner=None,
+                      message=f"{len(records)} rows predicted", event_data={"rows": len(records)})
+
+
+class PredictionAttempt(Attempt):
+    """One claimed attempt of a prediction run; ``run()`` (inherited) maps every failure to the run's end state."""
+
+    def _train_and_finish(self) -> str:
+        settings, run = self.settings, self.job
+        try:
+            with tempfile.TemporaryDirectory(prefix=f"{self.id}-") as tmp_name:
+                tmp = Path(tmp_name)
+                with self.factory() as session:
+                    inputs = load_prediction_inputs(session, run, self.store, tmp)
+                    adapter_uri = session.scalar(select(Job.adapter_uri).where(Job.id == run.model_job_id))
+                if not inputs.texts:
+                    raise ValueError("the input has no rows to predict")
+                model = self._load_model(adapter_uri, tmp)
+                labels = list(model.label_names)
+                if inputs.labels is not None:
+                    unknown = sorted(set(inputs.labels) - set(labels))
+                    if unknown:
+                        raise ValueError(f"labels {unknown[:10]} are not classes of the model (its classes are "
+                                         f"{labels[:50]}): predict without labels or with labels of those classes")
+                probs = self._predict(model, inputs, int((run.training_config or {}).get("batch_size") or 64))
+            del model
+        except RunCancelled:
+            return self._cancelled()
+        except RunLost:
+            return self._lost()
+        check = None
+        if inputs.labels is not None:
+            index = {name: k for k, name in enumerate(labels)}
+            check = check_labels(np.array([index[y] for y in inputs.labels], dtype=np.int64), probs, labels,
+                                 filter_by=FLAG_RULE, quality=QUALITY)
+        summary = summarise(labels, probs, inputs.labels, check)
+        records = row_records(run, inputs, labels, probs, check)
+
+        def store_rows() -> bool:
+            with self.factory() as session:
+                return write_rows(session, self.id, self.number, records, summary)
+
+        if not retry_transient(store_rows):
+            return self._lost()
+        self._drop_input()
+        return "succeeded"
+
+    def _load_model(self, adapter_uri: str | None, tmp: Path):
+        if not adapter_uri or not self.store.exists(adapter_uri):
+            raise ValueError(f"the adapter of job {self.job.model_job_id} is not in the artifact store")
+        archive, folder = tmp / "adapter.tar.gz", tmp / "adapter"
+        self.store.get_file(adapter_uri, str(archive))
+        with tarfile.open(archive) as tar:
+            tar.extractall(folder, filter="data")
+        return load_adapter(folder, model_path=model_path(self.settings, self.job.base_model),
+                            device=pick_device(self.settings.worker_device))
+
+    def _predict(self, model, inputs: PredictionInputs, batch_size: int) -> np.ndarray:
+        n, parts = len(inputs.texts), []
+        for start in range(0, n, CHUNK_ROWS):
+            end = min(n, start + CHUNK_ROWS)
+            pairs = inputs.text_pairs[start:end] if inputs.text_pairs is not None else None
+            parts.append(predict_proba(model, inputs.texts[start:end], pairs, batch_size=batch_size))
+            status = self.lease.renew(progress=0.99 * end / n, global_step=end, max_steps=n, phase="predict")
+            if status is None:
+                raise RunLost()
+            if status == "cancelling":
+                raise RunCancelled()
+        return np.concatenate(parts)
+
+    def _cancelled(self) -> str:
+        done = retry_transient(lambda: self._end("cancelled", "stopped on request"))
+        if done:
+            self._drop_input()
+        return "cancelled" if done else self._lost()
+
+    def _fail(self, code: str, message: str) -> str:
+        outcome = super()._fail(code, message)
+        if outcome == "failed":
+            self._drop_input()
+        return outcome
+
+    def _drop_input(self) -> None:
+        """The uploaded input is needed no more once the run has ended (best effort)."""
+        if self.job.input_uri:
+            try:
+                self.store.delete(self.job.input_uri)
+            except OSError:
+                logger.warning("could not delete the input of prediction run %s", self.id, exc_info=True)
