@@ -69,3 +69,17 @@ def report_arrays(settings, job_id: str) -> dict[str, np.ndarray]:
            ("label_quality", "flagged", "predicted_label", "suggested_label", "rank", "split", "flag_reason")}
     out["p_clean"] = np.array([np.nan if r.p_clean is None else r.p_clean for r in rows])
     return out
+
+
+def all_decisions(client, job_id: str, *, limit: int | None = None, **params) -> tuple[list[dict], int]:
+    """Every review decision of ``job_id``, read page by page (``limit`` per page): ``(decisions, count)``."""
+    out, cursor = [], None
+    while True:
+        query = {**({"limit": limit} if limit else {}), **params, **({"cursor": cursor} if cursor else {})}
+        page = client.get(f"/v1/jobs/{job_id}/noise-report/decisions", params=query)
+        assert page.status_code == 200, page.text
+        body = page.json()
+        out += body["data"]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return out, body["count"]

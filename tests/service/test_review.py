@@ -23,7 +23,7 @@ from app.main import create_app
 from app.models import ApiKey, NoiseRow
 from tests.service.conftest import TENANT_A, create_key, table_counts
 from tests.service.fake_results import make_finished_job
-from tests.service.helpers import toy_frame, upload, upload_frame
+from tests.service.helpers import all_decisions, toy_frame, upload, upload_frame
 
 N = 30
 
@@ -52,16 +52,8 @@ def _decide(client, job_id, body, status=200):
 
 
 def _decisions(client, job_id, **params):
-    out, cursor = [], None
-    while True:
-        page = client.get(f"/v1/jobs/{job_id}/noise-report/decisions",
-                          params={**params, **({"cursor": cursor} if cursor else {})})
-        assert page.status_code == 200, page.text
-        body = page.json()
-        out += body["data"]
-        cursor = body["next_cursor"]
-        if cursor is None:
-            return out, body["count"]
+    """All decisions of the job and their count."""
+    return all_decisions(client, job_id, **params)
 
 
 def _key_id(settings) -> str:
