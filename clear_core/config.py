@@ -40,10 +40,15 @@ TRAINING_LIMITS = {
     "epochs": 1000, "learning_rate": 10.0, "weight_decay": 10.0, "batch_size": 4096, "eval_batch_size": 65536,
     "max_length": 8192, "seed": 2**32 - 1, "max_grad_norm": 1e6, "checkpoint_every_steps": 10**7,
 }
-# AdamW learning rates per method when the caller gives none: LoRA's from the measured
-# minimal run (DESIGN.md), the others from common practice for each method on BERT-size
-# encoders (adapters and BitFit ~1e-3, prefix tuning ~1e-2, full fine-tuning ~3e-5).
-DEFAULT_LEARNING_RATES = {"lora": 5e-4, "adapter": 1e-3, "prefix": 1e-2, "bitfit": 1e-3, "full": 3e-5}
+# AdamW learning rates per method when the caller gives none. LoRA's from the defaults study
+# (bench/defaults.py, results in bench/results/defaults/; issue 12): on TREC, SMS spam and Rotten
+# Tomatoes with 30 % synthetic noise and on NoisyAG, 6 epochs, 1,000 rows, judged on held-out rows'
+# given labels, 5e-4 left the model barely trained (loss near ln K on TREC and Rotten Tomatoes,
+# still rising at the last epoch), 2e-3 learned all of them; 5e-3 was within noise of 2e-3 on the
+# held-out rows while fitting the noisy labels much harder (final loss 0.16 on a 30 %-noise task),
+# so the smaller was kept. The others from common practice on BERT-size encoders, not studied
+# (adapters and BitFit ~1e-3, prefix tuning ~1e-2, full fine-tuning ~3e-5).
+DEFAULT_LEARNING_RATES = {"lora": 2e-3, "adapter": 1e-3, "prefix": 1e-2, "bitfit": 1e-3, "full": 3e-5}
 
 
 def _check_range(name: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
