@@ -44,9 +44,10 @@ class DatasetPublic(BaseModel):
     parent_id: str | None = Field(None, description="The dataset a version was made from (null for an upload).")
     from_job_id: str | None = Field(None, description="The job whose review decisions made this version (null "
                                     "for an upload, or once that job was deleted).")
-    lineage: dict[str, int] | None = Field(None, description="A version's row counts: accepted, relabelled, kept, "
-                                           "dropped (decisions applied), unchanged and labels_changed (rows of the "
-                                           "version whose label is / is not the parent's).")
+    lineage: dict[str, int | list[str]] | None = Field(
+        None, description="A version's row counts: accepted, relabelled, kept, dropped (decisions applied), unchanged "
+        "and labels_changed (rows of the version whose label is / is not the parent's); classes_removed: the "
+        "parent's classes no row of the version has any more.")
 
 
 class DatasetsPublic(BaseModel):

@@ -104,6 +104,18 @@ def _is_int(text: str) -> bool:
     return True
 
 
+def encode_gold_labels(labels: Sequence[str], label_names: Sequence[str]) -> np.ndarray:
+    """Map N true (gold) label strings to ``(N,)`` int64 class indices; a gold label outside
+    ``label_names`` becomes K = ``len(label_names)``, a class no model output can be.
+
+    Gold labels only score a run, and a dataset may know a true class that none of its given labels
+    carries (a version whose reviewer dropped every row labelled with it, or gold labels from a
+    richer annotation): such a row then counts as mislabelled and as wrongly predicted, which it is.
+    """
+    index = {name: k for k, name in enumerate(label_names)}
+    return np.array([index.get(y, len(label_names)) for y in labels], dtype=np.int64)
+
+
 def encode_labels(labels: Sequence[str], label_names: Sequence[str]) -> np.ndarray:
     """Map N label strings to ``(N,)`` int64 class indices.
 

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from .callbacks import CallbackList, TrainerCallback, TrainerState, TrainingCancelled
 from .checkpoint import data_fingerprint, latest_checkpoint, read_checkpoint, rng_state, set_rng_state, write_checkpoint
 from .config import ClearConfig, TrainingConfig, resolve_configs
-from .data import TextClassificationData, TokenizedTexts, build_label_names, encode_labels, stratified_holdout, subset
+from .data import (TextClassificationData, TokenizedTexts, build_label_names, encode_gold_labels, encode_labels,
+                   stratified_holdout, subset)
 from .evaluation import epoch_metrics
 from .model import ClearModel
 from .estimate import NoiseEstimator
@@ -139,7 +140,7 @@ class _Trainer:
         self.train_idx, self.held_idx = stratified_holdout(given, training.validation_fraction, seed=training.seed)
         self.given, self.held_given = given[self.train_idx], given[self.held_idx]
         self.eval_y = encode_labels(eval_data.labels, self.names) if eval_data is not None else None
-        self.gold = encode_labels(data.gold_labels, self.names) if data.gold_labels is not None else None
+        self.gold = encode_gold_labels(data.gold_labels, self.names) if data.gold_labels is not None else None
         self.device = pick_device(training.device)
         self.autocast = self.device.type == "cuda" and training.precision in ("auto", "bf16")
         torch.manual_seed(training.seed)
@@ -361,7 +362,8 @@ class _Trainer:
         out.update({f"noise_{k}": v for k, v in det.items()})
         out["true_noise_rate"] = float(noisy.mean())
         train = np.array([s == "train" for s in report.split])
-        cls = classification_metrics(self.gold[train], report.predicted[train], num_classes=len(self.names))
+        k = len(self.names) + int(bool((self.gold == len(self.names)).any()))  # a gold class outside the map
+        cls = classification_metrics(self.gold[train], report.predicted[train], num_classes=k)
         out["train_gold_accuracy"] = cls["accuracy"]
         return out
 

@@ -256,3 +256,16 @@ def test_unavailable_device_and_too_long_max_length_are_value_errors(tiny_model_
             train(data, training=TrainingConfig(epochs=1, device="cuda"), model_path=tiny_model_dir)
     with pytest.raises(ValueError, match="max_length=4096 is longer than the model's 128 positions"):
         train(data, training=TrainingConfig(epochs=1, max_length=4096), model_path=tiny_model_dir)
+
+
+def test_gold_labels_outside_the_label_map_score_as_wrong_instead_of_failing(tiny_model_dir):
+    # a version whose reviewer dropped every row of a class keeps that class in its gold labels
+    texts, labels = toy_texts(48, seed=5)
+    gold = [str(y) for y in labels]
+    gold[:6] = ["gone"] * 6
+    data = TextClassificationData(texts, [str(y) for y in labels], gold_labels=gold)
+    result = train(data, clear=ClearConfig(warmup_epochs=1), training=TrainingConfig(epochs=2, batch_size=16,
+                                                                                      max_length=32),
+                   model_path=tiny_model_dir)
+    assert result.metrics["true_noise_rate"] == pytest.approx(6 / 48)
+    assert 0.0 <= result.metrics["train_gold_accuracy"] <= 1.0 - 6 / 48 * 0.5

@@ -63,11 +63,17 @@ def _from_rows(row_indices, row_ids, texts, pairs, labels) -> PredictionInputs:
 
 
 def load_prediction_inputs(session: Session, run: Job, store, tmp: Path) -> PredictionInputs:
-    """A run's rows: the dataset's (its labels are the given labels) or the uploaded file's validated rows.
+    """A run's rows: the dataset's (its labels are the given labels, unless the run was created with
+    ``label_check=false``) or the uploaded file's validated rows.
 
     Raises:
         ValueError: the uploaded input is no longer in the artifact store.
     """
+    if run.dataset_id and not (run.training_config or {}).get("labelled", True):
+        query = (select(DatasetRow.row_index, DatasetRow.row_id, DatasetRow.text, DatasetRow.text_pair)
+                 .where(DatasetRow.dataset_id == run.dataset_id).order_by(DatasetRow.row_index))
+        rows = session.execute(query).all()
+        return _from_rows(*zip(*rows), [None] * len(rows)) if rows else PredictionInputs([], [], [], None, None)
     if run.dataset_id:
         query = (select(DatasetRow.row_index, DatasetRow.row_id, DatasetRow.text, DatasetRow.text_pair,
                         DatasetRow.label).where(DatasetRow.dataset_id == run.dataset_id)

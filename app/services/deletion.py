@@ -68,9 +68,13 @@ def _refuse_active(jobs: list[Job], what: str) -> None:
     active = [j for j in jobs if j.status in ACTIVE]
     if active:
         named = ", ".join(f"{j.id} ({j.status})" for j in active[:NAMED_MAX])
-        raise Conflict(f"{what} cannot be deleted while a job using it is queued, running or cancelling: {named}; "
-                       "cancel it (POST /v1/jobs/{id}/cancel) and wait until it ends", param="id",
-                       code="job_active", details=[{"job_id": j.id, "status": j.status} for j in active])
+        runs = [j for j in active if j.kind == "predict"]
+        how = " or ".join(([] if len(runs) == len(active) else ["a job with POST /v1/jobs/{id}/cancel"])
+                          + (["a prediction run with POST /v1/predictions/{id}/cancel"] if runs else []))
+        raise Conflict(f"{what} cannot be deleted while a job or prediction run using it is queued, running or "
+                       f"cancelling: {named}; cancel {how} and wait until it ends", param="id", code="job_active",
+                       details=[{"job_id" if j.kind != "predict" else "prediction_id": j.id, "status": j.status}
+                                for j in active])
 
 
 def remove_artifacts(store: ArtifactStore, keys: list[str]) -> list[str]:
@@ -158,12 +162,14 @@ def delete_dataset(session: Session, store: ArtifactStore, dataset_id: str, *, t
     _refuse_active(jobs, f"dataset {dataset_id!r}")
     versions, users = dependents(session, [dataset.id])
     if (versions or users) and not cascade:
-        parts = [p for p in (_names(versions, "version") if versions else "",
-                             _names(users, "job") if users else "") if p]
+        jobs_, runs = [j for j in users if j.kind != "predict"], [j for j in users if j.kind == "predict"]
+        parts = [p for p in (_names(versions, "version") if versions else "", _names(jobs_, "job") if jobs_ else "",
+                             _names(runs, "prediction run") if runs else "") if p]
         raise Conflict(f"dataset {dataset_id!r} is used by {' and '.join(parts)}: delete those first, or delete "
                        "it with ?cascade=true to delete them too", param="cascade", code="dataset_in_use",
                        details=[{"dataset_id": v.id, "kind": "version"} for v in versions]
-                       + [{"job_id": j.id, "kind": "job"} for j in users])
+                       + [{"job_id": j.id, "kind": "job"} if j.kind != "predict"
+                          else {"prediction_id": j.id, "kind": "prediction"} for j in users])
     try:
         keys: list[str] = []
         for job in jobs:

@@ -2,9 +2,9 @@
 database ``BATCH`` rows at a time (keyset on ``row_index``), so a large dataset never sits in memory.
 
 Every format has the columns ``id, text, text_pair, label, gold_label`` (``id`` is the row's id from the upload,
-empty when it had none). CSV cells that a spreadsheet would run as a formula (starting ``= + - @``, tab or
-carriage return) get a leading ``'`` (``clear_core.csv_safety``), so a CSV export re-uploads as the same rows
-except for such cells; JSON lines and Parquet hold the values exactly.
+empty when it had none). Every format holds the values exactly, so an export uploads again as the same rows; a
+CSV export asked for ``formula_safe`` (to open in a spreadsheet) gives cells that a spreadsheet would run as a
+formula (starting ``= + - @``, tab or carriage return) a leading ``'`` (``clear_core.csv_safety``) instead.
 
 The JSON lines export is also the canonical form behind a version's ``sha256``: ``rows_digest`` hashes exactly
 the bytes ``GET /v1/datasets/{id}/rows.jsonl`` returns.
@@ -83,14 +83,15 @@ def jsonl_lines(rows: Iterator[dict[str, Any]]) -> Iterator[str]:
         yield "".join(chunk)
 
 
-def csv_lines(rows: Iterator[dict[str, Any]]) -> Iterator[str]:
+def csv_lines(rows: Iterator[dict[str, Any]], *, formula_safe: bool = False) -> Iterator[str]:
     """The rows as CSV text chunks: the header ``id,text,text_pair,label,gold_label``, then one line per row,
-    formula-like cells neutralised, missing values empty."""
+    missing values empty; the values exact, or with formula-like cells neutralised when ``formula_safe``."""
+    cell = csv_safe if formula_safe else (lambda value: value)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=EXPORT_FIELDS)
     writer.writeheader()
     for i, row in enumerate(rows, start=1):
-        writer.writerow({k: csv_safe(row[k]) for k in EXPORT_FIELDS})
+        writer.writerow({k: cell(row[k]) for k in EXPORT_FIELDS})
         if i % CSV_FLUSH_ROWS == 0:
             yield buffer.getvalue()
             buffer.seek(0)

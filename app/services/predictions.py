@@ -106,8 +106,8 @@ def model_labels(session: Session, job: Job) -> list[str]:
 
 def _unknown_labels(labels: list[str], classes: list[str], job_id: str, param: str, details=None) -> InvalidInput:
     return InvalidInput(f"labels {labels[:10]} are not classes of the model of job {job_id!r} (its classes are "
-                        f"{classes[:50]}): give rows labelled with those classes, or predict without labels to skip "
-                        "the label check", param=param, code="unknown_label", details=details)
+                        f"{classes[:50]}): give rows labelled with those classes, or send label_check=false to "
+                        "predict without the label check", param=param, code="unknown_label", details=details)
 
 
 # --- uploads -------------------------------------------------------------------------------------------------
@@ -234,8 +234,9 @@ def _check_batch_size(batch_size: int | None) -> int:
 
 def create_from_dataset(session: Session, store: ArtifactStore, job_id: str, dataset_id: str, *, tenant_id: str,
                         settings: Settings, enqueue: Enqueue, quotas: Quotas | None = None,
-                        batch_size: int | None = None) -> Job:
-    """Queue a run of job ``job_id``'s model on the tenant's ready dataset ``dataset_id`` (its labels checked).
+                        batch_size: int | None = None, label_check: bool = True) -> Job:
+    """Queue a run of job ``job_id``'s model on the tenant's ready dataset ``dataset_id`` (its labels checked,
+    unless ``label_check`` is False: then it only predicts, and labels the model lacks are no error).
 
     Raises:
         NotFound: unknown job or dataset (or another tenant's). Conflict: the job has not succeeded, or the
@@ -251,11 +252,11 @@ def create_from_dataset(session: Session, store: ArtifactStore, job_id: str, dat
                        "again", param="dataset_id", code="dataset_not_ready")
     classes = model_labels(session, model)
     unknown = sorted(k for k, n in (dataset.class_histogram or {}).items() if n and k not in classes)
-    if unknown:
+    if unknown and label_check:
         raise _unknown_labels(unknown, classes, job_id, "dataset_id")
     if quotas is not None:
         check_job_quotas(session, tenant_id, quotas)  # last: locks the tenant until the commit
-    run = _new_run(model, settings, run_id=new_id("pred"), batch_size=size, labelled=True, dataset_id=dataset.id,
+    run = _new_run(model, settings, run_id=new_id("pred"), batch_size=size, labelled=label_check, dataset_id=dataset.id,
                    row_count=dataset.row_count)
     _insert(session, run)
     return _enqueue(session, store, run, enqueue)

@@ -104,8 +104,8 @@ def create_version(session: Session, dataset_id: str, job_id: str, *, tenant_id:
     """Make and commit the version of the tenant's dataset ``dataset_id`` given by job ``job_id``'s decisions
     (see the module's docstring); returns the new ``ready`` dataset with ``parent_id``, ``from_job_id``,
     ``lineage`` (counts ``accepted``, ``relabelled``, ``kept``, ``dropped`` of the decisions applied, and
-    ``unchanged`` / ``labels_changed``: rows of the version whose label is / is not the parent's) and format
-    ``version``.
+    ``unchanged`` / ``labels_changed``: rows of the version whose label is / is not the parent's, and
+    ``classes_removed``: the parent's classes no row of the version has any more) and format ``version``.
 
     Raises:
         NotFound: no such dataset of the tenant. Conflict: the dataset is not ready, or the job has no report yet.
@@ -123,7 +123,10 @@ def create_version(session: Session, dataset_id: str, job_id: str, *, tenant_id:
         check_stored_rows(session, tenant_id, quotas, 0)
     histogram = _histogram(session, parent, job)
     _check(histogram, min_rows_per_class, max_rows)
-    lineage = _lineage(session, parent, job)
+    # a class every row of which was dropped or relabelled away leaves the version (and its models); its gold
+    # labels stay, and score such rows as mislabelled (clear_core.data.encode_gold_labels)
+    lineage = {**_lineage(session, parent, job),
+               "classes_removed": [n for n in parent.label_names if n not in histogram]}
     rows = sum(histogram.values())
     order = [n for n in parent.label_names if n in histogram] + sorted(set(histogram) - set(parent.label_names))
     title = safe_name(name) if name else f"{parent.name[:NAME_MAX - 11]} (reviewed)"

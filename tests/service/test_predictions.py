@@ -314,7 +314,9 @@ def test_deleting_a_job_or_a_dataset_deletes_their_runs_and_refuses_while_one_is
     other = _fake_succeeded_job(client, settings)
     dataset = upload_frame(client, toy_frame(30, seed=2))
     run = client.post(f"/v1/jobs/{other}/predictions", json={"dataset_id": dataset["id"]}).json()
-    assert client.delete(f"/v1/datasets/{dataset['id']}", params={"cascade": "true"}).status_code == 409
+    refused = client.delete(f"/v1/datasets/{dataset['id']}", params={"cascade": "true"})
+    assert refused.status_code == 409 and "POST /v1/predictions/{id}/cancel" in refused.json()["error"]["message"]
+    assert refused.json()["error"]["details"] == [{"prediction_id": run["id"], "status": "queued"}]
     client.post(f"/v1/predictions/{run['id']}/cancel")
     assert client.delete(f"/v1/datasets/{dataset['id']}", params={"cascade": "true"}).status_code == 204
     assert client.get(f"/v1/predictions/{run['id']}").status_code == 404
@@ -355,3 +357,21 @@ def test_a_real_worker_killed_mid_run_is_replaced_and_the_run_ends_whole(setting
     finally:
         for proc in workers:
             stop_worker(proc)
+
+
+def test_label_check_false_predicts_rows_whose_labels_the_model_lacks(client, settings):
+    job_id = _trained_job(client, settings)
+    frame = toy_frame(20, seed=4)
+    frame["label"] = frame["label"].astype(str).where(frame.index % 2 == 0, "unseen")
+    assert _upload(client, job_id, frame).json()["error"]["code"] == "unknown_label"
+    assert "label_check=false" in _upload(client, job_id, frame).json()["error"]["message"]
+    run = _upload(client, job_id, frame, label_check="false")
+    assert run.status_code == 201 and not run.json()["labelled"], run.text
+    assert _upload(client, job_id, frame, label_check="maybe").status_code == 422
+    dataset = upload_frame(client, frame)
+    assert client.post(f"/v1/jobs/{job_id}/predictions", json={"dataset_id": dataset["id"]}).status_code == 422
+    on_dataset = client.post(f"/v1/jobs/{job_id}/predictions", json={"dataset_id": dataset["id"], "label_check": False})
+    assert on_dataset.status_code == 201 and not on_dataset.json()["labelled"], on_dataset.text
+    assert execute_job(on_dataset.json()["id"], settings=settings) == "succeeded"
+    rows = client.get(f"/v1/predictions/{on_dataset.json()['id']}/rows", params={"limit": 100}).json()["data"]
+    assert len(rows) == 20 and all(r["given_label"] is None and r["flagged"] is None for r in rows)

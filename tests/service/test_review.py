@@ -13,6 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
@@ -193,7 +194,7 @@ def test_a_version_applies_the_decisions_and_records_its_lineage(client, setting
     assert version["parent_id"] == parent and version["from_job_id"] == job and version["format"] == "version"
     assert version["name"] == "cleaned" and version["row_count"] == N - 1 and version["status"] == "ready"
     assert version["lineage"] == {"accepted": 1, "relabelled": 2, "kept": 1, "dropped": 1,
-                                  "unchanged": N - 1 - changed, "labels_changed": changed}
+                                  "unchanged": N - 1 - changed, "labels_changed": changed, "classes_removed": []}
     assert version["class_histogram"] == {k: expected.count(k) for k in ("0", "1", "2")}
     assert version["label_names"] == ["0", "1", "2"]
     assert table_counts(settings.database_url)["dataset_rows"] == before["dataset_rows"] + N - 1
@@ -269,7 +270,10 @@ def test_exports_hold_every_row_in_order_in_three_formats(client, settings):
     assert f"{dataset['id']}-rows.csv" in response.headers["content-disposition"]
     rows = list(csv.DictReader(io.StringIO(response.text)))
     assert list(rows[0]) == ["id", "text", "text_pair", "label", "gold_label"]
-    assert [r["id"] for r in rows] == list(frame["id"]) and rows[2]["text"] == "'=cmd()"
+    assert [r["id"] for r in rows] == list(frame["id"]) and rows[2]["text"] == "=cmd()"  # exact: data, not a report
+    safe = list(csv.DictReader(io.StringIO(client.get(f"/v1/datasets/{dataset['id']}/rows.csv",
+                                                      params={"formula_safe": "true"}).text)))
+    assert safe[2]["text"] == "'=cmd()" and safe[3]["text"] == rows[3]["text"]
     assert [r["label"] for r in rows] == [str(v) for v in frame["label"]] and rows[0]["text_pair"] == ""
     _, lines = _jsonl_rows(client, dataset["id"])
     assert [r["text"] for r in lines] == list(frame["text"]) and lines[0]["text_pair"] is None
@@ -309,3 +313,25 @@ def test_a_csv_export_of_a_version_uploads_again_as_the_same_rows(client, settin
     copy = again.json()
     assert copy["row_count"] == version["row_count"] and copy["class_histogram"] == version["class_histogram"]
     assert _jsonl_rows(client, copy["id"])[1] == _jsonl_rows(client, version["id"])[1]
+
+
+def test_a_csv_export_keeps_formula_like_texts_and_labels_exactly_through_a_round_trip(client):
+    frame = pd.DataFrame({"text": ["-5 degrees in Moscow", "+1 for this", "@user hi", "=SUM(A1)", "\tindented",
+                                   "'quoted", "plain one", "plain two"] * 2,
+                          "label": ["-1", "1"] * 8})
+    dataset = upload_frame(client, frame)
+    exported = client.get(f"/v1/datasets/{dataset['id']}/rows.csv").content
+    again = upload(client, exported, "again.csv")
+    assert again.status_code == 201, again.text
+    assert again.json()["class_histogram"] == dataset["class_histogram"] == {"-1": 8, "1": 8}
+    assert _jsonl_rows(client, again.json()["id"])[1] == _jsonl_rows(client, dataset["id"])[1]
+
+
+def test_a_version_that_drops_every_row_of_a_class_names_it(client, settings, finished):
+    job, labels = finished["job"], finished["labels"]
+    _decide(client, job, {"rule": {"given_label": "2"}, "action": "drop"})
+    response = client.post(f"/v1/datasets/{finished['dataset']}/versions", json={"from_job": job})
+    assert response.status_code == 201, response.text
+    version = response.json()
+    assert version["label_names"] == ["0", "1"] and version["lineage"]["classes_removed"] == ["2"]
+    assert version["row_count"] == len(labels) - labels.count("2")

@@ -205,7 +205,7 @@ def _loop(api, settings, url, artifacts, logs):  # one story, asserted step by s
         dataset["id"], job_id, "reviewed", "ready")
     assert version["row_count"] == N - 1 and version["label_names"] == ["0", "1", "2"]
     assert version["lineage"] == {"accepted": len(accepted), "relabelled": 1, "kept": 0, "dropped": 1,
-                                  "unchanged": N - 1 - changed, "labels_changed": changed}
+                                  "unchanged": N - 1 - changed, "labels_changed": changed, "classes_removed": []}
     labels = list(expected.values())
     assert version["class_histogram"] == {k: labels.count(k) for k in ("0", "1", "2") if labels.count(k)}
     export = api.get(f"/v1/datasets/{version['id']}/rows.jsonl")

@@ -27,7 +27,7 @@ from app.services.uploads import spool
 router = APIRouter(tags=["predictions"], responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
 FlaggedQuery = Annotated[bool | None, Query(description="Only rows the label check flagged (true) or not (false).")]
 LabelQuery = Annotated[str | None, Query(max_length=200)]
-FORM_FIELDS = {"format", "text_column", "text_pair_column", "label_column", "id_column", "batch_size"}
+FORM_FIELDS = {"format", "text_column", "text_pair_column", "label_column", "id_column", "batch_size", "label_check"}
 _FORM_SCHEMA = {
     "type": "object", "required": ["file"],
     "properties": {
@@ -40,6 +40,8 @@ _FORM_SCHEMA = {
                          "the column 'label' if the file has one, else none."},
         "id_column": {"type": "string", "maxLength": 200},
         "batch_size": {"type": "integer", "minimum": 1, "maximum": 1024},
+        "label_check": {"type": "boolean", "default": True, "description": "false: predict only, ignoring any "
+                        "label column (no label check, labels the model lacks are no error)."},
     },
 }
 CREATE_BODY = {"requestBody": {"required": True, "content": {
@@ -73,6 +75,15 @@ def _form_text(form, name: str, default: str | None = None) -> str | None:
     return value.strip() or None
 
 
+def _flag(raw: str | None, name: str) -> bool:
+    """A boolean form field: true (the default when absent) or false."""
+    if raw is None or raw.strip().lower() in ("true", "1", "yes"):
+        return True
+    if raw.strip().lower() in ("false", "0", "no"):
+        return False
+    raise InvalidInput(f"{name}={raw!r} is not a boolean: give true or false", param=name)
+
+
 def _batch_size(raw: str | None) -> int | None:
     if raw is None:
         return None
@@ -101,10 +112,12 @@ async def _from_upload(request: Request, principal, session, settings, store, en
                 raise upload_too_large(quotas) from None
             raise
     try:
+        check = _flag(fields["label_check"], "label_check")
         mapping = {"text": fields["text_column"] or "text", "text_pair": fields["text_pair_column"],
-                   "label": fields["label_column"], "id": fields["id_column"]}
+                   "label": fields["label_column"] if check else None, "id": fields["id_column"]}
         upload = service.PredictionUpload(file=stored, filename=upload_file.filename, format=fields["format"],
-                                          mapping=mapping, label_explicit=fields["label_column"] is not None)
+                                          mapping=mapping,
+                                          label_explicit=fields["label_column"] is not None or not check)
         limits = Limits(min_rows_per_class=0, max_rows=settings.max_rows, max_errors=settings.max_errors_listed,
                         max_text_chars=settings.max_text_chars,
                         max_uncompressed_bytes=settings.max_uncompressed_bytes)
@@ -136,7 +149,7 @@ async def create_prediction(request: Request, principal: PrincipalDep, session: 
         body = _json_body(await request.body())
         run = await run_in_threadpool(lambda: service.create_from_dataset(
             session, store, job_id, body.dataset_id, tenant_id=principal.tenant_id, settings=settings,
-            enqueue=enqueue, quotas=principal.quotas, batch_size=body.batch_size))
+            enqueue=enqueue, quotas=principal.quotas, batch_size=body.batch_size, label_check=body.label_check))
     else:
         raise InvalidInput(f"Content-Type {media!r} is not accepted: send JSON {{\"dataset_id\": ...}} or a "
                            "multipart/form-data upload with a file", param="Content-Type",

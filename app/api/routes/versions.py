@@ -4,8 +4,9 @@ CSV, JSON lines or Parquet (streamed)."""
 from __future__ import annotations
 
 import os
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -42,13 +43,19 @@ def _headers(dataset_id: str, kind: str) -> dict[str, str]:
 
 
 @router.get("/rows.csv", response_class=StreamingResponse)
-def rows_csv(request: Request, principal: PrincipalDep, session: SessionDep, dataset_id: str) -> StreamingResponse:
-    """Every row in ``row_index`` order as CSV (``id,text,text_pair,label,gold_label``), streamed; cells a
-    spreadsheet would run as a formula get a leading ``'``. Uploads again with ``id_column=id`` (and
-    ``gold_label_column=gold_label``, ``text_pair_column=text_pair`` where the dataset has them)."""
+def rows_csv(request: Request, principal: PrincipalDep, session: SessionDep, dataset_id: str,
+             formula_safe: Annotated[bool, Query(description="Prefix cells a spreadsheet would run as a formula "
+                                                 "(= + - @, tab, CR) with ' for opening in a spreadsheet; the "
+                                                 "file then no longer holds the exact values.")] = False
+             ) -> StreamingResponse:
+    """Every row in ``row_index`` order as CSV (``id,text,text_pair,label,gold_label``), streamed, holding the
+    values exactly, so it uploads again as the same rows (with ``id_column=id`` where the dataset has ids,
+    ``gold_label_column=gold_label`` and ``text_pair_column=text_pair`` where it has them). Data, not a report:
+    open it in a spreadsheet only with ``formula_safe=true``, which neutralises formula-like cells."""
     dataset = get_dataset(session, dataset_id, tenant_id=principal.tenant_id)
     rows = exports.iter_rows(request.app.state.session_factory, dataset.id)
-    return StreamingResponse(exports.csv_lines(rows), media_type="text/csv", headers=_headers(dataset.id, "csv"))
+    return StreamingResponse(exports.csv_lines(rows, formula_safe=formula_safe), media_type="text/csv",
+                             headers=_headers(dataset.id, "csv"))
 
 
 @router.get("/rows.jsonl", response_class=StreamingResponse)
