@@ -35,7 +35,8 @@ def _show_dataset(d: Dataset) -> None:
     print(f"{d.id}  {d.status}  {d.row_count} rows  {d.name!r}")
     print(f"classes: {json.dumps(d.class_histogram)}")
     if d.parent_id or d.lineage:
-        counts = ", ".join(f"{k} {v}" for k, v in (d.lineage or {}).items())
+        counts = ", ".join(f"{k} {', '.join(v) if isinstance(v, list) else v}" for k, v in (d.lineage or {}).items()
+                           if not (isinstance(v, list) and not v))
         print(f"version of {d.parent_id or '-'} from job {d.from_job_id or '-'}: {counts}")
 
 

@@ -38,7 +38,7 @@ class Dataset(_Model):
     created_at: datetime
     parent_id: str | None = None
     from_job_id: str | None = None
-    lineage: dict[str, int] | None = None
+    lineage: dict[str, int | list[str]] | None = None
 
 
 class JobError(_Model):

@@ -192,8 +192,8 @@
     const name = tag("span", "", version.name), rows = tag("span", "", String(version.row_count));
     const lineage = document.createElement("span"), link = document.createElement("a"), id = tag("b", "", version.id);
     id.id = "version-id"; name.id = "version-name"; rows.id = "version-rows"; lineage.id = "version-lineage";
-    Object.entries(version.lineage || {}).forEach(([key, n], k) => {
-      const part = tag("span", "", `${key.replace(/_/g, " ")} ${n}`);
+    Object.entries(version.lineage || {}).filter(([, n]) => !(Array.isArray(n) && !n.length)).forEach(([key, n], k) => {
+      const part = tag("span", "", `${key.replace(/_/g, " ")} ${Array.isArray(n) ? n.join(", ") : n}`);
       part.dataset.key = key;
       lineage.append(...(k ? [" · ", part] : [part]));
     });
