@@ -171,7 +171,7 @@ class PredictionAttempt(Attempt):
     """One claimed attempt of a prediction run; ``run()`` (inherited) maps every failure to the run's end state."""
 
     def _train_and_finish(self) -> str:
-        settings, run = self.settings, self.job
+        run = self.job
         try:
             with tempfile.TemporaryDirectory(prefix=f"{self.id}-") as tmp_name:
                 tmp = Path(tmp_name)

@@ -12,9 +12,7 @@ the bytes ``GET /v1/datasets/{id}/rows.jsonl`` returns.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import os
 import tempfile
@@ -27,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from clear_core.csv_safety import csv_safe
 
 from app.models import DatasetRow
+from app.services.streaming import csv_chunks
 
 EXPORT_FIELDS = ("id", "text", "text_pair", "label", "gold_label")
 BATCH = 5000
@@ -87,16 +86,8 @@ def csv_lines(rows: Iterator[dict[str, Any]], *, formula_safe: bool = False) -> 
     """The rows as CSV text chunks: the header ``id,text,text_pair,label,gold_label``, then one line per row,
     missing values empty; the values exact, or with formula-like cells neutralised when ``formula_safe``."""
     cell = csv_safe if formula_safe else (lambda value: value)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=EXPORT_FIELDS)
-    writer.writeheader()
-    for i, row in enumerate(rows, start=1):
-        writer.writerow({k: cell(row[k]) for k in EXPORT_FIELDS})
-        if i % CSV_FLUSH_ROWS == 0:
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-    yield buffer.getvalue()
+    return csv_chunks(EXPORT_FIELDS, ([cell(row[k]) for k in EXPORT_FIELDS] for row in rows),
+                      flush_rows=CSV_FLUSH_ROWS)
 
 
 def write_parquet(factory: sessionmaker[Session], dataset_id: str, batch: int = BATCH,

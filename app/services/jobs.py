@@ -87,12 +87,23 @@ def create_job(session: Session, spec: dict[str, Any], *, tenant_id: str, settin
     session.flush()
     add_event(session, job.id, "state", data={"status": "queued"})
     session.commit()
+    return enqueue_committed(session, job, enqueue)
+
+
+def enqueue_committed(session: Session, job: Job, enqueue: Enqueue, *, what: str = "job",
+                      on_failure: Callable[[], None] | None = None) -> Job:
+    """Hand the committed, queued ``job`` (a training job or a prediction run) to the workers and stamp
+    ``enqueued_at``. When the broker refuses it, the job becomes ``failed`` (code ``enqueue_failed``) instead of
+    waiting forever as queued, ``on_failure`` (if given) cleans up what the job left, and ``Unavailable`` says to
+    submit the ``what`` again later."""
     try:
         enqueue(job.id)  # only after the commit: a worker must find the row
     except Exception as exc:  # the broker is down: the job must not wait forever as queued
         transition(session, job.id, ("queued",), "failed", message=f"could not enqueue: {exc}",
                    error_code="enqueue_failed", error_message=str(exc))
-        raise Unavailable(f"the job queue is unavailable ({exc}); submit the job again later") from exc
+        if on_failure is not None:
+            on_failure()
+        raise Unavailable(f"the job queue is unavailable ({exc}); submit the {what} again later") from exc
     job.enqueued_at = utcnow()
     session.commit()
     return job
@@ -116,6 +127,16 @@ def list_jobs(session: Session, *, tenant_id: str, status: str | None, limit: in
     return newest_first(session, Job, conditions=conditions, limit=limit, cursor=cursor)
 
 
+def request_cancel(session: Session, job: Job) -> Job:
+    """Move ``job`` (a training job or a prediction run) from ``queued`` to ``cancelled`` at once, or from
+    ``running`` to ``cancelling`` (its worker stops it), each with its event; any other state is left as it is.
+    Returns ``job`` refreshed, so the caller sees the state it ended in."""
+    if not transition(session, job.id, ("queued",), "cancelled", message="cancelled before it started"):
+        transition(session, job.id, ("running",), "cancelling", message="cancel requested")
+    session.refresh(job)
+    return job
+
+
 def cancel_job(session: Session, job_id: str, *, tenant_id: str) -> Job:
     """Cancel the tenant's job: a queued one becomes ``cancelled`` at once, a running one ``cancelling`` (the
     worker stops it).
@@ -123,10 +144,7 @@ def cancel_job(session: Session, job_id: str, *, tenant_id: str) -> Job:
     Raises:
         NotFound: unknown job (or another tenant's). Conflict: the job already succeeded or failed.
     """
-    job = get_job(session, job_id, tenant_id=tenant_id)
-    if not transition(session, job_id, ("queued",), "cancelled", message="cancelled before it started"):
-        transition(session, job_id, ("running",), "cancelling", message="cancel requested")
-    session.refresh(job)
+    job = request_cancel(session, get_job(session, job_id, tenant_id=tenant_id))
     if job.status in ("succeeded", "failed"):
         raise Conflict(f"job {job_id!r} already {job.status}; it cannot be cancelled", param="job_id",
                        code="job_finished")

@@ -26,9 +26,6 @@ queued or running (and against ``jobs_per_hour``: it is a job row). No torch her
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import os
 import tempfile
@@ -44,14 +41,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from clear_core.csv_safety import csv_safe  # no torch or sklearn behind it
 
-from app.errors import Conflict, InvalidInput, NotFound, Unavailable
-from app.models import Dataset, Job, JobEvent, PredictionRow, new_id, utcnow
+from app.errors import Conflict, InvalidInput, NotFound
+from app.models import Dataset, Job, JobEvent, PredictionRow, new_id
 from app.services.datasets import Limits, get_dataset
-from app.services.jobs import get_job, resolve_time_limits
+from app.services.jobs import enqueue_committed, get_job, request_cancel, resolve_time_limits
 from app.services.pagination import Page, decode_cursor, encode_cursor, newest_first
 from app.services.parsing import check_unique_names, detect_format, iter_chunks, parquet_schema
 from app.services.quotas import Quotas, check_job_quotas
-from app.services.transitions import add_event, transition
+from app.services.reports import jsonl_lines as report_jsonl_lines
+from app.services.streaming import csv_chunks
+from app.services.transitions import add_event
 from app.services.uploads import StoredUpload, check_gzip_name, safe_name
 from app.services.validation import RowValidator, check_mapping, check_parquet_types
 from app.settings import Settings
@@ -212,16 +211,8 @@ def _insert(session: Session, run: Job) -> None:
 
 
 def _enqueue(session: Session, store: ArtifactStore, run: Job, enqueue: Enqueue) -> Job:
-    try:
-        enqueue(run.id)  # only after the commit: a worker must find the row
-    except Exception as exc:  # the broker is down: the run must not wait forever as queued
-        transition(session, run.id, ("queued",), "failed", message=f"could not enqueue: {exc}",
-                   error_code="enqueue_failed", error_message=str(exc))
-        delete_run_files(store, run)
-        raise Unavailable(f"the job queue is unavailable ({exc}); submit the prediction again later") from exc
-    run.enqueued_at = utcnow()
-    session.commit()
-    return run
+    return enqueue_committed(session, run, enqueue, what="prediction",
+                             on_failure=lambda: delete_run_files(store, run))
 
 
 def _check_batch_size(batch_size: int | None) -> int:
@@ -324,10 +315,7 @@ def cancel_prediction(session: Session, run_id: str, *, tenant_id: str) -> Job:
     Raises:
         NotFound: unknown run (or another tenant's). Conflict: the run already succeeded or failed.
     """
-    run = get_prediction(session, run_id, tenant_id=tenant_id)
-    if not transition(session, run_id, ("queued",), "cancelled", message="cancelled before it started"):
-        transition(session, run_id, ("running",), "cancelling", message="cancel requested")
-    session.refresh(run)
+    run = request_cancel(session, get_prediction(session, run_id, tenant_id=tenant_id))
     if run.status in ("succeeded", "failed"):
         raise Conflict(f"prediction run {run_id!r} already {run.status}; it cannot be cancelled",
                        param="prediction_id", code="prediction_finished")
@@ -407,33 +395,23 @@ def csv_header(summary: dict[str, Any]) -> list[str]:
 def csv_lines(summary: dict[str, Any], rows: Iterator[dict[str, Any]]) -> Iterator[str]:
     """The rows as CSV text chunks, header first; every text cell that a spreadsheet would run as a formula is
     neutralised (``clear_core.csv_safety.csv_safe``), header cells included."""
-    header = csv_header(summary)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow([csv_safe(h) for h in header])
     labelled = bool(summary.get("labelled"))
-    for i, row in enumerate(rows, start=1):
-        probs = row.pop("probabilities")
-        cells = [row[name] for name in ("row_index", "id", "text", "text_pair", "predicted_label", "confidence")]
-        cells += list(probs.values())
-        cells += [row[name] for name in LABEL_CHECK_FIELDS] if labelled else []
-        writer.writerow([csv_safe(c) for c in cells])
-        if i % 500 == 0:
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-    yield buffer.getvalue()
+
+    def cells(row: dict[str, Any]) -> list[Any]:
+        out = [row[name] for name in ("row_index", "id", "text", "text_pair", "predicted_label", "confidence")]
+        out += list(row["probabilities"].values())
+        out += [row[name] for name in LABEL_CHECK_FIELDS] if labelled else []
+        return [csv_safe(c) for c in out]
+
+    return csv_chunks([csv_safe(h) for h in csv_header(summary)], (cells(row) for row in rows))
 
 
 def jsonl_lines(summary: dict[str, Any], rows: Iterator[dict[str, Any]]) -> Iterator[str]:
     """The rows as JSON lines: first ``{"summary": {...}}``, then one object per row (without the label-check
     fields for an unlabelled run)."""
-    yield json.dumps({"summary": summary}) + "\n"
-    labelled = bool(summary.get("labelled"))
-    for row in rows:
-        if not labelled:
-            row = {k: v for k, v in row.items() if k not in LABEL_CHECK_FIELDS}
-        yield json.dumps(row) + "\n"
+    if not summary.get("labelled"):
+        rows = ({k: v for k, v in row.items() if k not in LABEL_CHECK_FIELDS} for row in rows)
+    return report_jsonl_lines(summary, rows)
 
 
 # --- deletion --------------------------------------------------------------------------------------------------

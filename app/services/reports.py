@@ -4,8 +4,6 @@ sits in memory."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +17,7 @@ from app.errors import Conflict, InvalidInput
 from app.models import DatasetRow, Job, NoiseRow, ReviewDecision
 from app.services.jobs import get_job
 from app.services.pagination import Page, decode_cursor, encode_cursor
+from app.services.streaming import csv_chunks
 
 REPORT_FIELDS = ("rank", "row_index", "id", "text", "text_pair", "given_label", "predicted_label",
                  "suggested_label", "suggested_confidence", "p_clean", "p_clean_history", "label_quality",
@@ -111,16 +110,7 @@ def _safe_cell(value: Any) -> Any:
 
 def csv_lines(rows: Iterator[dict[str, Any]]) -> Iterator[str]:
     """The report as CSV text chunks, header first, formula-like cells neutralised."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=REPORT_FIELDS)
-    writer.writeheader()
-    for i, row in enumerate(rows, start=1):
-        writer.writerow({k: _safe_cell(v) for k, v in row.items()})
-        if i % 500 == 0:
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-    yield buffer.getvalue()
+    return csv_chunks(REPORT_FIELDS, ([_safe_cell(row[k]) for k in REPORT_FIELDS] for row in rows))
 
 
 def jsonl_lines(summary: dict[str, Any], rows: Iterator[dict[str, Any]]) -> Iterator[str]:
