@@ -23,6 +23,7 @@ from app.db import session_factory
 from app.errors import ServiceError
 from app.services import api_keys
 from app.settings import Settings, get_settings
+from clearft import local
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,6 +93,8 @@ def serve(settings: Settings, host: str, port: int, worker: bool = True) -> int:
             print(f"API key of the local tenant (shown once; also in {path}):\n    {key}", flush=True)
         else:
             print(f"API key of the local tenant: in {path}", flush=True)
+        # so that `clearft` finds this key from any folder, not only from the one holding var/
+        local.register(local.service_urls(host, port), path)
     procs = _children(settings, host, port, worker)
     stopping = []
     for sig in (signal.SIGINT, signal.SIGTERM):

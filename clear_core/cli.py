@@ -168,7 +168,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     result = train(data, clear=clear, training=training, model_path=args.model, eval_data=eval_data,
                    callbacks=[ProgressPrinter()])
     out = Path(args.output)
-    result.model.save(out / "adapter", training=training.to_dict())
+    result.save(out / "adapter", training=training.to_dict())
     result.report.write_csv(out / "noise_report.csv")
     summary = {"metrics": result.metrics, "report": result.report.summary(), "wall_time_s": result.wall_time_s}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))

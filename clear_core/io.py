@@ -6,7 +6,7 @@ inference gate is folded into ``lora_B`` so stock peft gives our deterministic l
 The bottleneck adapter and BitFit write ``adapter_model.safetensors`` with their own
 parameter names; full fine-tuning writes a whole Hugging Face model. Every save also holds
 ``clear_config.json`` (method, CleaR settings, label map, base model) and ``label_map.json``
-and the tokenizer.
+and the tokenizer, and ``README.md``, a model card (:mod:`clear_core.card`).
 """
 
 from __future__ import annotations
@@ -25,13 +25,16 @@ CONFIG_NAME = "clear_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 
 
-def save_adapter(model: ClearModel, directory: str | Path, *, training: dict[str, Any] | None = None) -> Path:
-    """Write ``model``'s trained parameters and configuration to ``directory`` (created if missing).
+def save_adapter(model: ClearModel, directory: str | Path, *, training: dict[str, Any] | None = None,
+                 card: dict[str, Any] | None = None) -> Path:
+    """Write ``model``'s trained parameters and configuration to ``directory`` (created if missing), with a
+    model card as ``README.md`` (:mod:`clear_core.card`; peft's empty template is replaced).
 
     Args:
         model: a trained :class:`ClearModel`.
         directory: output folder.
         training: optional ``TrainingConfig.to_dict()`` recorded for provenance.
+        card: optional numbers for the card: ``report_summary`` (``NoiseReport.summary()``) and ``metrics``.
 
     Returns:
         The directory.
@@ -69,6 +72,10 @@ def save_adapter(model: ClearModel, directory: str | Path, *, training: dict[str
         "gate_folded_into_weights": folded,
     }
     (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+    from .card import write_model_card
+
+    config = getattr(model.model, "config", None)
+    write_model_card(out, architecture=getattr(config, "model_type", None), **(card or {}))
     return out
 
 

@@ -194,8 +194,9 @@ class ClearModel(nn.Module):
         logits = self.predict_logits(texts, text_pairs)
         return [self.label_names[k] for k in logits.argmax(axis=1)]
 
-    def save(self, directory: str | Path, *, training: dict[str, Any] | None = None) -> Path:
+    def save(self, directory: str | Path, *, training: dict[str, Any] | None = None,
+             card: dict[str, Any] | None = None) -> Path:
         """Write the adapter to ``directory`` (see :func:`clear_core.io.save_adapter`)."""
         from .io import save_adapter
 
-        return save_adapter(self, directory, training=training)
+        return save_adapter(self, directory, training=training, card=card)

@@ -69,6 +69,12 @@ class TrainResult:
     dynamics: NoiseEstimator
     warnings: list[dict[str, Any]]
 
+    def save(self, directory: str | Path, *, training: dict[str, Any] | None = None) -> Path:
+        """Save the adapter (:func:`clear_core.io.save_adapter`) with a model card carrying this run's
+        report summary (rows, estimated noise, verdict) and final metrics."""
+        return self.model.save(directory, training=training,
+                               card={"report_summary": self.report.summary(), "metrics": self.metrics})
+
 
 def train(
     train_data: TextClassificationData,

@@ -7,10 +7,14 @@
     clearft jobs noise-report ID -o report.csv
     clearft jobs decide ID --row 3=drop --row 5=relabel:2 | --action accept --flagged --min-confidence 0.9
     clearft datasets version DATASET --from-job ID ; datasets download ID -o rows.csv ; datasets delete ID
+    clearft review JOB --accept-flagged --min-confidence 0.9
     clearft jobs create --dataset VERSION --from-job ID --wait ; jobs delete ID
+    clearft predict JOB --dataset ID -o predictions.csv  |  predict JOB --file new.csv -o predictions.csv
+    clearft predictions list JOB | get ID | cancel ID | download ID -o FILE.csv
 
 --url (or $CLEARFT_URL) names the service, --api-key (or $CLEARFT_API_KEY, or the file
-$CLEARFT_API_KEY_FILE, or the embedded service's $CLEAR_DATA_DIR/api-key or ./var/api-key) the key.
+$CLEARFT_API_KEY_FILE, or the embedded service's $CLEAR_DATA_DIR/api-key, ./var/api-key, or the key file
+the embedded service recorded for --url at its start, found from any folder) the key.
 Exit status: 0 done, 1 the service refused or the job did not succeed, 2 bad usage.
 """
 
@@ -152,6 +156,48 @@ def _review(group: argparse._SubParsersAction) -> None:
     listing.add_argument("--limit", type=_positive, default=1000)
 
 
+def _review_command(sub: argparse._SubParsersAction) -> None:
+    review = sub.add_parser("review", help="decide on a job's flagged rows in one go (the latest decision per row wins)")
+    review.add_argument("id", help="the job")
+    what = review.add_mutually_exclusive_group(required=True)
+    what.add_argument("--accept-flagged", dest="action", action="store_const", const="accept",
+                      help="take the suggested label of every flagged row")
+    what.add_argument("--keep-flagged", dest="action", action="store_const", const="keep",
+                      help="mark every flagged row's given label as right")
+    what.add_argument("--drop-flagged", dest="action", action="store_const", const="drop",
+                      help="leave every flagged row out of the next version")
+    review.add_argument("--min-confidence", type=float,
+                        help="only rows whose suggested_confidence is at least this (0-1), e.g. 0.9")
+    review.add_argument("--given-label", help="only rows with this given label")
+    review.add_argument("--suggested-label", help="only rows with this suggested label")
+    review.add_argument("--split", choices=("train", "validation"), help="only these rows")
+
+
+def _predict_commands(sub: argparse._SubParsersAction) -> None:
+    predict = sub.add_parser("predict", help="run a trained job's model on a dataset or a file, wait, save the rows")
+    predict.add_argument("id", help="a succeeded job")
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", help="one of your datasets (its labels are checked)")
+    source.add_argument("--file", help="a CSV, JSONL or Parquet file of new rows")
+    predict.add_argument("--text-column", help="with --file: the text column (default text)")
+    predict.add_argument("--text-pair-column", help="with --file: the second text of sentence-pair tasks")
+    predict.add_argument("--label-column", help="with --file: labels to check (default: a column `label` if any)")
+    predict.add_argument("--id-column", help="with --file: a row id column carried into the output")
+    predict.add_argument("--batch-size", type=_positive)
+    predict.add_argument("-o", "--output", help="FILE.csv or FILE.jsonl for every row; without it a summary only")
+    predict.add_argument("--no-wait", action="store_true", help="queue the run and print its id")
+    predict.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
+    group = sub.add_parser("predictions", help="follow and download prediction runs").add_subparsers(
+        dest="command", required=True)
+    group.add_parser("list", help="a job's prediction runs, newest first").add_argument("job_id")
+    group.add_parser("get", help="one run: state, progress, summary").add_argument("id")
+    group.add_parser("cancel", help="cancel a run").add_argument("id")
+    download = group.add_parser("download", help="save a run's rows as CSV or JSONL")
+    download.add_argument("id")
+    download.add_argument("-o", "--output", required=True, help="FILE.csv or FILE.jsonl")
+    download.add_argument("--flagged", action="store_true", help="only rows whose label the check flags")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``clearft``."""
     parser = argparse.ArgumentParser(prog="clearft", description=__doc__,
@@ -163,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="group", required=True)
     _datasets(sub)
     _jobs(sub)
+    _review_command(sub)
+    _predict_commands(sub)
     return parser
 
 
@@ -194,7 +242,8 @@ def _silence_stdout() -> None:
 def main(argv: list[str] | None = None, *, client: Client | None = None) -> int:
     """Run one ``clearft`` command; returns the exit status (``client`` replaces the one built from flags)."""
     args = build_parser().parse_args(argv)
-    handler = getattr(commands, f"{args.group}_{args.command.replace('-', '_')}")
+    command = getattr(args, "command", None)  # `review` and `predict` are commands of their own
+    handler = getattr(commands, f"{args.group}_{command.replace('-', '_')}" if command else args.group)
     own = client is None
     try:
         client = client or Client(args.url, args.api_key)  # inside: a bad key or key file is a usage error

@@ -3,7 +3,8 @@
 Every call raises ``ApiError`` (the service's error envelope) on a 4xx/5xx answer. The API key is
 sent as ``Authorization: Bearer <key>``; it defaults to ``$CLEARFT_API_KEY``, else the first line of
 the file ``$CLEARFT_API_KEY_FILE`` (which must exist when it is set), else the key the embedded service
-wrote at first start (``$CLEAR_DATA_DIR/api-key``, or ``var/api-key`` in the current folder). The URL defaults to
+wrote at first start (``$CLEAR_DATA_DIR/api-key``, ``var/api-key`` in the current folder, or from any folder the
+key file the embedded service recorded for the URL at its start: ``clearft.local``). The URL defaults to
 ``$CLEARFT_URL`` or ``http://127.0.0.1:8000``.
 """
 
@@ -18,14 +19,19 @@ import httpx
 from clearft.datasets import DatasetsAPI
 from clearft.errors import ApiError, UsageError
 from clearft.jobs import JobsAPI
+from clearft.local import key_file_for
 from clearft.predictions import Prediction, PredictionsAPI
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 USER_AGENT = "clearft/0.1"
 
 
-def default_key() -> str | None:
+def default_key(url: str | None = None) -> str | None:
     """The API key from the environment or the embedded service's key file; None if there is none.
+
+    Order: ``$CLEARFT_API_KEY``; the file ``$CLEARFT_API_KEY_FILE``; ``$CLEAR_DATA_DIR/api-key``;
+    ``./var/api-key``; the key file that the embedded service serving ``url`` recorded at its start
+    (``clearft.local.key_file_for``), so that the CLI finds the key from any folder.
 
     Raises:
         UsageError: ``$CLEARFT_API_KEY_FILE`` names a file that cannot be read (rather than falling back
@@ -37,7 +43,7 @@ def default_key() -> str | None:
     if named and not Path(named).is_file():
         raise UsageError(f"CLEARFT_API_KEY_FILE={named!r} is not a file: point it at the file holding the key")
     candidates = [named, str(Path(os.environ["CLEAR_DATA_DIR"]) / "api-key") if os.environ.get("CLEAR_DATA_DIR")
-                  else None, "var/api-key"]
+                  else None, "var/api-key", key_file_for(url) if url else None]
     for name in filter(None, candidates):
         path = Path(name)
         if path.is_file():
@@ -72,7 +78,7 @@ class Client:
     def __init__(self, url: str | None = None, key: str | None = None, *, timeout: float = 60.0,
                  http: httpx.Client | None = None) -> None:
         self.url = url or os.environ.get("CLEARFT_URL") or DEFAULT_URL
-        key = key if key is not None else default_key()
+        key = key if key is not None else default_key(self.url)
         key = check_key(key) or None if key else None
         headers = {"User-Agent": USER_AGENT, **({"Authorization": f"Bearer {key}"} if key else {})}
         if http is None:

@@ -349,3 +349,83 @@ def jobs_decisions(client: Client, args: argparse.Namespace) -> int:
     items = client.jobs.list_decisions(args.id, action=args.action, limit=args.limit)
     return _emit(args, items, lambda ds: _table([[d["row_index"], d["action"], d["label"], d["decided_at"]]
                                                  for d in ds], ["ROW", "ACTION", "LABEL", "DECIDED"]))
+
+
+def review(client: Client, args: argparse.Namespace) -> int:
+    """``clearft review JOB --accept-flagged [--min-confidence X]``: one bulk decision on the flagged rows."""
+    rule = {"flagged": True, "min_suggested_confidence": args.min_confidence, "given_label": args.given_label,
+            "suggested_label": args.suggested_label, "split": args.split}
+    counts = client.jobs.decide(args.id, rule={k: v for k, v in rule.items() if v is not None}, action=args.action)
+    if args.json:
+        _print_json(counts)
+    else:
+        print(f"{counts['recorded']} flagged row(s) decided: {args.action}"
+              + ("" if counts["recorded"] else " (no flagged row matched these conditions)"))
+        print(f"next: clearft datasets version DATASET --from-job {args.id}")
+    return 0
+
+
+def _show_prediction(run) -> None:
+    source = run.dataset_id or run.input_name or "-"
+    print(f"{run.id}  {run.status}  {run.progress:.0%}  job {run.job_id}  input {source}  "
+          f"{run.row_count if run.row_count is not None else '?'} rows{'  labelled' if run.labelled else ''}")
+    summary = run.summary or {}
+    if summary.get("predicted_histogram"):
+        print(f"predicted: {json.dumps(summary['predicted_histogram'])}")
+    if run.labelled and "flagged" in summary:
+        rate = summary.get("estimated_noise_rate")
+        print(f"label check: {summary['flagged']} row(s) flagged"
+              + (f", estimated noise rate {_number(rate)}" if rate is not None else ""))
+    if run.error is not None:
+        print(f"error: {run.error.code}: {run.error.message}")
+
+
+def predict(client: Client, args: argparse.Namespace) -> int:
+    """Queue a prediction run, wait for it, and save its rows to ``-o``; exit 1 unless it succeeded."""
+    if args.dataset and any(getattr(args, k) for k in ("text_column", "text_pair_column", "label_column",
+                                                        "id_column")):
+        raise UsageError("--text-column/--label-column/... describe a --file; a --dataset has its columns already")
+    if args.output:
+        kind = args.output.lower().rsplit(".", 1)[-1]
+        if kind not in ("csv", "jsonl"):
+            raise UsageError(f"cannot save prediction rows as {args.output!r}: name the file .csv or .jsonl")
+    run = client.predictions.predict(args.id, dataset_id=args.dataset, file=args.file,
+                                     text_column=args.text_column, text_pair_column=args.text_pair_column,
+                                     label_column=args.label_column, id_column=args.id_column,
+                                     batch_size=args.batch_size)
+    if args.no_wait:
+        return _emit(args, run, _show_prediction)
+    print(f"prediction run {run.id} queued; waiting for it (Ctrl-C stops waiting, not the run)", file=sys.stderr)
+    run = client.predictions.wait(run.id, timeout=args.timeout)
+    _emit(args, run, _show_prediction)
+    if run.status != "succeeded":
+        return 1
+    if args.output:
+        path = client.predictions.download(run.id, args.output)
+        print(f"rows of {run.id} saved to {path}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def predictions_list(client: Client, args: argparse.Namespace) -> int:
+    """List a job's prediction runs."""
+    runs = client.predictions.list(args.job_id)
+    return _emit(args, runs, lambda rs: _table([[r.id, r.status, f"{r.progress:.0%}", r.dataset_id or r.input_name,
+                                                 r.row_count] for r in rs],
+                                               ["ID", "STATUS", "PROGRESS", "INPUT", "ROWS"]))
+
+
+def predictions_get(client: Client, args: argparse.Namespace) -> int:
+    """Show one prediction run."""
+    return _emit(args, client.predictions.get(args.id), _show_prediction)
+
+
+def predictions_cancel(client: Client, args: argparse.Namespace) -> int:
+    """Cancel a prediction run."""
+    return _emit(args, client.predictions.cancel(args.id), _show_prediction)
+
+
+def predictions_download(client: Client, args: argparse.Namespace) -> int:
+    """Save a run's rows as CSV or JSONL."""
+    path = client.predictions.download(args.id, args.output, flagged=True if args.flagged else None)
+    print(f"rows of {args.id} saved to {path}")
+    return 0

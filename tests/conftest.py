@@ -7,6 +7,12 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# where an embedded service records its key file for clearft (clearft.local): a folder of this run, never
+# the user's ~/.local/state
+if "CLEARFT_STATE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["CLEARFT_STATE_DIR"] = tempfile.mkdtemp(prefix="clearft-state-")
 
 import numpy as np
 import pytest

@@ -269,3 +269,25 @@ def test_gold_labels_outside_the_label_map_score_as_wrong_instead_of_failing(tin
                    model_path=tiny_model_dir)
     assert result.metrics["true_noise_rate"] == pytest.approx(6 / 48)
     assert 0.0 <= result.metrics["train_gold_accuracy"] <= 1.0 - 6 / 48 * 0.5
+
+
+@pytest.mark.parametrize("method,routed", [("lora", True), ("bitfit", False)])
+def test_the_adapter_folder_has_a_model_card(tiny_model_dir, tmp_path, method, routed):
+    texts, clean, noisy, _ = _noisy_toy(n=80)
+    result = train(TextClassificationData(texts, noisy.tolist(), gold_labels=clean.tolist()),
+                   clear=ClearConfig(method=method, routed=routed, warmup_epochs=1),
+                   training=TrainingConfig(epochs=2, batch_size=16, learning_rate=3e-2, max_length=32, seed=0,
+                                           validation_fraction=0.25),
+                   model_path=tiny_model_dir)
+    folder = result.save(tmp_path / "adapter", training={"epochs": 2, "learning_rate": 3e-2})
+    card = (folder / "README.md").read_text()
+    summary = result.report.summary()
+    assert card.startswith("---\nbase_model: ") and "[More Information Needed]" not in card  # not peft's template
+    assert str(tiny_model_dir) in card and "architecture `bert`" in card
+    assert ("CleaR routing: on" in card) == routed and ("CleaR routing: off" in card) == (not routed)
+    assert "Classes (2, in logit order): `0`, `1`" in card
+    assert f"- Rows: 80 ({summary['train_rows']} trained on, {summary['validation_rows']} held out" in card
+    assert f"Estimated label noise: {summary['estimated_noise_rate']:.1%}" in card
+    assert f"| validation_agreement | {result.metrics['validation_agreement']:.4f} |" in card
+    assert "clear_core.load_adapter" in card and ("PeftModel.from_pretrained" in card) == (method == "lora")
+    assert "epochs 2, learning_rate 0.03" in card

@@ -77,7 +77,7 @@ def package_adapter(result: "TrainResult", job_id: str, inputs: "JobInputs", tmp
     """Save, verify, archive (.tar.gz, files at the top level) and store the adapter below its tenant's
     folder; returns its key."""
     directory = tmp / "adapter"
-    result.model.save(directory, training=inputs.training.to_dict())
+    result.save(directory, training=inputs.training.to_dict())
     verify_adapter(result, directory, inputs)
     archive = tmp / "adapter.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:

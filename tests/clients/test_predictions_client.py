@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 
 import httpx
+import pandas as pd
 import pytest
 
 from clearft import ApiError, Client, UsageError
+from clearft.cli import main
 from tests.service.helpers import toy_frame
 
 
@@ -38,6 +40,31 @@ def test_a_finished_job_predicts_a_dataset_and_a_file(live_service, finished_job
         other = client.predictions.wait(other.id, timeout=240)
         assert other.status == "succeeded" and client.prediction_rows(other.id)["id"].tolist() == frame["id"].tolist()
         assert {p.id for p in client.predictions.list(finished_job.id)} >= {run.id, other.id}
+
+
+def test_clearft_predict_waits_and_saves_the_rows(live_service, finished_job, tmp_path, capsys):
+    new_rows = tmp_path / "new.csv"
+    toy_frame(12, noise=0.0, seed=5)[["id", "text", "label"]].to_csv(new_rows, index=False)
+    out_file = tmp_path / "out" / "predictions.csv"
+    code = main(["--url", live_service, "predict", finished_job.id, "--file", str(new_rows), "--id-column", "id",
+                 "-o", str(out_file), "--timeout", "240"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "succeeded" in out and "labelled" in out and "label check:" in out and f"saved to {out_file}" in out
+    saved = pd.read_csv(out_file)
+    assert len(saved) == 12 and saved["id"].tolist() == toy_frame(12, noise=0.0, seed=5)["id"].tolist()
+    assert {"predicted_label", "flagged", "suggested_label"} <= set(saved.columns)
+    run_id = out.split()[0]
+    code = main(["--url", live_service, "--json", "predictions", "get", run_id])
+    assert code == 0 and json.loads(capsys.readouterr().out)["status"] == "succeeded"
+    code = main(["--url", live_service, "predictions", "list", finished_job.id])
+    assert code == 0 and run_id in capsys.readouterr().out
+    code = main(["--url", live_service, "predict", finished_job.id, "--file", str(new_rows), "-o", "rows.txt"])
+    assert code == 2 and ".csv or .jsonl" in capsys.readouterr().err
+    code = main(["--url", live_service, "predict", finished_job.id, "--dataset", "ds_x", "--text-column", "t"])
+    assert code == 2 and "describe a --file" in capsys.readouterr().err
+    code = main(["--url", live_service, "predict", "job_nope", "--dataset", "ds_x"])
+    assert code == 1 and "404" in capsys.readouterr().err
 
 
 def _fake(handler) -> Client:

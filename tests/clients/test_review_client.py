@@ -93,6 +93,11 @@ def test_the_cli_commands_of_the_review_loop(ft, finished, capsys, tmp_path):
     code, out, _ = _run(capsys, ft, "jobs", "decide", job_id, "--action", "accept", "--flagged",
                         "--min-confidence", "0.9")
     assert code == 0 and "accept 10" in out
+    code, out, _ = _run(capsys, ft, "review", job_id, "--accept-flagged", "--min-confidence", "0.9")
+    assert code == 0 and out.startswith("10 flagged row(s) decided: accept")
+    with pytest.raises(SystemExit) as usage:  # argparse: no action chosen
+        _run(capsys, ft, "review", job_id, "--min-confidence", "0.9")
+    assert usage.value.code == 2 and "--accept-flagged" in capsys.readouterr().err
     code, _, err = _run(capsys, ft, "jobs", "decide", job_id, "--row", "3=relabel")
     assert code == 2 and "INDEX=relabel:LABEL" in err
     code, out, _ = _run(capsys, ft, "--json", "jobs", "decisions", job_id, "--action", "relabel")

@@ -50,6 +50,9 @@ def test_job_succeeds_with_one_report_row_per_training_row_and_a_loading_adapter
     model = load_adapter(tmp_path / "adapter", model_path=settings.model_dir / "tiny-bert")
     logits = model.predict_logits(["market stocks bank", "team match goal"])
     assert logits.shape == (2, 3) and np.isfinite(logits).all() and model.label_names == ["0", "1", "2"]
+    card = (tmp_path / "adapter" / "README.md").read_text()  # the model card, with the job's own numbers
+    assert "- Rows: 90 (" in card and "CleaR routing: on" in card
+    assert f"Estimated label noise: {job['report_summary']['estimated_noise_rate']:.1%}" in card
 
 
 def test_validation_rows_are_held_out_of_training_but_in_the_report(client, settings):
