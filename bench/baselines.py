@@ -61,7 +61,7 @@ def frozen_copy_model(method: str, model_path: str | None, label_names: Sequence
     """
     if method not in ("lora", "bitfit"):
         raise ValueError(f"method={method!r}: the reference's frozen-copy design exists for lora and bitfit only")
-    backbone, tokenizer = load_backbone(resolve_model_path(model_path), label_names)
+    backbone, tokenizer, _ = load_backbone(resolve_model_path(model_path), label_names)
     _, stack = find_layer_stack(backbone)
     frozen = [copy.deepcopy(layer).requires_grad_(False) for layer in stack]
     cfg = ClearConfig(**{**(overrides or {}), "method": method, "routed": False})
@@ -81,7 +81,7 @@ def stock_lora(model_path: str | None, label_names: Sequence[str], max_length: i
     from peft import LoraConfig, TaskType, get_peft_model
 
     cfg = ClearConfig(**{**(overrides or {}), "method": "lora", "routed": False})
-    backbone, tokenizer = load_backbone(resolve_model_path(model_path), label_names)
+    backbone, tokenizer, _ = load_backbone(resolve_model_path(model_path), label_names)
     _, stack = find_layer_stack(backbone)
     model = get_peft_model(backbone, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                                                 lora_dropout=cfg.lora_dropout,

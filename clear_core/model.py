@@ -6,6 +6,7 @@ Symbols: N rows, K classes, B batch rows, T tokens, L routed layers.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -58,28 +59,65 @@ def _quiet_transformers():
         transformers.logging.set_verbosity(level)
 
 
-def load_backbone(path: Path, label_names: Sequence[str]) -> tuple[nn.Module, Any]:
-    """Load ``(model, tokenizer)`` from a local directory with a fresh K-way head, offline.
+def load_backbone(path: Path, label_names: Sequence[str], *, gguf_file: str | None = None,
+                  dtype: torch.dtype | None = None) -> tuple[nn.Module, Any, list[str]]:
+    """Load ``(model, tokenizer, untrained)`` from a local directory with a fresh K-way head, offline.
+
+    ``untrained`` names the modules the checkpoint did not provide (the head of a headless checkpoint,
+    DistilBERT's ``pre_classifier``, DeBERTa's ``pooler``; :func:`clear_core.architectures.untrained_modules`):
+    every method trains and saves them. A tokenizer without a pad token (most decoders) gets its eos (else
+    unk) token as pad, and the model's ``config.pad_token_id`` is set to it, so that the classifier pools each
+    row's last real token; rows are padded on the right.
+
+    Args:
+        path: the model folder.
+        label_names: K class names.
+        gguf_file: a GGUF file inside ``path`` to load (dequantised) instead of safetensors weights.
+        dtype: weights' dtype (default float32; ``torch.bfloat16`` for bf16 training on CUDA).
 
     Raises:
-        ValueError: if the directory holds no model loadable as ``AutoModelForSequenceClassification``.
+        ValueError: if the directory holds no model loadable as ``AutoModelForSequenceClassification``, or its
+            tokenizer has neither a pad, an eos nor an unk token.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from .architectures import untrained_modules
+
     label2id = {name: k for k, name in enumerate(label_names)}
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
     try:
         with _quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(str(path))
-            model = AutoModelForSequenceClassification.from_pretrained(
+            tokenizer = AutoTokenizer.from_pretrained(str(path), **extra)
+            model, info = AutoModelForSequenceClassification.from_pretrained(
                 str(path),
                 num_labels=len(label_names),
                 id2label=dict(enumerate(label_names)),
                 label2id=label2id,
                 ignore_mismatched_sizes=True,
+                output_loading_info=True,
+                **({"dtype": dtype} if dtype is not None else {}),
+                **extra,
             )
     except (OSError, ValueError, KeyError) as exc:
         raise ValueError(f"cannot load a sequence classifier from {str(path)!r}: {exc}") from exc
-    return model, tokenizer
+    if tokenizer.pad_token is None:
+        substitute = tokenizer.eos_token or tokenizer.unk_token
+        if substitute is None:
+            raise ValueError(f"the tokenizer of {str(path)!r} has no pad, eos or unk token to pad rows with: "
+                             "add a pad token to it")
+        tokenizer.pad_token = substitute
+    tokenizer.padding_side = "right"
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer, untrained_modules(model, info)
+
+
+def forward_inputs(model: nn.Module) -> frozenset[str] | None:
+    """The tensor inputs the model's ``forward`` takes among ``input_ids``, ``attention_mask``,
+    ``token_type_ids`` and ``position_ids`` (None: it takes ``**kwargs``, so pass everything)."""
+    params = inspect.signature(model.forward).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) and "input_ids" not in params:
+        return None
+    return frozenset(n for n in ("input_ids", "attention_mask", "token_type_ids", "position_ids") if n in params)
 
 
 class ClearModel(nn.Module):
@@ -114,6 +152,9 @@ class ClearModel(nn.Module):
         self.base_model = base_model
         self.max_length = max_length
         self.gate_folded = False
+        self.input_names: frozenset[str] | None = None  # set by build(): what the model's forward takes
+        self.untrained: list[str] = []
+        self.gguf_file: str | None = None
         self.use_inference_gates()
 
     @classmethod
@@ -124,20 +165,33 @@ class ClearModel(nn.Module):
         label_names: Sequence[str],
         max_length: int = 128,
         peft_dir: str | Path | None = None,
+        *,
+        gguf_file: str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> "ClearModel":
         """Load the backbone at ``model_path`` and attach ``clear_config.method`` (see :func:`resolve_model_path`).
 
         ``peft_dir``: a saved lora/prefix adapter folder to load with stock peft instead of a fresh adapter.
+        ``gguf_file``/``dtype``: as in :func:`load_backbone`.
+
+        Raises:
+            clear_core.architectures.UnsupportedMethod: the method cannot run on this architecture (a
+                ``ValueError`` naming the methods that can).
+            ValueError: as :func:`resolve_model_path` and :func:`load_backbone`.
         """
         path = resolve_model_path(model_path)
-        model, tokenizer = load_backbone(path, label_names)
+        model, tokenizer, untrained = load_backbone(path, label_names, gguf_file=gguf_file, dtype=dtype)
+        inputs = forward_inputs(model)
         _, stack = find_layer_stack(model)
         controller = GateController(len(stack))
-        model = attach_method(model, clear_config, controller, str(peft_dir) if peft_dir else None)
+        model = attach_method(model, clear_config, controller, str(peft_dir) if peft_dir else None,
+                              untrained=untrained)
         if clear_config.route_head and clear_config.routed:
-            attach_head_routing(model, controller)
+            attach_head_routing(model, controller, untrained)
         base = DEFAULT_MODEL if model_path is None else str(model_path)
-        return cls(model, tokenizer, clear_config, label_names, controller, base, max_length)
+        built = cls(model, tokenizer, clear_config, label_names, controller, base, max_length)
+        built.input_names, built.untrained, built.gguf_file = inputs, untrained, gguf_file
+        return built
 
     @property
     def num_layers(self) -> int:
@@ -155,6 +209,8 @@ class ClearModel(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits ``(B, K)`` for a batch of ``input_ids``/``attention_mask`` (``(B, T)``)."""
+        if self.input_names is not None:  # e.g. no token_type_ids to a decoder that rejects them
+            batch = {k: v for k, v in batch.items() if k in self.input_names}
         if self.clear_config.method == "prefix":
             return prefix_forward(self.model, batch)
         return self.model(**batch).logits

@@ -61,7 +61,13 @@ class GateController:
             return self._constant
         g = self._gates[:, layer].to(dtype=like.dtype, device=like.device)
         if g.shape[0] != like.shape[0]:
-            raise ValueError(f"gate batch {g.shape[0]} does not match activation batch {like.shape[0]}")
+            if like.shape[0] != 1:
+                raise ValueError(f"gate batch {g.shape[0]} does not match activation batch {like.shape[0]}")
+            # A computation shared by every row of the batch (DeBERTa runs its query/key projections once on
+            # the relative position embeddings, shape (1, 2k, D)): it cannot be switched per row, so it is on
+            # when any row of the batch is on. All rows off is still exactly the frozen backbone, all on the
+            # full PEFT model, and a one-row batch is routed exactly.
+            g = g.max().reshape(1)
         return g.view(-1, *([1] * (like.dim() - 1)))
 
     def row_gates(self, layer: int) -> torch.Tensor | None:

@@ -92,7 +92,7 @@ def test_gate_zero_is_frozen_backbone_and_gate_one_full_peft(tiny_model_dir, met
         model.controller.set_gates(mixed)
         mix = model(batch)
     # gate 0: exactly the frozen backbone with the same head
-    base, _ = load_backbone(tiny_model_dir, NAMES)
+    base, _, _ = load_backbone(tiny_model_dir, NAMES)
     head = model.model.get_base_model().classifier if method in ("lora", "prefix") else model.model.classifier
     head = getattr(head, "modules_to_save", {"default": head})["default"]
     base.classifier.load_state_dict(head.state_dict())

@@ -8,17 +8,12 @@ zero, so an untrained adapter is the identity. peft has no such adapter, hence o
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import nn
 
+from ..architectures import adapter_targets
 from ..config import ClearConfig
-from ..routing import GateController, find_layer_stack, layer_index
-
-# Output projections that write into the residual stream, by model family (BERT, RoBERTa,
-# MiniLM, ELECTRA, DeBERTa: attention.output.dense / output.dense; DistilBERT: out_lin / lin2).
-TARGET_PATTERNS = (r"attention\.output\.dense$", r"(?<!attention\.)output\.dense$", r"attention\.out_lin$", r"ffn\.lin2$")
+from ..routing import GateController
 
 
 class BottleneckAdapter(nn.Module):
@@ -59,22 +54,15 @@ class AdaptedLinear(nn.Module):
 
 
 def attach_adapter(model: nn.Module, cfg: ClearConfig, controller: GateController) -> nn.Module:
-    """Insert a gated adapter after every matching output projection of the layer stack, in place.
+    """Insert a gated adapter after the attention and feed-forward output projections of every block
+    (:func:`clear_core.architectures.adapter_targets`, found by role), in place.
 
     Raises:
-        TypeError: if no projection of the layer stack matches ``TARGET_PATTERNS``.
+        TypeError: if no output projection is found in the blocks.
     """
-    stack_name, _ = find_layer_stack(model)
-    targets = []
-    for name, module in model.named_modules():
-        layer = layer_index(name, stack_name)
-        if layer is not None and isinstance(module, nn.Linear) and any(re.search(p, name) for p in TARGET_PATTERNS):
-            targets.append((name, module, layer))
+    targets = adapter_targets(model)
     if not targets:
-        raise TypeError(
-            f"no attention/FFN output projection found in {type(model).__name__} for the adapter; "
-            f"looked for names matching {TARGET_PATTERNS}"
-        )
+        raise TypeError(f"no attention/FFN output projection found in {type(model).__name__}'s blocks for the adapter")
     for name, module, layer in targets:
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, AdaptedLinear(module, cfg.adapter_size, controller, layer))

@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..architectures import bitfit_targets
 from ..config import ClearConfig
-from ..routing import GateController, find_layer_stack, layer_index
+from ..routing import GateController
 
 
 class BiasDelta(nn.Module):
@@ -41,14 +42,7 @@ def attach_bitfit(model: nn.Module, cfg: ClearConfig, controller: GateController
         ValueError: if the layer stack has no bias terms (BitFit cannot train such a model).
     """
     del cfg
-    stack_name, _ = find_layer_stack(model)
-    targets = [
-        (name, module, layer_index(name, stack_name))
-        for name, module in model.named_modules()
-        if isinstance(module, (nn.Linear, nn.LayerNorm))
-        and getattr(module, "bias", None) is not None
-        and layer_index(name, stack_name) is not None
-    ]
+    targets = bitfit_targets(model)
     if not targets:
         raise ValueError(
             f"{type(model).__name__} has no bias terms in its layers, so BitFit has nothing to train; "

@@ -9,16 +9,21 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..architectures import lora_targets
 from ..config import ClearConfig
 from ..routing import GateController, find_layer_stack, layer_index
 
 
 def attach_lora(
-    model: nn.Module, cfg: ClearConfig, controller: GateController, peft_dir: str | None = None
+    model: nn.Module, cfg: ClearConfig, controller: GateController, peft_dir: str | None = None,
+    *, modules_to_save: list[str] | None = None,
 ) -> nn.Module:
     """Wrap ``model`` with a peft LoRA adapter (task SEQ_CLS, head in ``modules_to_save``) and gate it.
 
     With ``peft_dir`` the adapter is loaded from a saved folder by stock ``PeftModel.from_pretrained``.
+    The target modules come from :func:`clear_core.architectures.lora_targets` (``cfg.lora_target_modules``,
+    peft's table, or the attention projections found in the blocks); ``modules_to_save`` adds modules the
+    checkpoint lacked (peft adds the head, ``classifier``/``score``, itself).
 
     Returns:
         The ``peft.PeftModelForSequenceClassification``.
@@ -39,13 +44,14 @@ def attach_lora(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.lora_target_modules,
+        target_modules=lora_targets(model, cfg.lora_target_modules),
+        modules_to_save=list(modules_to_save or []) or None,
     )
     try:
         peft_model = get_peft_model(model, lora_config)
     except ValueError as exc:
         raise ValueError(
-            f"LoRA cannot wrap {type(model).__name__} with target_modules={cfg.lora_target_modules!r}: {exc}; "
+            f"LoRA cannot wrap {type(model).__name__} with target_modules={lora_config.target_modules!r}: {exc}; "
             "set lora_target_modules to linear layer names of this model"
         ) from exc
     _gate(peft_model, controller, LoraLayer)
