@@ -11,7 +11,7 @@ from app.api.handlers import envelope, install_error_handlers
 from app.api.limits import install_request_guards
 from app.api.ratelimit import KeyRateLimiter
 from app.api.routes import datasets, docs, jobs, ops, report_stats, reports, stream, ui, ui_auth
-from app.api.routes import predictions
+from app.api.routes import models, predictions
 from app.api.routes import decisions, deletion, versions
 from app.db import session_factory
 from app.ops.logs import configure_from_env
@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
     install_error_handlers(app)
     # Every API route needs a key (the routes also read it for their tenant); ops decides per route
     # (health checks open, /metrics admin); the dashboard sends a signed-out visitor to its login form.
-    for module in (datasets, jobs, stream, reports, report_stats, predictions):
+    for module in (datasets, jobs, stream, reports, report_stats, predictions, models):
         app.include_router(module.router, dependencies=[Depends(authenticate)])
     for module in (decisions, versions, deletion):  # the review loop: decisions, versions and exports, deletes
         app.include_router(module.router, dependencies=[Depends(authenticate)])

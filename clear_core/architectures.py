@@ -262,3 +262,29 @@ def method_support(model_dir: str | Path, *, gguf_file: str | None = None) -> di
     alone (:func:`skeleton`)."""
     model = skeleton(model_dir, gguf_file=gguf_file)
     return {**describe(model), "refused": refusals(model)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m clear_core.architectures FOLDER [FOLDER ...]``: print ``{folder: method_support(folder)}``
+    as JSON (``{"error": message}`` for a folder that holds no usable model). The service's model
+    catalogue runs this in a subprocess, so that the API process never imports torch."""
+    import json
+    import sys
+    import warnings
+
+    from .model import resolve_model
+
+    warnings.filterwarnings("ignore")
+    out: dict[str, Any] = {}
+    for folder in (sys.argv[1:] if argv is None else argv):
+        try:
+            path, gguf_file = resolve_model(folder)
+            out[folder] = method_support(path, gguf_file=gguf_file)
+        except (ValueError, TypeError, OSError) as exc:
+            out[folder] = {"error": str(exc)}
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

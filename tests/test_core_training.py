@@ -291,3 +291,16 @@ def test_the_adapter_folder_has_a_model_card(tiny_model_dir, tmp_path, method, r
     assert f"| validation_agreement | {result.metrics['validation_agreement']:.4f} |" in card
     assert "clear_core.load_adapter" in card and ("PeftModel.from_pretrained" in card) == (method == "lora")
     assert "epochs 2, learning_rate 0.03" in card
+
+
+@pytest.mark.parametrize("method", ["lora", "adapter"])
+def test_gradient_checkpointing_trains_the_same_model(tiny_model_dir, method):
+    texts, clean, noisy, _ = _noisy_toy(n=48)
+    runs = []
+    for checkpointing in (False, True):
+        result = train(TextClassificationData(texts, noisy.tolist()), clear=ClearConfig(method=method, warmup_epochs=1),
+                       training=TrainingConfig(epochs=2, batch_size=16, learning_rate=3e-2, max_length=32, seed=0,
+                                               gradient_checkpointing=checkpointing, eval_batch_size=None),
+                       model_path=tiny_model_dir)
+        runs.append(result.model.predict_logits(texts[:8]))
+    np.testing.assert_allclose(runs[1], runs[0], atol=1e-5, rtol=0)  # routed epochs included

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from app.errors import Conflict, InvalidInput, NotFound, Unavailable
 from app.models import JOB_STATUSES, Dataset, Job, JobEvent, utcnow
 from app.services.configs import resolve_base_model, resolve_configs
+from app.services.models import check_model_method
 from app.services.datasets import get_dataset
 from app.services.pagination import Page, decode_cursor, encode_cursor, newest_first
 from app.services.quotas import Quotas, check_job_quotas
@@ -75,11 +76,13 @@ def create_job(session: Session, spec: dict[str, Any], *, tenant_id: str, settin
     if spec.get("validation_fraction") is not None:
         training["validation_fraction"] = spec["validation_fraction"]
     clear, training = resolve_configs(spec["method"], spec["routed"], spec.get("clear") or {}, training)
+    base_model = resolve_base_model(spec.get("base_model"), settings)
+    check_model_method(settings, base_model, clear["method"])
     if quotas is not None:
         check_job_quotas(session, tenant_id, quotas)  # last, after validation: locks the tenant until the commit
     job = Job(tenant_id=tenant_id, dataset_id=train.id, validation_dataset_id=spec.get("validation_dataset_id"),
               validation_fraction=training["validation_fraction"],
-              base_model=resolve_base_model(spec.get("base_model"), settings), method=clear["method"],
+              base_model=base_model, method=clear["method"],
               routed=clear["routed"], clear_config=clear, training_config=training, status="queued",
               attempt=0, progress=0.0, global_step=0, time_limit_s=hard, soft_time_limit_s=soft,
               from_job_id=spec.get("from_job"))  # a retrain (app.services.retrain filled the spec in)

@@ -25,7 +25,7 @@ UNKNOWN = {"job_id": "job_000000000000000000000000", "dataset_id": "ds_000000000
 STREAM = "/v1/jobs/{job_id}/events/stream"
 # Routes without an id in the path, and how each is checked for leaks instead of a 404.
 UNSCOPED = {("GET", "/v1/datasets"), ("GET", "/v1/jobs"), ("POST", "/v1/jobs"), ("POST", "/v1/datasets"),
-            ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
+            ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/v1/models")}
 
 
 def snapshot(url: str, store_root) -> dict:
@@ -128,6 +128,7 @@ def test_lists_and_references_never_reach_another_tenant(client, tenant_b, tenan
     a_jobs, (a_dataset,) = tenant_a_objects["job_id"], tenant_a_objects["dataset_id"]
     assert tenant_b.get("/v1/jobs").json() == {"data": [], "count": 0, "next_cursor": None}
     assert tenant_b.get("/v1/datasets").json()["count"] == 0
+    assert tenant_b.get("/v1/models").json() == client.get("/v1/models").json()  # server-wide, no tenant's data
     assert all(tenant_b.get("/v1/jobs", params={"status": s}).json()["count"] == 0 for s in ("queued", "succeeded"))
     unknown = tenant_b.post("/v1/jobs", json={"dataset_id": UNKNOWN["dataset_id"], "base_model": "tiny-bert"})
     foreign = tenant_b.post("/v1/jobs", json={"dataset_id": a_dataset, "base_model": "tiny-bert"})

@@ -1,0 +1,74 @@
+"""``GET /v1/models``: the server's base models with their architecture, size and supported methods, and the
+422 at job creation for a method the model cannot run (not a failure on the worker)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.services import models as catalogue_module
+from clear_core.testing import build_tiny_backbone
+from tests.service.conftest import create_key
+from tests.service.helpers import toy_frame, upload_frame
+
+
+@pytest.fixture
+def decoder_settings(settings, tmp_path):
+    """The service settings with a second model folder: ``tiny-bert`` plus a headless tiny Llama."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "tiny-bert").symlink_to((settings.model_dir / "tiny-bert").resolve(), target_is_directory=True)
+    build_tiny_backbone(folder / "tiny-llama", "llama")
+    (folder / "not-a-model").mkdir()
+    return settings.model_copy(update={"model_dir": folder})
+
+
+def test_the_catalogue_lists_each_model_with_its_methods(decoder_settings, enqueued):
+    key = create_key(decoder_settings.database_url, "tenant-a")
+    with TestClient(create_app(decoder_settings, enqueue=enqueued.append),
+                    headers={"Authorization": f"Bearer {key}"}) as client:
+        answer = client.get("/v1/models")
+        assert answer.status_code == 200, answer.text
+        models = {m["id"]: m for m in answer.json()["data"]}
+        assert answer.json()["count"] == 4 and set(models) == {"all-MiniLM-L6-v2", "tiny-bert", "tiny-llama", "not-a-model"}
+        assert models["all-MiniLM-L6-v2"]["default"] and models["all-MiniLM-L6-v2"]["architecture"] == "bert"
+        assert models["all-MiniLM-L6-v2"]["max_length"] == 512 and models["all-MiniLM-L6-v2"]["parameters"] > 20_000_000
+        assert models["tiny-bert"]["methods"] == ["lora", "adapter", "prefix", "bitfit", "full"]
+        llama = models["tiny-llama"]
+        assert llama["architecture"] == "llama" and llama["decoder"] and llama["methods"] == ["lora", "adapter", "full"]
+        assert set(llama["refused"]) == {"prefix", "bitfit"} and "bias" in llama["refused"]["bitfit"]
+        assert models["not-a-model"]["methods"] == [] and "config.json" in models["not-a-model"]["error"]
+        stored = json.loads((decoder_settings.data_dir / "model-catalogue.json").read_text())
+        assert len(stored) == 4  # kept on disk: a restarted API does not inspect the folders again
+
+        dataset = upload_frame(client, toy_frame(40))
+        refused = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "base_model": "tiny-llama",
+                                                "method": "bitfit"})
+        assert refused.status_code == 422 and refused.json()["error"]["param"] == "method"
+        message = refused.json()["error"]["message"]
+        assert "no bias terms" in message and "lora, adapter, full" in message
+        unusable = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "base_model": "not-a-model"})
+        assert unusable.status_code == 422 and unusable.json()["error"]["param"] == "base_model"
+        unknown = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "base_model": "no-such-model"})
+        assert unknown.status_code == 422 and "tiny-llama" in unknown.json()["error"]["message"]
+        assert client.get("/v1/jobs").json()["count"] == 0  # nothing was stored for the refused jobs
+        accepted = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "base_model": "tiny-llama",
+                                                 "method": "lora"})
+        assert accepted.status_code == 201, accepted.text
+
+
+def test_a_changed_model_folder_is_described_again(decoder_settings, monkeypatch):
+    calls = []
+    real = catalogue_module._describe
+    monkeypatch.setattr(catalogue_module, "_describe", lambda folders: calls.append(folders) or real(folders))
+    catalogue_module._memory.clear()
+    first = {m["id"]: m for m in catalogue_module.catalogue(decoder_settings)}
+    again = {m["id"]: m for m in catalogue_module.catalogue(decoder_settings)}
+    assert first == again and len(calls) == 1  # the second answer is the kept one
+    build_tiny_backbone(decoder_settings.model_dir / "not-a-model", "qwen2")  # the folder becomes a model
+    changed = {m["id"]: m for m in catalogue_module.catalogue(decoder_settings)}
+    assert len(calls) == 2 and [str(f) for f in calls[1]] == [str(decoder_settings.model_dir / "not-a-model")]
+    assert changed["not-a-model"]["architecture"] == "qwen2" and "bitfit" in changed["not-a-model"]["methods"]
