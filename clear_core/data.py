@@ -11,6 +11,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .labels import label_order
+
 
 @dataclass
 class TextClassificationData:
@@ -72,7 +74,8 @@ def _check_texts(name: str, texts: Sequence[Any]) -> None:
 def build_label_names(labels: Sequence[str], label_names: Sequence[Any] | None = None) -> list[str]:
     """The ordered class names: ``label_names`` if given, else the sorted distinct labels.
 
-    Integer-like labels sort numerically ("2" before "10"); others lexicographically.
+    Integer labels sort numerically ("2" before "10"), others by code point (:func:`clear_core.labels.label_order`,
+    the service's order too).
 
     Returns:
         K class names; index k is logit column k.
@@ -88,20 +91,10 @@ def build_label_names(labels: Sequence[str], label_names: Sequence[Any] | None =
         if unknown:
             raise ValueError(f"labels {unknown[:10]} are not in label_names {names}: add them or fix the rows")
     else:
-        distinct = set(labels)
-        numeric = all(_is_int(x) for x in distinct)
-        names = sorted(distinct, key=(lambda x: int(x)) if numeric else None)
+        names = label_order(labels)
     if len(names) < 2:
         raise ValueError(f"found {len(names)} class(es) {names}: classification needs at least 2 classes")
     return names
-
-
-def _is_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True
 
 
 def encode_gold_labels(labels: Sequence[str], label_names: Sequence[str]) -> np.ndarray:

@@ -304,3 +304,12 @@ def test_gradient_checkpointing_trains_the_same_model(tiny_model_dir, method):
                        model_path=tiny_model_dir)
         runs.append(result.model.predict_logits(texts[:8]))
     np.testing.assert_allclose(runs[1], runs[0], atol=1e-5, rtol=0)  # routed epochs included
+
+
+def test_label_order_is_one_rule():
+    from clear_core.labels import is_integer_label, label_order
+
+    assert [is_integer_label(x) for x in ("7", "-1", "+3", "²", "--1", "1_000", " 7", "١", "")] == \
+        [True, True, True, False, False, False, False, False, False]
+    assert label_order(["10", "2", "+2", "-1"]) == ["-1", "+2", "2", "10"]
+    assert label_order(["b", "10", "a", "2"]) == ["10", "2", "a", "b"]

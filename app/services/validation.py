@@ -21,6 +21,8 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from clear_core.labels import label_order  # the library's order, no torch behind it
+
 from app.errors import InvalidInput
 
 ROLES = ("text", "text_pair", "label", "id", "gold_label")
@@ -29,13 +31,6 @@ _TYPE_CODES = {"text": "text_not_string", "text_pair": "text_not_string", "label
 _JSON_TYPES = {bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}
 LABEL_MAX = ID_MAX = 200  # the database columns' width
 _FLOAT = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+|nan|inf(inity)?)$", re.IGNORECASE)
-
-
-def label_order(labels: list[str]) -> list[str]:
-    """Labels in a stable order: numerically when every label is an integer, else alphabetically."""
-    if all(label.lstrip("-").isdigit() for label in labels):
-        return sorted(labels, key=int)
-    return sorted(labels)
 
 
 def check_mapping(mapping: dict[str, str | None]) -> None:

@@ -38,6 +38,19 @@ def test_text_pair_and_declared_label_order(client, settings):
     assert body["class_histogram"] == {"yes": 2, "no": 2}
 
 
+@pytest.mark.parametrize("labels, order", [
+    (["²", "1", "1", "²"], ["1", "²"]),            # '²' is a digit to str.isdigit, not to int: was a 500
+    (["--1", "2", "10", "2"], ["--1", "10", "2"]),  # not all integers: by code point
+    (["10", "2", "-1", "2"], ["-1", "2", "10"]),    # all integers: by value
+])
+def test_labels_order_as_clear_core_orders_them(client, labels, order):
+    from clear_core.data import build_label_names
+
+    frame = pd.DataFrame({"text": [f"row {i}" for i in range(len(labels))], "label": labels})
+    body = upload_frame(client, frame)
+    assert body["label_names"] == order == build_label_names(labels)
+
+
 def _error(response, status=422):
     assert response.status_code == status, response.text
     return response.json()["error"]
