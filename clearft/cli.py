@@ -11,6 +11,7 @@
     clearft jobs create --dataset VERSION --from-job ID --wait ; jobs delete ID
     clearft predict JOB --dataset ID -o predictions.csv  |  predict JOB --file new.csv -o predictions.csv
     clearft predictions list JOB | get ID | cancel ID | download ID -o FILE.csv
+    clearft models
 
 --url (or $CLEARFT_URL) names the service, --api-key (or $CLEARFT_API_KEY, or the file
 $CLEARFT_API_KEY_FILE, or the embedded service's $CLEAR_DATA_DIR/api-key, ./var/api-key, or the key file
@@ -211,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     _jobs(sub)
     _review_command(sub)
     _predict_commands(sub)
+    sub.add_parser("models", help="the server's base models and the methods each supports")
     return parser
 
 

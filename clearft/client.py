@@ -126,6 +126,11 @@ class Client:
         """Save a run's rows as ``.csv`` or ``.jsonl`` (see ``PredictionsAPI.download``)."""
         return self.predictions.download(prediction_id, path, **filters)
 
+    def models(self) -> list[dict[str, Any]]:
+        """``GET /v1/models``: the server's base models, each with ``id``, ``default``, ``architecture``,
+        ``parameters``, ``max_length``, ``methods`` (those a job may use) and ``refused`` (method -> reason)."""
+        return self.request("GET", "/v1/models").json()["data"]
+
     def health(self) -> dict[str, Any]:
         """``/healthz``: the service answers."""
         return self.request("GET", "/healthz").json()

@@ -429,3 +429,19 @@ def predictions_download(client: Client, args: argparse.Namespace) -> int:
     path = client.predictions.download(args.id, args.output, flagged=True if args.flagged else None)
     print(f"rows of {args.id} saved to {path}")
     return 0
+
+
+def models(client: Client, args: argparse.Namespace) -> int:
+    """List the server's base models with their architecture, size and methods."""
+    items = client.models()
+
+    def show(ms: list[dict[str, Any]]) -> None:
+        _table([[f"{m['id']}{' (default)' if m.get('default') else ''}", m.get("architecture") or "-",
+                 f"{m['parameters'] / 1e6:.1f}M" if m.get("parameters") else "-", m.get("max_length") or "-",
+                 ", ".join(m.get("methods") or []) or f"unusable: {m.get('error')}"] for m in ms],
+               ["MODEL", "ARCHITECTURE", "PARAMETERS", "MAX_LENGTH", "METHODS"])
+        refused = [(m["id"], k, v) for m in ms for k, v in (m.get("refused") or {}).items()]
+        for name, method, reason in refused:
+            print(f"  {name}: no {method}: {reason}")
+
+    return _emit(args, items, show)

@@ -40,8 +40,8 @@ def test_text_pair_and_declared_label_order(client, settings):
 
 @pytest.mark.parametrize("labels, order", [
     (["²", "1", "1", "²"], ["1", "²"]),            # '²' is a digit to str.isdigit, not to int: was a 500
-    (["--1", "2", "10", "2"], ["--1", "10", "2"]),  # not all integers: by code point
-    (["10", "2", "-1", "2"], ["-1", "2", "10"]),    # all integers: by value
+    (["--1", "2", "10", "2", "--1", "10"], ["--1", "10", "2"]),  # not all integers: by code point
+    (["10", "2", "-1", "2", "-1", "10"], ["-1", "2", "10"]),    # all integers: by value
 ])
 def test_labels_order_as_clear_core_orders_them(client, labels, order):
     from clear_core.data import build_label_names

@@ -59,6 +59,38 @@ def test_the_catalogue_lists_each_model_with_its_methods(decoder_settings, enque
                                                  "method": "lora"})
         assert accepted.status_code == 201, accepted.text
 
+        from clearft import Client
+        from clearft.cli import main
+
+        ft = Client(key=key, http=client)
+        assert [m["id"] for m in ft.models()] == [m["id"] for m in answer.json()["data"]]
+        assert main(["models"], client=ft) == 0
+
+
+def test_every_refused_cell_of_the_matrix_is_a_422_naming_the_methods_that_fit(settings, enqueued, tmp_path):
+    from clear_core.testing import ARCHITECTURES
+
+    folder = tmp_path / "models"
+    for arch in ARCHITECTURES:
+        build_tiny_backbone(folder / arch, arch)
+    every = settings.model_copy(update={"model_dir": folder})
+    key = create_key(every.database_url, "tenant-a")
+    with TestClient(create_app(every, enqueue=enqueued.append), headers={"Authorization": f"Bearer {key}"}) as client:
+        dataset = upload_frame(client, toy_frame(40))
+        refused_cells = 0
+        for model in client.get("/v1/models").json()["data"]:
+            if model["id"] not in ARCHITECTURES:
+                continue
+            for method, reason in model["refused"].items():
+                answer = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "base_model": model["id"],
+                                                       "method": method})
+                assert answer.status_code == 422 and answer.json()["error"]["param"] == "method", answer.text
+                assert reason in answer.json()["error"]["message"]
+                assert ", ".join(model["methods"]) in answer.json()["error"]["message"]
+                refused_cells += 1
+        assert refused_cells == 7  # as the README table: prefix on 5 architectures, bitfit on 2
+        assert client.get("/v1/jobs").json()["count"] == 0
+
 
 def test_a_changed_model_folder_is_described_again(decoder_settings, monkeypatch):
     calls = []

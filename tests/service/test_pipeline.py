@@ -3,6 +3,7 @@ verified adapter, held-out splits, cancellation mid-training, failures recorded,
 
 from __future__ import annotations
 
+import shutil
 import tarfile
 import threading
 import time
@@ -97,10 +98,17 @@ def test_cancel_stops_a_running_job_within_steps(client, settings):
 
 
 def test_a_failing_job_ends_failed_with_its_error(client, settings):
-    (settings.model_dir / "not-a-model").mkdir(exist_ok=True)  # no config.json inside
+    # a model folder that is fine when the job is created (an unusable one is a 422 then) and broken by the
+    # time a worker runs it
+    folder = settings.model_dir / "not-a-model"
+    shutil.copytree(settings.model_dir / "tiny-bert", folder, dirs_exist_ok=True)
     dataset = upload_frame(client, toy_frame(30))
     job_id = _job(client, dataset["id"], base_model="not-a-model")
-    assert execute_job(job_id, settings=settings) == "failed"
+    (folder / "config.json").unlink()
+    try:
+        assert execute_job(job_id, settings=settings) == "failed"
+    finally:
+        shutil.rmtree(folder)  # the model folder is the session's: leave it as it was
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "failed" and job["error"]["code"] == "invalid_input"
     assert "config.json" in job["error"]["message"] and _noise_rows(settings, job_id) == 0
