@@ -166,8 +166,8 @@ def prefix_refusal(model: nn.Module) -> str | None:
     """Why prefix tuning cannot run on ``model``, or None if it can."""
     model_type = getattr(model.config, "model_type", type(model).__name__)
     if is_decoder(model_type):
-        return ("prefix tuning is not routed on decoders (the prefix would have to be gated inside each layer's "
-                "causal mask)")
+        return ("prefix tuning is not supported on decoders, routed or plain (a routed prefix would have to be "
+                "gated inside each layer's causal mask, which is not built)")
     if cache_argument(model) is None:
         return f"{type(backbone_of(model)).__name__} takes no key/value cache, so there is nowhere to put a prefix"
     if not any(type(m).__name__.endswith("SelfAttention") for m in backbone_of(model).modules()):

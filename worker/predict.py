@@ -126,6 +126,31 @@ def summarise(labels: list[str], probs: np.ndarray, given: list[str] | None, che
     return summary
 
 
+def withhold_if_unreliable(summary: dict[str, Any], records: list[dict], model_summary: dict[str, Any] | None,
+                           model_clear: dict[str, Any] | None) -> bool:
+    """Carry the trained model's own reliability verdict into a labelled run, and withhold its flags when that
+    verdict was "not reliable" (as the model's noise report withheld its own; ``clear.flag_when_unreliable``
+    of the job keeps them): a model that did not learn would flag rows at random. ``summary`` gets
+    ``model_reliability`` and ``flags_withheld``; withheld rows keep their suggestion and label_quality but are
+    not flagged, and their ``flag_reason`` says why. Returns whether the flags were withheld."""
+    reliability = (model_summary or {}).get("reliability") or {}
+    summary["model_reliability"] = {"verdict": reliability.get("verdict"), "reasons": reliability.get("reasons", [])}
+    withheld = reliability.get("verdict") == "not reliable" and not (model_clear or {}).get("flag_when_unreliable")
+    summary["flags_withheld"] = withheld
+    if not withheld:
+        return False
+    summary["candidates"] = summary["flagged"]
+    summary["flagged"], summary["flagged_fraction"] = 0, 0.0
+    summary["flagged_per_class"] = {name: 0 for name in summary["flagged_per_class"]}
+    why = ("not flagged: the model's own noise report was not reliable ("
+           + "; ".join(reliability.get("reasons") or ["see the job's report"]) + "), so its label check is not either")
+    for record in records:
+        if record["flagged"]:
+            record["flagged"] = False
+        record["flag_reason"] = why
+    return True
+
+
 def row_records(run: Job, inputs: PredictionInputs, labels: list[str], probs: np.ndarray, check) -> list[dict]:
     """The ``prediction_rows`` of a run, in row order."""
     predicted = probs.argmax(axis=1)
@@ -177,7 +202,9 @@ class PredictionAttempt(Attempt):
                 tmp = Path(tmp_name)
                 with self.factory() as session:
                     inputs = load_prediction_inputs(session, run, self.store, tmp)
-                    adapter_uri = session.scalar(select(Job.adapter_uri).where(Job.id == run.model_job_id))
+                    adapter_uri, model_summary, model_clear = session.execute(
+                        select(Job.adapter_uri, Job.report_summary, Job.clear_config)
+                        .where(Job.id == run.model_job_id)).one()
                 if not inputs.texts:
                     raise ValueError("the input has no rows to predict")
                 model = self._load_model(adapter_uri, tmp)
@@ -200,6 +227,8 @@ class PredictionAttempt(Attempt):
                                  filter_by=FLAG_RULE, quality=QUALITY)
         summary = summarise(labels, probs, inputs.labels, check)
         records = row_records(run, inputs, labels, probs, check)
+        if check is not None:
+            withhold_if_unreliable(summary, records, model_summary, model_clear)
 
         def store_rows() -> bool:
             with self.factory() as session:

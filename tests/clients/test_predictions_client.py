@@ -59,6 +59,10 @@ def test_clearft_predict_waits_and_saves_the_rows(live_service, finished_job, tm
     assert code == 0 and json.loads(capsys.readouterr().out)["status"] == "succeeded"
     code = main(["--url", live_service, "predictions", "list", finished_job.id])
     assert code == 0 and run_id in capsys.readouterr().out
+    code = main(["--url", live_service, "--json", "predict", finished_job.id, "--file", str(new_rows),
+                 "--no-label-check", "--timeout", "240"])
+    unchecked = json.loads(capsys.readouterr().out)
+    assert code == 0 and unchecked["status"] == "succeeded" and not unchecked["labelled"]
     code = main(["--url", live_service, "predict", finished_job.id, "--file", str(new_rows), "-o", "rows.txt"])
     assert code == 2 and ".csv or .jsonl" in capsys.readouterr().err
     code = main(["--url", live_service, "predict", finished_job.id, "--dataset", "ds_x", "--text-column", "t"])

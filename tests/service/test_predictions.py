@@ -375,3 +375,22 @@ def test_label_check_false_predicts_rows_whose_labels_the_model_lacks(client, se
     assert execute_job(on_dataset.json()["id"], settings=settings) == "succeeded"
     rows = client.get(f"/v1/predictions/{on_dataset.json()['id']}/rows", params={"limit": 100}).json()["data"]
     assert len(rows) == 20 and all(r["given_label"] is None and r["flagged"] is None for r in rows)
+
+
+def test_a_model_whose_report_was_not_reliable_withholds_its_label_check_flags(client, settings):
+    job_id = _trained_job(client, settings)
+    with _factory(settings)() as session:
+        job = session.get(Job, job_id)
+        summary = dict(job.report_summary)
+        summary["reliability"] = {"reliable": False, "verdict": "not reliable", "reasons": ["it learned nothing"]}
+        job.report_summary = summary
+        session.commit()
+    frame = toy_frame(30, noise=0.3, seed=4)
+    run = _upload(client, job_id, frame[["id", "text", "label"]], id_column="id").json()
+    assert execute_job(run["id"], settings=settings) == "succeeded"
+    summary = client.get(f"/v1/predictions/{run['id']}").json()["summary"]
+    assert summary["flags_withheld"] and summary["flagged"] == 0 and summary["candidates"] > 0
+    assert summary["model_reliability"] == {"verdict": "not reliable", "reasons": ["it learned nothing"]}
+    rows = client.get(f"/v1/predictions/{run['id']}/rows", params={"limit": 100}).json()["data"]
+    assert not any(r["flagged"] for r in rows) and all("it learned nothing" in r["flag_reason"] for r in rows)
+    assert all(r["suggested_label"] is not None for r in rows)  # the suggestions are still there to read
