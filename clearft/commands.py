@@ -375,7 +375,7 @@ def _show_prediction(run) -> None:
         print(f"predicted: {json.dumps(summary['predicted_histogram'])}")
     if run.labelled and summary.get("flags_withheld"):
         reasons = "; ".join((summary.get("model_reliability") or {}).get("reasons") or [])
-        print(f"label check: flags withheld, because the model's own noise report was not reliable"
+        print("label check: flags withheld, because the model's own noise report was not reliable"
               + (f" ({reasons})" if reasons else "") + f"; {summary.get('candidates', 0)} row(s) would have been flagged")
     elif run.labelled and "flagged" in summary:
         rate = summary.get("estimated_noise_rate")
