@@ -245,6 +245,9 @@ def _silence_stdout() -> None:
 
 def main(argv: list[str] | None = None, *, client: Client | None = None) -> int:
     """Run one ``clearft`` command; returns the exit status (``client`` replaces the one built from flags)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--json" in argv:  # `clearft models --json` as well as `clearft --json models`
+        argv = ["--json", *[a for a in argv if a != "--json"]]
     args = build_parser().parse_args(argv)
     command = getattr(args, "command", None)  # `review` and `predict` are commands of their own
     handler = getattr(commands, f"{args.group}_{command.replace('-', '_')}" if command else args.group)

@@ -321,3 +321,31 @@ def test_events_print_warnings_as_warning_lines(capsys):
     body = {"data": events, "next_cursor": None, "has_more": False}
     code, out, _ = run(capsys, lambda _: httpx.Response(200, json=body), "jobs", "events", "job_x")
     assert code == 0 and out.splitlines()[1].endswith(f"#2 WARNING: {fake_report.WARNING}"), out
+
+
+def test_models_lists_methods_and_reasons_and_json_goes_anywhere(capsys):
+    listing = {"data": [{"id": "all-MiniLM-L6-v2", "default": True, "architecture": "bert", "parameters": 22713986,
+                         "max_length": 512, "methods": ["lora", "adapter", "prefix", "bitfit", "full"], "refused": {}},
+                        {"id": "tiny-llama", "default": False, "architecture": "llama", "parameters": 26018,
+                         "max_length": 128, "methods": ["lora", "adapter", "full"],
+                         "refused": {"bitfit": "its blocks have no bias terms"}}], "count": 2}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/v1/models"
+        return httpx.Response(200, json=listing)
+
+    code, out, _ = run(capsys, handler, "models")
+    assert code == 0 and "all-MiniLM-L6-v2 (default)" in out and "22.7M" in out and "26.0K" in out
+    assert "tiny-llama: no bitfit: its blocks have no bias terms" in out
+    for argv in (["--json", "models"], ["models", "--json"]):
+        code, out, _ = run(capsys, handler, *argv)
+        assert code == 0 and [m["id"] for m in json.loads(out)] == ["all-MiniLM-L6-v2", "tiny-llama"]
+
+
+def test_a_conflict_without_row_details_prints_no_empty_table(capsys):
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(409, json={"error": {"code": "dataset_in_use", "message": "used by 2 versions",
+                                                   "details": [{"dataset_id": "ds_1", "kind": "version"}]}})
+
+    code, _, err = run(capsys, handler, "datasets", "delete", "ds_0")
+    assert code == 1 and "used by 2 versions" in err and "ROW" not in err
