@@ -30,12 +30,19 @@ class ArtifactStore:
         """Copy a local file to ``key`` and return its key. On a local disk the copy goes to a temporary
         name first and is renamed, so a reader never sees half a file (object stores are atomic per put)."""
         path = self._path(key)
-        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         if not isinstance(self.fs, LocalFileSystem):
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
             self.fs.put_file(local_path, path)
             return key
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        self.fs.put_file(local_path, tmp)
+        for attempt in range(3):  # a concurrent delete may prune a just-made empty folder (``_prune``): remake it
+            try:
+                self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+                self.fs.put_file(local_path, tmp)
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
         os.replace(tmp, path)
         return key
 
@@ -44,16 +51,32 @@ class ArtifactStore:
         self.fs.get_file(self._path(key), local_path)
 
     def delete(self, key: str) -> None:
-        """Remove the file at ``key`` if it exists."""
+        """Remove the file at ``key`` if it exists, and the folders it leaves empty."""
         path = self._path(key)
         if self.fs.exists(path):
             self.fs.rm_file(path)
+        self._prune(path)
 
     def delete_prefix(self, prefix: str) -> None:
-        """Remove everything below ``prefix`` (a folder-like key)."""
+        """Remove everything below ``prefix`` (a folder-like key), and the folders it leaves empty."""
         path = self._path(prefix)
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
+        self._prune(path)
+
+    def _prune(self, path: str) -> None:
+        """On a local disk, remove the now-empty folders above ``path`` up to (not including) the root; object
+        stores have no folders to leave behind. A folder another writer has just filled is left alone."""
+        if not isinstance(self.fs, LocalFileSystem):
+            return
+        root = os.path.abspath(self.root)
+        folder = os.path.dirname(os.path.abspath(path))
+        while folder.startswith(root + os.sep) and folder != root:
+            try:
+                os.rmdir(folder)  # only succeeds when empty
+            except OSError:
+                return
+            folder = os.path.dirname(folder)
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` holds a file."""

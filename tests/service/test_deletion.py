@@ -169,3 +169,19 @@ def test_an_artifact_that_cannot_be_removed_is_logged_not_failed(client, setting
     monkeypatch.undo()
     leftover = _mentions(settings, {loop["retrain"]})
     assert leftover and all(m.startswith("artifact ") for m in leftover)  # only orphan files, logged above
+
+
+def test_the_store_removes_the_folders_its_last_file_leaves_empty(tmp_path):
+    store = ArtifactStore(str(tmp_path / "store"))
+    source = tmp_path / "f.bin"
+    source.write_bytes(b"x")
+    store.put_file(str(source), "jobs/job_1/checkpoints/step-4.pt")
+    store.put_file(str(source), "tenants/t/jobs/job_1/adapter.tar.gz")
+    store.put_file(str(source), "tenants/t/jobs/job_2/adapter.tar.gz")
+    store.delete_prefix("jobs/job_1/checkpoints")
+    store.delete("tenants/t/jobs/job_1/adapter.tar.gz")
+    left = sorted(str(p.relative_to(tmp_path / "store")) for p in (tmp_path / "store").rglob("*"))
+    assert left == ["tenants", "tenants/t", "tenants/t/jobs", "tenants/t/jobs/job_2",
+                    "tenants/t/jobs/job_2/adapter.tar.gz"]  # no empty jobs/job_1 or tenants/t/jobs/job_1
+    store.delete("tenants/t/jobs/job_2/adapter.tar.gz")
+    assert (tmp_path / "store").is_dir() and not any((tmp_path / "store").iterdir())  # the root itself stays
