@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from clearft.client import Client
-from clearft.errors import UsageError
+from clearft.errors import ApiError, UsageError
 from clearft.models import Dataset, Job
 from clearft.progress import describe_epoch, describe_warning
 
@@ -302,7 +302,12 @@ def datasets_download(client: Client, args: argparse.Namespace) -> int:
 
 def datasets_delete(client: Client, args: argparse.Namespace) -> int:
     """Delete a dataset (with --cascade its versions and jobs too)."""
-    client.datasets.delete(args.id, cascade=args.cascade)
+    try:
+        client.datasets.delete(args.id, cascade=args.cascade)
+    except ApiError as exc:
+        if exc.code == "dataset_in_use" and not args.cascade:
+            print("clearft: to delete it with its versions and jobs, add --cascade", file=sys.stderr)
+        raise
     print(f"dataset {args.id} deleted{' with its versions and jobs' if args.cascade else ''}")
     return 0
 

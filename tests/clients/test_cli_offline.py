@@ -348,4 +348,4 @@ def test_a_conflict_without_row_details_prints_no_empty_table(capsys):
                                                    "details": [{"dataset_id": "ds_1", "kind": "version"}]}})
 
     code, _, err = run(capsys, handler, "datasets", "delete", "ds_0")
-    assert code == 1 and "used by 2 versions" in err and "ROW" not in err
+    assert code == 1 and "used by 2 versions" in err and "ROW" not in err and "add --cascade" in err
