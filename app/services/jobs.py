@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, InvalidInput, NotFound, Unavailable
@@ -96,14 +96,18 @@ def create_job(session: Session, spec: dict[str, Any], *, tenant_id: str, settin
 def enqueue_committed(session: Session, job: Job, enqueue: Enqueue, *, what: str = "job",
                       on_failure: Callable[[], None] | None = None) -> Job:
     """Hand the committed, queued ``job`` (a training job or a prediction run) to the workers and stamp
-    ``enqueued_at``. When the broker refuses it, the job becomes ``failed`` (code ``enqueue_failed``) instead of
-    waiting forever as queued, ``on_failure`` (if given) cleans up what the job left, and ``Unavailable`` says to
-    submit the ``what`` again later."""
+    ``enqueued_at``. When the broker refuses it, the job is taken back (its row and its event deleted, so the
+    answer, a 503, leaves nothing behind: no ``failed`` job the caller never got an id for, nothing counted
+    against the tenant's quotas), ``on_failure`` (if given) cleans up what the job left, and ``Unavailable``
+    says to submit the ``what`` again later. A worker that still gets a message the broker half took finds no
+    job and skips it."""
     try:
         enqueue(job.id)  # only after the commit: a worker must find the row
-    except Exception as exc:  # the broker is down: the job must not wait forever as queued
-        transition(session, job.id, ("queued",), "failed", message=f"could not enqueue: {exc}",
-                   error_code="enqueue_failed", error_message=str(exc))
+    except Exception as exc:  # the broker is down: take the job back rather than leave it queued or failed
+        job_id = job.id
+        session.rollback()
+        session.execute(delete(Job).where(Job.id == job_id, Job.status == "queued", Job.attempt == 0))
+        session.commit()  # its events go with it (ON DELETE CASCADE)
         if on_failure is not None:
             on_failure()
         raise Unavailable(f"the job queue is unavailable ({exc}); submit the {what} again later") from exc

@@ -133,9 +133,13 @@ def reap(session: Session, settings: Settings, enqueue: Callable[[str], None]) -
     cutoff = now - timedelta(seconds=settings.redispatch_after_s)
     stale_queue = select(Job.id).where(
         Job.status == "queued", or_(Job.enqueued_at < cutoff, Job.enqueued_at.is_(None) & (Job.created_at < cutoff)))
-    for job_id in list(session.scalars(stale_queue)) + result.requeued:
+    stale = list(session.scalars(stale_queue))
+    for job_id in stale + result.requeued:
         if job_id not in result.redispatched and dispatch(session, job_id, enqueue):
             result.redispatched.append(job_id)
+            if job_id in stale:  # a queued job no worker took (its message lost, e.g. by a broker restart)
+                logger.warning("redispatched job %s: it was queued for over %d s without a worker taking it",
+                               job_id, settings.redispatch_after_s, extra={"job_id": job_id})
     session.execute(delete(IdempotencyKey).where(
         IdempotencyKey.created_at < now - timedelta(seconds=settings.idempotency_ttl_s)))
     session.commit()

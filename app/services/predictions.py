@@ -211,8 +211,15 @@ def _insert(session: Session, run: Job) -> None:
 
 
 def _enqueue(session: Session, store: ArtifactStore, run: Job, enqueue: Enqueue) -> Job:
-    return enqueue_committed(session, run, enqueue, what="prediction",
-                             on_failure=lambda: delete_run_files(store, run))
+    prefix = prediction_prefix(run.tenant_id, run.id)  # read now: a refused run's row is deleted before cleanup
+
+    def cleanup() -> None:
+        try:
+            store.delete_prefix(prefix)
+        except (OSError, ValueError):
+            logger.warning("could not delete the files under %s", prefix, exc_info=True)
+
+    return enqueue_committed(session, run, enqueue, what="prediction", on_failure=cleanup)
 
 
 def _check_batch_size(batch_size: int | None) -> int:
@@ -233,7 +240,7 @@ def create_from_dataset(session: Session, store: ArtifactStore, job_id: str, dat
         NotFound: unknown job or dataset (or another tenant's). Conflict: the job has not succeeded, or the
             dataset is not ready. InvalidInput: the dataset has labels the model lacks (``unknown_label``), a
             bad ``batch_size``. QuotaExceeded: the tenant's ``concurrent_jobs``/``jobs_per_hour``. Unavailable:
-            the broker refused the run (it is then ``failed``, code ``enqueue_failed``).
+            the broker refused the run (it is then taken back: nothing of it is stored).
     """
     model = model_job(session, job_id, tenant_id=tenant_id)
     size = _check_batch_size(batch_size)

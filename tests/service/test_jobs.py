@@ -142,15 +142,17 @@ def test_events_page_with_a_resumable_cursor(client, dataset):
     assert empty["data"] == [] and empty["next_cursor"] == second["next_cursor"]
 
 
-def test_broker_down_gives_503_and_a_failed_job(settings, dataset, auth):
+def test_broker_down_gives_503_and_leaves_no_job_behind(settings, dataset, auth):
     def enqueue(_job_id):
         raise ConnectionError("broker unreachable")
 
     with TestClient(create_app(settings, enqueue=enqueue), headers=auth) as client:
-        response = _create(client, dataset["id"])
-        assert response.status_code == 503 and response.json()["error"]["code"] == "unavailable"
-        job = client.get("/v1/jobs").json()["data"][0]
-    assert job["status"] == "failed" and job["error"]["code"] == "enqueue_failed"
+        for _ in range(2):
+            response = _create(client, dataset["id"])
+            assert response.status_code == 503 and response.json()["error"]["code"] == "unavailable"
+        assert client.get("/v1/jobs").json()["count"] == 0  # no failed job per refused request
+    counts = table_counts(settings.database_url)
+    assert counts["jobs"] == 0 and counts["job_events"] == 0
 
 
 def test_results_of_an_unfinished_job_are_409(client, dataset):

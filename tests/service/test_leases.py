@@ -76,7 +76,7 @@ def test_stale_jobs_are_requeued_until_the_attempt_limit_then_failed(client, set
     assert _states(client, job_id) == ["queued", "queued", "failed"]  # created, requeued, failed
 
 
-def test_the_reaper_fails_jobs_past_their_hard_limit_and_resends_lost_messages(client, settings, dataset):
+def test_the_reaper_fails_jobs_past_their_hard_limit_and_resends_lost_messages(client, settings, dataset, caplog):
     late = _job(client, dataset["id"], time_limit_s=60)
     _set(settings, late, status="running", attempt=1, started_at=utcnow() - timedelta(seconds=61),
          heartbeat_at=utcnow())
@@ -86,6 +86,7 @@ def test_the_reaper_fails_jobs_past_their_hard_limit_and_resends_lost_messages(c
     result = _reap(settings, enqueued)
     assert result.failed == [late] and result.redispatched == [lost_message] == enqueued
     assert client.get(f"/v1/jobs/{late}").json()["error"]["code"] == "time_limit"
+    assert any(f"redispatched job {lost_message}" in r.getMessage() for r in caplog.records)  # logged, each
 
 
 class _Gate(TrainerCallback):
