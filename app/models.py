@@ -12,7 +12,8 @@ import secrets
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text,
+                        UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # SQLite autoincrements only an INTEGER PRIMARY KEY; Postgres gets a BIGINT identity.
@@ -162,8 +163,10 @@ class JobEvent(Base):
     """One append-only event of a job: a state change, an epoch's metrics or a message."""
 
     __tablename__ = "job_events"
+    __table_args__ = (UniqueConstraint("job_id", "seq", name="uq_job_events_job_id_seq"),)
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)  # 1, 2, 3 ... within the job (app.services.transitions.add_event)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
     type: Mapped[str] = mapped_column(String(20))
     message: Mapped[str | None] = mapped_column(Text)

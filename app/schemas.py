@@ -149,7 +149,8 @@ class EventPublic(BaseModel):
     model does not seem to learn: the cause and what to try)."""
 
     model_config = ConfigDict(from_attributes=True)
-    id: int
+    id: int = Field(description="Global event id (the SSE id; resume a stream with Last-Event-ID).")
+    seq: int = Field(description="The event's number within its job: 1, 2, 3 ... without gaps.")
     job_id: str
     type: str
     message: str | None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.models import Job, JobEvent, utcnow
@@ -16,10 +16,13 @@ from app.models import Job, JobEvent, utcnow
 
 def add_event(session: Session, job_id: str, type_: str, *, message: str | None = None,
               data: dict[str, Any] | None = None) -> None:
-    """Append one event to the job's log (not committed); it belongs to the job's tenant."""
-    tenant = select(Job.tenant_id).where(Job.id == job_id).scalar_subquery()
-    session.execute(insert(JobEvent).values(job_id=job_id, tenant_id=tenant, type=type_, message=message, data=data,
-                                            created_at=utcnow()))
+    """Append one event to the job's log (not committed); it belongs to the job's tenant and gets the job's next
+    ``seq`` (1, 2, 3 ...). The job's row is locked first (``FOR UPDATE`` on Postgres; SQLite writes one at a time),
+    so two writers of the same job (a worker's epoch event, the API's cancel) never take the same number."""
+    tenant = session.scalar(select(Job.tenant_id).where(Job.id == job_id).with_for_update())
+    seq = select(func.coalesce(func.max(JobEvent.seq), 0) + 1).where(JobEvent.job_id == job_id).scalar_subquery()
+    session.execute(insert(JobEvent).values(job_id=job_id, tenant_id=tenant, seq=seq, type=type_, message=message,
+                                            data=data, created_at=utcnow()))
 
 
 def transition(session: Session, job_id: str, from_statuses: tuple[str, ...], to_status: str, *,

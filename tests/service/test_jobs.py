@@ -131,6 +131,33 @@ def test_cancel_queued_running_and_finished(client, settings, dataset):
     assert states == ["queued", "running", "cancelling", "failed"]
 
 
+def test_each_job_numbers_its_events_without_gaps_while_jobs_interleave(client, dataset, settings):
+    import threading
+
+    from app.db import session_factory
+    from app.services.transitions import add_event
+
+    first, second = (_create(client, dataset["id"]).json()["id"] for _ in range(2))
+    factory = session_factory(settings.database_url)
+
+    def write(job_id: str) -> None:  # two writers per job at once: the row lock must keep the numbers apart
+        for i in range(10):
+            with factory() as session:
+                add_event(session, job_id, "message", message=f"m{i}")
+                session.commit()
+
+    threads = [threading.Thread(target=write, args=(j,)) for j in (first, second, first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for job_id in (first, second):
+        events = client.get(f"/v1/jobs/{job_id}/events", params={"limit": 100}).json()["data"]
+        assert [e["seq"] for e in events] == list(range(1, 22))  # the queued state event, then 20 messages
+    ids = [e["id"] for e in client.get(f"/v1/jobs/{first}/events", params={"limit": 100}).json()["data"]]
+    assert ids != list(range(ids[0], ids[0] + len(ids)))  # the global ids do have gaps: the other job's
+
+
 def test_events_page_with_a_resumable_cursor(client, dataset):
     job_id = _create(client, dataset["id"]).json()["id"]
     client.post(f"/v1/jobs/{job_id}/cancel")

@@ -43,7 +43,8 @@ ROWS_0002 = ("INSERT INTO datasets VALUES ('ds_1', 'n', 'ready', 'csv', 'x', 1, 
              "INSERT INTO jobs (id, dataset_id, base_model, method, routed, clear_config, training_config, status, "
              "attempt, progress, global_step, created_at) VALUES ('job_1', 'ds_1', 'm', 'lora', true, '{}', '{}', "
              "'succeeded', 1, 1, 0, '2026-01-01 00:00:00+00')",
-             "INSERT INTO job_events (job_id, type, created_at) VALUES ('job_1', 'state', '2026-01-01 00:00:00+00')")
+             "INSERT INTO job_events (job_id, type, created_at) VALUES ('job_1', 'state', '2026-01-01 00:00:00+00')",
+             "INSERT INTO job_events (job_id, type, created_at) VALUES ('job_1', 'epoch', '2026-01-01 00:01:00+00')")
 
 
 @pytest.mark.parametrize("backend", ["postgres", "sqlite"])
@@ -58,11 +59,12 @@ def test_rows_from_before_tenants_go_to_the_local_tenant(backend, tmp_path):
         with get_engine(url).connect() as conn:
             owners = {t: conn.execute(text(f"SELECT tenant_id FROM {t}")).scalars().all()
                       for t in ("datasets", "jobs", "job_events")}
-            assert owners == {"datasets": ["local"], "jobs": ["local"], "job_events": ["local"]}
+            assert owners == {"datasets": ["local"], "jobs": ["local"], "job_events": ["local", "local"]}
+            assert conn.execute(text("SELECT seq FROM job_events ORDER BY id")).scalars().all() == [1, 2]  # 0007
             assert conn.execute(text("SELECT id FROM tenants")).scalars().all() == ["local"]
         run_alembic(url, "downgrade", "0002")
         with get_engine(url).connect() as conn:
-            assert conn.execute(text("SELECT count(*) FROM job_events")).scalar() == 1
+            assert conn.execute(text("SELECT count(*) FROM job_events")).scalar() == 2
     finally:
         if name:
             drop_pg_database(name, url)
