@@ -269,23 +269,29 @@ def method_support(model_dir: str | Path, *, gguf_file: str | None = None) -> di
 def main(argv: list[str] | None = None) -> int:
     """``python -m clear_core.architectures FOLDER [FOLDER ...]``: print ``{folder: method_support(folder)}``
     as JSON (``{"error": message}`` for a folder that holds no usable model). The service's model
-    catalogue runs this in a subprocess, so that the API process never imports torch."""
+    catalogue runs this in a subprocess, so that the API process never imports torch. Exit status: 0 every
+    folder described, 1 some could not be, 2 no folder given (or ``--help``)."""
     import json
     import sys
     import warnings
 
     from .model import resolve_model
 
+    folders = sys.argv[1:] if argv is None else argv
+    if not folders or any(f in ("-h", "--help") for f in folders):
+        print("usage: python -m clear_core.architectures FOLDER [FOLDER ...]: each model's architecture, size and "
+              "supported methods as JSON", file=sys.stderr)
+        return 2
     warnings.filterwarnings("ignore")
     out: dict[str, Any] = {}
-    for folder in (sys.argv[1:] if argv is None else argv):
+    for folder in folders:
         try:
             path, gguf_file = resolve_model(folder)
             out[folder] = method_support(path, gguf_file=gguf_file)
         except (ValueError, TypeError, OSError) as exc:
             out[folder] = {"error": str(exc)}
     print(json.dumps(out))
-    return 0
+    return 1 if any("error" in entry for entry in out.values()) else 0
 
 
 if __name__ == "__main__":

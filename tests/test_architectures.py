@@ -10,6 +10,7 @@ that fit. The README's support table is checked against what this matrix measure
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -156,3 +157,14 @@ def test_the_readme_support_table_is_the_measured_one():
     assert found, "README.md lacks the <!-- support-table --> block"
     assert found.group(1).strip() == table, ("README's support table differs from the measured one; paste "
                                              "tests/artifacts/support_table.md")
+
+
+def test_the_architectures_command_says_failure_in_its_exit_status(backbones, tmp_path, capsys):
+    from clear_core.architectures import main
+
+    assert main([str(backbones["bert"])]) == 0
+    capsys.readouterr()
+    assert main([str(backbones["bert"]), str(tmp_path / "missing")]) == 1  # described what it could
+    described = json.loads(capsys.readouterr().out)
+    assert described[str(backbones["bert"])]["architecture"] == "bert" and "error" in described[str(tmp_path / "missing")]
+    assert main([]) == 2 and main(["--help"]) == 2 and "usage" in capsys.readouterr().err
