@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     database_url: str = Field("", description="SQLAlchemy URL; default sqlite:///<data_dir>/clear.db.")
     broker_url: str = Field("", description="Celery broker URL; default sqla+sqlite:///<data_dir>/broker.db.")
     artifact_url: str = Field("", description="fsspec URL of the artifact store; default <data_dir>/artifacts.")
+    scratch_dir: Path | None = Field(None, description="Folder the service owns for its temporary files (spooled "
+                                     "uploads, attempts' checkpoints); default <data_dir>/scratch.")
     model_dir: Path | None = Field(None, description="Folder whose sub-folders are selectable base models.")
     default_base_model: str = Field(DEFAULT_MODEL, description="Base model of a job that names none.")
     max_upload_bytes: int = Field(50 * 1024 * 1024, gt=0, description="Largest accepted upload (413 above).")
@@ -85,6 +87,8 @@ class Settings(BaseSettings):
             self.artifact_url = str(base / "artifacts")
         if self.api_key_file is None:
             self.api_key_file = base / "api-key"
+        if self.scratch_dir is None:
+            self.scratch_dir = base / "scratch"
         if not self.rate_limit_storage_url:
             redis = self.broker_url.startswith(("redis://", "rediss://"))
             self.rate_limit_storage_url = self.broker_url if redis else "memory://"
@@ -94,6 +98,12 @@ class Settings(BaseSettings):
     def is_embedded(self) -> bool:
         """True when the database is a SQLite file (the one-machine mode)."""
         return self.database_url.startswith("sqlite")
+
+    def scratch(self, kind: str) -> Path:
+        """``<scratch_dir>/<kind>`` (``"uploads"`` for the API's spooled uploads, ``"attempts"`` for the
+        workers' per-attempt folders); not created here. Everything under it is the service's own
+        temporary data, removed on every exit path and at start-up."""
+        return Path(self.scratch_dir) / kind
 
     def base_model_path(self, name: str) -> Path | None:
         """The folder of base model ``name`` under ``model_dir``; None for the packaged default, which
