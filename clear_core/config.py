@@ -39,6 +39,7 @@ CLEAR_LIMITS = {
 TRAINING_LIMITS = {
     "epochs": 1000, "learning_rate": 10.0, "weight_decay": 10.0, "batch_size": 4096, "eval_batch_size": 65536,
     "max_length": 8192, "seed": 2**32 - 1, "max_grad_norm": 1e6, "checkpoint_every_steps": 10**7,
+    "pass_cache_tokens": 10**10,
 }
 # AdamW learning rates per method when the caller gives none. LoRA's from the defaults study
 # (bench/defaults.py, results in bench/results/defaults/; issue 12): on TREC, SMS spam and Rotten
@@ -295,6 +296,22 @@ class TrainingConfig:
                   "frozen backbone is also loaded in bf16, halving its memory; trained parameters stay fp32; "
                   "fp32 on CPU) or 'fp32' (no autocast anywhere)."},
     )
+    length_bucketing: bool = field(
+        default=True,
+        metadata={"help": "Draw training batches of rows of similar length (shuffled within and across buckets of "
+                  "50 batches, seeded; clear_core.batching) so less padding is computed; false = uniformly random "
+                  "batches."},
+    )
+    merge_for_pass: bool = field(
+        default=True,
+        metadata={"help": "Fold LoRA / BitFit deltas into the frozen weights for the no-grad passes (restored from "
+                  "a copy afterwards; clear_core.merge); false = run the unmerged layers."},
+    )
+    pass_cache_tokens: int = field(
+        default=8_000_000,
+        metadata={"help": "Most padded tokens of the no-grad passes' batches kept between passes (int32 on the "
+                  "CPU, 12 bytes a token with token types); rows past it are re-padded every pass; 0 = never keep."},
+    )
     gradient_checkpointing: bool = field(
         default=False,
         metadata={"help": "Recompute the backbone's activations in the backward pass instead of keeping them "
@@ -322,6 +339,8 @@ class TrainingConfig:
             raise ValueError(f"max_grad_norm={self.max_grad_norm!r} must be > 0 or None")
         _check_range("validation_fraction", float(self.validation_fraction), 0.0, 0.5)
         _check_choice("keep", self.keep, ("last", "best"))
+        if self.pass_cache_tokens < 0:
+            raise ValueError(f"pass_cache_tokens={self.pass_cache_tokens!r} must be >= 0")
         if self.checkpoint_every_steps < 0:
             raise ValueError(f"checkpoint_every_steps={self.checkpoint_every_steps!r} must be >= 0")
         _check_choice("precision", self.precision, ("auto", "bf16", "fp32"))

@@ -271,19 +271,35 @@ class ClearModel(nn.Module):
         return self.logits_for(tokens, batch_size=batch_size)
 
     @torch.inference_mode()
-    def logits_for(self, tokens: TokenizedTexts, *, batch_size: int = 128, autocast: bool = False) -> np.ndarray:
-        """Deterministic logits ``(N, K)`` for tokenised rows, in row order; the training mode is restored."""
+    def logits_for(self, tokens: "TokenizedTexts | PassBatches", *, batch_size: int = 128, autocast: bool = False,
+                   merge: bool = True) -> np.ndarray:
+        """Deterministic logits ``(N, K)`` float32 for tokenised rows, in row order; the training mode is restored.
+
+        Args:
+            tokens: the rows, as :class:`TokenizedTexts` (batched here, ``batch_size`` rows each, sorted by
+                length) or as prebuilt :class:`clear_core.batching.PassBatches` (their own batch size).
+            batch_size: rows per batch for ``TokenizedTexts``, >= 1.
+            autocast: run under CUDA bf16 autocast.
+            merge: fold LoRA / BitFit deltas into the frozen weights for the pass
+                (:func:`clear_core.merge.merged_deltas`; the weights are restored from a copy afterwards).
+        """
+        from .batching import PassBatches
+        from .merge import merged_deltas
+
         was_training = self.model.training
         self.model.eval()
         self.use_inference_gates()
-        out = np.zeros((len(tokens), len(self.label_names)), dtype=np.float32)
+        batches = tokens if isinstance(tokens, PassBatches) else PassBatches(tokens, batch_size, max_cached_tokens=0)
+        out = np.zeros((len(batches), len(self.label_names)), dtype=np.float32)
         device = self.device
         ctx = torch.autocast("cuda", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+        gate = self.controller.constant if merge else None
         try:
-            for idx in tokens.length_sorted_batches(batch_size):
-                with ctx:
-                    logits = self.forward(tokens.batch(idx, device))
-                out[idx] = logits.float().cpu().numpy()
+            with merged_deltas(self.model, gate):
+                for idx, batch in batches:
+                    with ctx:
+                        logits = self.forward({k: v.to(device, non_blocking=True) for k, v in batch.items()})
+                    out[idx] = logits.float().cpu().numpy()
         finally:
             self.model.train(was_training)
         return out

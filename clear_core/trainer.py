@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .batching import PassBatches, bucketed_batches, epoch_seed, random_batches
 from .callbacks import CallbackList, TrainerCallback, TrainerState, TrainingCancelled
 from .checkpoint import data_fingerprint, latest_checkpoint, read_checkpoint, rng_state, set_rng_state, write_checkpoint
 from .config import ClearConfig, TrainingConfig, resolve_configs
@@ -171,6 +172,11 @@ class _Trainer:
         self.tokens = self._tokenize(subset(data, self.train_idx))
         self.held_tokens = self._tokenize(subset(data, self.held_idx)) if len(self.held_idx) else None
         self.eval_tokens = self._tokenize(eval_data) if eval_data is not None else None
+        # the no-grad passes' batches: padded once, reused every epoch (within training.pass_cache_tokens)
+        self.train_pass, self.held_pass, self.eval_pass = (
+            None if t is None else PassBatches(t, self.eval_batch_size, max_cached_tokens=training.pass_cache_tokens)
+            for t in (self.tokens, self.held_tokens, self.eval_tokens))
+        self._epoch_batches: tuple[int, list[np.ndarray]] | None = None
         self.callbacks = CallbackList(callbacks)
         self.checkpoint_dir = checkpoint_dir
         self.estimator = NoiseEstimator(self.given, held_given=self.held_given, num_classes=len(self.names),
@@ -266,11 +272,10 @@ class _Trainer:
             self.relabel.update(self.estimator)
         self.state.phase = "plain" if not self.clear.routed else ("routed" if self._post_warmup(e) else "warmup")
         self.callbacks.fire("on_epoch_begin", self.state)
-        order = torch.randperm(len(self.train_idx), generator=torch.Generator().manual_seed(self.cfg.seed * 100003 + e))
+        batches = self._batches(e)
         losses = self.state.epoch_losses
         while self.state.step_in_epoch < self.state.steps_per_epoch:
-            s = self.state.step_in_epoch
-            idx = order[s * self.cfg.batch_size:(s + 1) * self.cfg.batch_size].numpy()
+            idx = batches[self.state.step_in_epoch]
             losses.append(self._step(idx, e))
             self.state.step_in_epoch += 1
             self.state.global_step += 1
@@ -283,6 +288,18 @@ class _Trainer:
                 if self.state.step_in_epoch < self.state.steps_per_epoch:
                     self._checkpoint()
         self._end_epoch(e, losses)
+
+    def _batches(self, epoch: int) -> list[np.ndarray]:
+        """Epoch ``epoch``'s training batches, a pure function of (rows, batch size, seed, epoch): a run resumed
+        at step s of the epoch continues with batch s of the same list."""
+        if self._epoch_batches is None or self._epoch_batches[0] != epoch:
+            seed = epoch_seed(self.cfg.seed, epoch)
+            if self.cfg.length_bucketing:
+                batches = bucketed_batches(self.tokens.lengths, self.cfg.batch_size, seed=seed)
+            else:
+                batches = random_batches(len(self.train_idx), self.cfg.batch_size, seed=seed)
+            self._epoch_batches = (epoch, batches)
+        return self._epoch_batches[1]
 
     def _step(self, idx: np.ndarray, epoch: int) -> float:
         batch = self.tokens.batch(idx, self.device)
@@ -319,14 +336,14 @@ class _Trainer:
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
 
-    def _logits(self, tokens: TokenizedTexts | None) -> np.ndarray | None:
-        if tokens is None:
+    def _logits(self, batches: PassBatches | None) -> np.ndarray | None:
+        if batches is None:
             return None
-        return self.model.logits_for(tokens, batch_size=self.eval_batch_size, autocast=self.autocast)
+        return self.model.logits_for(batches, autocast=self.autocast, merge=self.cfg.merge_for_pass)
 
     def _clean_pass(self, epoch: int) -> tuple[np.ndarray, np.ndarray | None]:
         """One no-grad pass over the training and held-out rows, fed to the estimator; returns both logits."""
-        logits, held = self._logits(self.tokens), self._held_logits()
+        logits, held = self._logits(self.train_pass), self._held_logits()
         self.estimator.update(logits, epoch, held)
         self.model.train()
         return logits, held
@@ -336,12 +353,12 @@ class _Trainer:
         cached = self._held_cache
         if cached is not None and cached[0] == self.state.global_step:
             return cached[1]
-        held = self._logits(self.held_tokens)
+        held = self._logits(self.held_pass)
         self._held_cache = None if held is None else (self.state.global_step, held)
         return held
 
     def _end_epoch(self, e: int, losses: list[float]) -> None:
-        eval_logits, held_logits = self._logits(self.eval_tokens), self._held_logits()
+        eval_logits, held_logits = self._logits(self.eval_pass), self._held_logits()
         self.model.train()
         metrics = epoch_metrics(
             e + 1, losses, phase=self.state.phase, eval_logits=eval_logits, eval_y=self.eval_y,

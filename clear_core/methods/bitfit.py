@@ -17,7 +17,10 @@ from ..routing import GateController
 
 
 class BiasDelta(nn.Module):
-    """A frozen module with a bias (Linear or LayerNorm) plus a gated trainable bias delta ``(D,)``."""
+    """A frozen module with a bias (Linear or LayerNorm) plus a gated trainable bias delta ``(D,)``.
+
+    ``merged`` (set only by :func:`clear_core.merge.merged_deltas` for a no-grad pass): the delta has been
+    added to ``base_layer.bias``, so ``forward`` returns the base output alone."""
 
     def __init__(self, base_layer: nn.Module, controller: GateController, layer: int) -> None:
         super().__init__()
@@ -25,10 +28,13 @@ class BiasDelta(nn.Module):
         self.bias_delta = nn.Parameter(torch.zeros_like(base_layer.bias))
         self.controller = controller
         self.layer = layer
+        self.merged = False  # set by clear_core.merge.merged_deltas: the delta is in base_layer.bias for a pass
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``base(x) + g * delta_b``; output ``(B, T, D)``."""
         out = self.base_layer(x)
+        if self.merged:
+            return out
         g = self.controller.gate(self.layer, out)
         if isinstance(g, float) and g == 0.0:
             return out
