@@ -16,6 +16,11 @@ the rows plus the GMM fit) is timed against an epoch of routed steps on the same
 
     python -m bench.cost --quick
     python -m bench.cost --methods lora --rows 4096 --steps 30 --repeats 5
+
+``--suite training`` measures instead what issue 13's training changes pull and the demo's job end to end
+(bench/cost_training.py; JSON ``bench/results/cost_training_<quick|full>.json``):
+
+    python -m bench.cost --suite training --seeds 0,1,2 --lengths 48,128
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ import argparse
 import contextlib
 import gc
 import math
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="timed steps per variant per repeat")
     p.add_argument("--repeats", type=int, help="alternating repeats")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    p.add_argument("--suite", choices=("steps", "training"), default="steps",
+                   help="steps: routed vs unrouted step cost per method (default); training: issue 13's changes "
+                        "(bucketing, merged and reused pass, cadence) and the demo's job before/after")
+    p.add_argument("--seeds", default=None, help="training suite: seeds of the demo's job, comma-separated")
+    p.add_argument("--lengths", default=None, help="training suite: max_length values of the components, "
+                   "comma-separated")
+    p.add_argument("--pass-batch-size", type=int, default=None, help="training suite: rows per pass batch")
+    p.add_argument("--cadence-epochs", type=int, default=None,
+                   help="training suite: epochs of one longer run measuring how far p_clean moves (0 = skip)")
     return p
 
 
@@ -244,9 +260,47 @@ def pass_table(rows: list[dict]) -> str:
          f"{r['pass_over_epoch']:.2f}", f"{r['epoch_with_pass_ratio']:.2f}"] for r in rows])
 
 
+TRAINING_QUICK = {"rows": 200, "steps": 4, "repeats": 2, "seeds": "0", "lengths": "48", "pass_batch_size": 128,
+                  "cadence_epochs": 0, "train_rows": 300, "test_rows": 100, "methods": "lora", "max_length": 48,
+                  "batch_size": 16}
+TRAINING_FULL = {"rows": 0, "steps": 0, "repeats": 3, "seeds": "0,1,2", "lengths": "48,128", "pass_batch_size": 128,
+                 "cadence_epochs": 6, "train_rows": 0, "test_rows": 0, "methods": "lora", "max_length": 48,
+                 "batch_size": 16}
+
+
+def main_training(args) -> dict[str, Any]:
+    """The training suite (bench/cost_training.py): print its tables, write its JSON; return the payload."""
+    from bench.common import FALLBACK_TEST, FALLBACK_TRAIN
+    from bench.cost_training import run_suite
+
+    args.seeds = [int(s) for s in csv_list(args.seeds)] if args.seeds else []
+    args.lengths = [int(s) for s in csv_list(args.lengths)]
+    env = environment()
+    with tempfile.TemporaryDirectory(prefix="cost-training-") as folder:
+        data = args.data
+        if data is None:  # the demo's job: the shipped 2,000-row sample and its 1,000 test rows
+            shutil.copy(FALLBACK_TRAIN, Path(folder) / "train.csv")
+            shutil.copy(FALLBACK_TEST, Path(folder) / "test.csv")
+            data = folder
+        splits = load_splits(data, train_rows=args.train_rows, test_rows=args.test_rows,
+                             heldout_frac=args.heldout_frac, data_seed=args.data_seed)
+    payload = run_suite(args, splits, env, lambda msg: print(msg, flush=True))
+    payload["environment"]["load_average_at_end"] = load_average()
+    payload.update({"mode": "quick" if args.quick else "full", "settings": vars(args), "data": splits.source})
+    print(f"\n## Training cost ({payload['mode']}; {env['torch_threads']} threads)\n")
+    for name, table in payload["tables"].items():
+        print(f"### {name}\n\n{table}\n")
+    path = write_results(payload, script="cost_training", quick=args.quick, out=args.out)
+    print(f"wrote {path} in {payload['wall_time_s']:.0f} s")
+    return payload
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Measure every method, print the tables, write the JSON; return the payload."""
-    args = fill_defaults(build_parser().parse_args(argv), QUICK, FULL)
+    args = build_parser().parse_args(argv)
+    if args.suite == "training":
+        return main_training(fill_defaults(args, TRAINING_QUICK, TRAINING_FULL))
+    args = fill_defaults(args, QUICK, FULL)
     args.learning_rate = args.learning_rate or 1e-5
     device = pick_device(args.device)
     start, env = time.perf_counter(), environment()
