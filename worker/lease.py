@@ -101,7 +101,7 @@ class Lease:
             self.outbox.applied(batch)
             if outage is not None:
                 logger.info("job %s: database back after %.0f s; wrote %d buffered event(s)", self.job_id,
-                               self.outbox.clock() - outage, len(batch.events), extra={"job_id": self.job_id})
+                            self.outbox.clock() - outage, len(batch.events), extra={"job_id": self.job_id})
             for callback in batch.callbacks:
                 if callback is not None:
                     callback()
@@ -145,6 +145,7 @@ class Lease:
                 raise
             self.outbox.failed()
             return self.status
+        self.outbox.recovered()
         return self._observe(status)
 
     def flush(self) -> bool:

@@ -68,6 +68,11 @@ class Outbox:
             del self._events[:len(batch.events)]
             if self._version == batch.version:
                 self._fields.clear()
+        self.recovered()
+
+    def recovered(self) -> None:
+        """A try succeeded: the next one may come at once."""
+        with self._lock:
             self.failing_since, self._retry_at, self._delay = None, float("-inf"), BACKOFF_FIRST_S
 
     def discard(self) -> int:

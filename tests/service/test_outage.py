@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 import worker.pipeline as pipeline
 from app.db import get_engine, session_factory
 from app.models import Job, JobEvent, utcnow
-from app.services.leases import as_utc, claim, reap, renew
+from app.services.leases import PendingEvent, as_utc, claim, reap, renew
 from app.storage import ArtifactStore
 from clear_core import TrainerCallback
 from tests.service.helpers import create_job, toy_frame, upload_frame
@@ -25,6 +25,7 @@ from tests.service.outages import TcpProxy
 from tests.service.workers import wait_for
 from worker.checkpoints import checkpoint_key
 from worker.lease import Lease
+from worker.outbox import Outbox
 from worker.pipeline import execute_job
 
 # 96 rows, batches of 16: 6 steps an epoch, 18 in all; checkpoints every 4 steps and at each epoch end
@@ -120,6 +121,29 @@ def test_a_stale_attempts_buffered_writes_are_never_applied(client, settings, da
     job = _job(settings, job_id)
     assert (job.attempt, job.checkpoint_step, job.global_step) == (2, None, 0)
     assert [e.type for e in _events(settings, job_id)] == ["state"] * 4  # queued, running, queued, running
+
+
+def test_the_outbox_keeps_what_came_during_a_write_and_backs_off_while_the_database_is_down():
+    now = [0.0]
+    box = Outbox(clock=lambda: now[0])
+    box.post(PendingEvent("epoch", "epoch 1 of 3"))
+    box.merge(progress=0.1, global_step=1, metrics={"epoch": 1})
+    in_flight = box.take()
+    box.post(PendingEvent("message", "made during the write"))
+    box.merge(progress=0.2, global_step=2)
+    box.applied(in_flight)
+    left = box.take()
+    assert [e.message for e in left.events] == ["made during the write"]
+    assert left.fields == {"progress": 0.2, "global_step": 2, "metrics": {"epoch": 1}}  # rewritten, never lost
+    assert box.failed() and not box.due() and box.failing_since == 0.0
+    now[0] = 0.5
+    assert box.due() and not box.failed()  # the second failure of the same outage: no new warning
+    now[0] = 1.4
+    assert not box.due()  # the wait doubled to 1 s
+    now[0] = 1.5
+    assert box.due()
+    box.applied(box.take())
+    assert not box.pending() and box.failing_since is None and box.discard() == 0
 
 
 def test_the_jobs_progress_never_moves_back(client, settings, dataset):
