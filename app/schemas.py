@@ -110,7 +110,9 @@ class JobPublic(BaseModel):
     soft_time_limit_s: int | None = None
     status: str
     attempt: int
-    progress: float
+    progress: float = Field(description="Fraction of optimizer steps done, 0-1, never lower than before: an attempt "
+                            "resumed from an earlier checkpoint leaves progress, epoch, global_step, phase and loss "
+                            "as they were until it passes them (its ``resumed`` event says where it resumed).")
     epoch: int | None
     global_step: int
     max_steps: int | None
@@ -145,8 +147,10 @@ class JobsPublic(BaseModel):
 
 
 class EventPublic(BaseModel):
-    """One entry of a job's append-only log: ``state``, ``epoch`` (metrics), ``message``, or ``warning`` (the
-    model does not seem to learn: the cause and what to try)."""
+    """One entry of a job's append-only log: ``state``, ``epoch`` (metrics), ``message``, ``warning`` (the
+    model does not seem to learn: the cause and what to try), ``checkpoint`` (one was stored: a later attempt can
+    resume from ``data.global_step``) or ``resumed`` (an attempt resumed from a checkpoint: ``data`` has its
+    ``attempt``, ``global_step``, ``epoch``, ``max_steps`` and ``progress``)."""
 
     model_config = ConfigDict(from_attributes=True)
     id: int = Field(description="Global event id (the SSE id; resume a stream with Last-Event-ID).")
@@ -155,7 +159,8 @@ class EventPublic(BaseModel):
     type: str
     message: str | None
     data: dict[str, Any] | None
-    created_at: UtcDatetime
+    created_at: UtcDatetime = Field(description="When it happened: an event a worker held back through a database "
+                                    "outage keeps its own time, so it may be earlier than an event before it.")
 
 
 class EventsPublic(BaseModel):

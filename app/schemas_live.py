@@ -13,7 +13,8 @@ class JobProgressPublic(BaseModel):
     """Where a job stands, as sent by ``events/stream`` in its ``progress`` events."""
 
     status: str
-    progress: float = Field(description="Fraction of optimizer steps done, 0-1.")
+    progress: float = Field(description="Fraction of optimizer steps done, 0-1, never lower than before (a "
+                            "resumed attempt leaves it until it passes it).")
     epoch: int | None = Field(description="Current epoch, 0-based; equals num_epochs once training ended.")
     num_epochs: int | None
     global_step: int

@@ -1,5 +1,6 @@
 """A terminal progress bar fed by a job's event stream: epoch, step, loss and ETA (tqdm's estimate
-from the step rate), with one line per state change, per finished epoch and per learning warning."""
+from the step rate), with one line per state change, per finished epoch, per learning warning and where
+an attempt resumed."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ class ProgressBar:
         tqdm.write(text, file=self.file)
 
     def feed(self, event: StreamEvent) -> None:
-        """Update the bar from a ``progress`` event; print ``state``, ``epoch`` and ``warning`` events as lines."""
+        """Update the bar from a ``progress`` event; print ``state``, ``epoch``, ``warning`` and ``resumed`` events
+        as lines."""
         if event.event == "progress":
             self._progress(event.data)
         elif event.event == "state":
@@ -53,6 +55,8 @@ class ProgressBar:
             self._write(describe_epoch(event.data.get("data") or {}, self.num_epochs))
         elif event.event == "warning":
             self._write(describe_warning(event.data.get("message")))
+        elif event.event == "resumed":  # the job's progress stays where it was until the attempt passes it
+            self._write(f"{self.job_id}: {event.data.get('message') or 'resumed'}")
 
     def _progress(self, p: dict[str, Any]) -> None:
         self.num_epochs = p.get("num_epochs") or self.num_epochs
@@ -66,7 +70,7 @@ class ProgressBar:
         step = p.get("global_step") or 0
         if step >= bar.n:
             bar.update(step - bar.n)
-        else:  # a new attempt resumed from an earlier checkpoint
+        else:  # the service never lowers a job's progress; an older one's snapshot may still arrive
             bar.n = step
         epoch = min((p.get("epoch") or 0) + 1, self.num_epochs or 1 << 30)
         loss = f" loss {p['loss']:.4f}" if p.get("loss") is not None else ""

@@ -2,7 +2,8 @@
 
 ``clear_core`` writes each checkpoint atomically to a local folder and calls ``on_save``; this
 callback copies it to ``jobs/<id>/checkpoints/step-<n>.pt`` in the store (a local folder or object
-storage), then records the key on the job (fenced by the attempt), then deletes the previous one.
+storage), then records the key on the job (fenced by the attempt; held in the lease's outbox while the
+database is unreachable), then, once recorded, deletes the previous one.
 The next attempt downloads the recorded checkpoint and passes it to ``train(resume_from=...)``.
 """
 
@@ -13,11 +14,8 @@ from pathlib import Path
 
 from clear_core import TrainerCallback, TrainerControl, TrainerState
 from clear_core.checkpoint import STATE_FILE
-from sqlalchemy import update
 
 from app.faults import is_transient
-from app.models import Job
-from app.services.leases import ACTIVE
 from app.storage import ArtifactStore
 from worker.lease import Lease
 
@@ -30,33 +28,39 @@ def checkpoint_key(job_id: str, step: int) -> str:
 
 
 class CheckpointSync(TrainerCallback):
-    """Copies each new checkpoint to the store and points the job at it."""
+    """Copies each new checkpoint to the store and points the job at it (a ``checkpoint`` event with the
+    job's ``checkpoint_uri``/``checkpoint_step``, through the lease's outbox: written, in order, once the
+    database is reachable, and only while this attempt holds the job); the checkpoint it replaces is deleted
+    once the new one is recorded."""
 
     def __init__(self, lease: Lease, store: ArtifactStore) -> None:
         self.lease, self.store = lease, store
         self.previous: str | None = None
 
     def on_save(self, state: TrainerState, control: TrainerControl, checkpoint_path: Path) -> None:
-        """Upload, record (only while this attempt holds the job), then drop the older checkpoint."""
-        key = checkpoint_key(self.lease.job_id, state.global_step)
+        """Upload, then record (now, or when the database is back); a store failure costs redone steps only."""
+        key, step = checkpoint_key(self.lease.job_id, state.global_step), state.global_step
         try:
             self.store.put_file(str(Path(checkpoint_path) / STATE_FILE), key)
-            with self.lease.factory() as session:
-                row = session.execute(update(Job).where(Job.id == self.lease.job_id, Job.attempt == self.lease.attempt,
-                                                        Job.status.in_(ACTIVE))
-                                      .values(checkpoint_uri=key, checkpoint_step=state.global_step)
-                                      .returning(Job.checkpoint_uri)).first()
-                session.commit()
-        except Exception as exc:  # a missed checkpoint costs redone steps, not the job
+        except Exception as exc:  # an object store that is down costs redone steps, not the job
             if not (is_transient(exc) or isinstance(exc, OSError)):
                 raise
-            logger.warning("checkpoint at step %s of job %s not stored: %s", state.global_step, self.lease.job_id, exc)
+            logger.warning("checkpoint at step %s of job %s not stored: %s", step, self.lease.job_id, exc)
             return
-        if row is None:
-            return  # the lease is gone; the new attempt owns the checkpoints now
-        if self.previous and self.previous != key:
-            self.store.delete(self.previous)
-        self.previous = key
+        self.lease.post("checkpoint", f"checkpoint at step {step} stored", {"global_step": step, "epoch": state.epoch},
+                        job_fields={"checkpoint_uri": key, "checkpoint_step": step},
+                        on_applied=lambda: self._recorded(key))
+        self.lease.renew()
+
+    def _recorded(self, key: str) -> None:
+        """The job points at ``key`` now: the checkpoint before it can go."""
+        previous, self.previous = self.previous, key
+        if previous and previous != key:
+            try:
+                self.store.delete(previous)
+            except OSError as exc:  # an orphan is removed with the job's checkpoints at its end
+                logger.warning("could not delete the replaced checkpoint %s of job %s: %s", previous,
+                               self.lease.job_id, exc)
 
 
 def restore(store: ArtifactStore, key: str, step: int, directory: Path) -> Path:

@@ -185,14 +185,12 @@ class Attempt:
     def _resume_from(self, directory: Path) -> Path | None:
         if not self.job.checkpoint_uri or self.job.checkpoint_step is None:
             return None
-        folder = restore(self.store, self.job.checkpoint_uri, self.job.checkpoint_step, directory)
-        with self.factory() as session:
-            record_event(session, self.id, self.number, "message",
-                         f"attempt {self.number} resumes from the checkpoint at step {self.job.checkpoint_step}",
-                         {"attempt": self.number, "checkpoint_step": self.job.checkpoint_step})
-        return folder
+        # the ``resumed`` event is JobProgress's, once the trainer has restored the checkpoint
+        return restore(self.store, self.job.checkpoint_uri, self.job.checkpoint_step, directory)
 
     def _succeed(self, records, row_indices, metrics, summary, key) -> bool:
+        if not self.lease.flush():  # the buffered events and checkpoint records first, in order
+            return False
         with self.factory() as session:
             write_noise_rows(session, self.id, records, row_indices)
             return transition(session, self.id, ("running", "cancelling"), "succeeded", on_attempt=self.number,
@@ -211,6 +209,8 @@ class Attempt:
         return "cancelled" if done else self._lost()
 
     def _end(self, status: str, message: str, event_data: dict | None = None, **fields) -> bool:
+        if not self.lease.flush():
+            return False
         with self.factory() as session:
             return transition(session, self.id, ("running", "cancelling"), status, on_attempt=self.number,
                               message=message[:2000], event_data=event_data, finished_at=utcnow(),
@@ -224,6 +224,7 @@ class Attempt:
     def _release(self, exc: BaseException) -> str:
         logger.warning("job %s: transient fault (%s); giving it back to the queue", self.id, exc)
         try:
+            self.lease.flush()
             with self.factory() as session:
                 release(session, self.id, self.number, f"transient fault in attempt {self.number}: {exc}"[:500])
         except Exception:  # still down: the reaper requeues it once the heartbeat is stale

@@ -1,10 +1,10 @@
-"""A trainer callback that writes a job's progress and per-epoch metrics to the database and asks the
-trainer to stop, between steps, when the job is cancelling, past its soft time limit, or no longer
-this attempt's (its lease was lost). Every write is fenced by the attempt number."""
+"""A trainer callback that writes a job's progress and per-epoch metrics to the database (through the
+lease's outbox, so a database outage delays them and loses nothing) and asks the trainer to stop, between
+steps, when the job is cancelling, past its soft time limit, or no longer this attempt's (its lease was
+lost). Every write is fenced by the attempt number."""
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from datetime import datetime
@@ -12,12 +12,8 @@ from typing import Any, Callable
 
 from clear_core import TrainerCallback, TrainerControl, TrainerState
 
-from app.faults import is_transient
 from app.models import utcnow
-from app.services.leases import record_event
 from worker.lease import Lease
-
-logger = logging.getLogger(__name__)
 
 
 def json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -33,8 +29,10 @@ def json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
 
 class JobProgress(TrainerCallback):
     """Reports to the job held by ``lease``: progress at most every ``min_interval_s`` seconds (and at every
-    epoch boundary), an ``epoch`` event per evaluated epoch; after every step it reads the job's status
-    (one primary-key query) so a cancel stops training within one step.
+    epoch boundary), an ``epoch`` event per evaluated epoch, a ``resumed`` event where a resumed attempt
+    starts; after every step it reads the job's status (one primary-key query) so a cancel stops training
+    within one step. Everything goes through the lease's outbox: a database outage delays it, never drops it,
+    and the job's progress never moves back (a resumed attempt leaves it until it passes it).
 
     ``stop_reason`` says why it stopped training: ``"cancel"``, ``"lost"`` or ``"time_limit"``.
     """
@@ -64,21 +62,18 @@ class JobProgress(TrainerCallback):
         self._decide(self.lease.renew(**self._progress(state, **fields)), control)
         self._last = self.clock()
 
-    def _event(self, type_: str, message: str, data: dict[str, Any] | None) -> None:
-        try:
-            with self.lease.factory() as session:
-                record_event(session, self.lease.job_id, self.lease.attempt, type_, message, data)
-        except Exception as exc:  # a lost event must not kill a long training run; it is logged
-            if not is_transient(exc):
-                raise
-            logger.exception("could not record %s event of job %s", type_, self.lease.job_id)
-
     def on_train_begin(self, state: TrainerState, control: TrainerControl) -> None:
-        """Record the step budget (and where a resumed attempt starts)."""
+        """Record the step budget, or, for a resumed attempt, where it resumes (a ``resumed`` event: the job's
+        progress stays at the highest step reached until the attempt passes it)."""
+        attempt = self.lease.attempt
+        if state.global_step:
+            self.lease.post("resumed", f"attempt {attempt} resumes from the checkpoint at step {state.global_step}",
+                            {"attempt": attempt, "global_step": state.global_step, "epoch": state.epoch,
+                             "max_steps": state.max_steps, "progress": state.progress})
+        else:
+            self.lease.post("message", f"training started: {state.num_epochs} epoch(s), {state.max_steps} step(s)",
+                            {"max_steps": state.max_steps, "global_step": 0, "attempt": attempt})
         self._write(state, control)
-        where = f", resuming at step {state.global_step}" if state.global_step else ""
-        self._event("message", f"training started: {state.num_epochs} epoch(s), {state.max_steps} step(s){where}",
-                    {"max_steps": state.max_steps, "global_step": state.global_step, "attempt": self.lease.attempt})
 
     def on_epoch_begin(self, state: TrainerState, control: TrainerControl) -> None:
         """Record the epoch and phase (warmup, routed or plain)."""
@@ -93,14 +88,12 @@ class JobProgress(TrainerCallback):
 
     def on_warning(self, state: TrainerState, control: TrainerControl, warning: dict[str, Any]) -> None:
         """The model does not seem to learn: a ``warning`` event with the cause and what to try."""
-        if self.stop_reason != "lost":
-            self._event("warning", warning["message"], json_safe({"stage": warning["stage"],
+        self.lease.post("warning", warning["message"], json_safe({"stage": warning["stage"],
                                                                   "reliability": warning["reliability"]}))
 
     def on_evaluate(self, state: TrainerState, control: TrainerControl, metrics: dict[str, Any],
                     model: Any = None) -> None:
         """Append the epoch's metrics as an ``epoch`` event and keep them as the job's latest metrics."""
         clean = json_safe(metrics)
+        self.lease.post("epoch", f"epoch {state.epoch} of {state.num_epochs}", clean)
         self._write(state, control, metrics=clean)
-        if self.stop_reason != "lost":
-            self._event("epoch", f"epoch {state.epoch} of {state.num_epochs}", clean)

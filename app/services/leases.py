@@ -9,11 +9,11 @@ No torch and no Celery here: the API, the worker and the tests share these funct
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import case, delete, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.models import IdempotencyKey, Job, utcnow
@@ -22,6 +22,9 @@ from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 ACTIVE = ("running", "cancelling")
+# where a job stands: written together, and only when they do not move it back (a resumed attempt redoing
+# steps the job's progress already counts leaves them as they are until it passes them)
+PROGRESS_FIELDS = ("progress", "epoch", "global_step", "phase", "loss")
 
 
 def as_utc(moment: datetime | None) -> datetime | None:
@@ -57,16 +60,51 @@ def claim(session: Session, job_id: str, owner: str) -> Job | None:
     return session.get(Job, job_id, populate_existing=True) if moved else None
 
 
-def renew(session: Session, job_id: str, attempt: int, **fields) -> str | None:
-    """Renew the lease of ``attempt`` (heartbeat plus any progress ``fields``) and commit.
+@dataclass(frozen=True)
+class PendingEvent:
+    """An event a worker made but has not written yet (buffered through a database outage): its type,
+    message and data as for ``add_event``, the moment it happened, and the job columns that are set with it
+    (a checkpoint record: ``checkpoint_uri`` and ``checkpoint_step``)."""
+
+    type: str
+    message: str | None
+    data: dict | None = None
+    created_at: datetime = field(default_factory=utcnow)
+    job_fields: dict = field(default_factory=dict)
+
+
+def _forward_only(fields: dict) -> dict:
+    """``fields`` as UPDATE values in which the progress fields only apply when ``global_step`` does not
+    go back (evaluated against the row as it was, so they move together or not at all)."""
+    step = fields.get("global_step")
+    if step is None:
+        return dict(fields)
+    ahead = Job.global_step <= step
+    return {name: case((ahead, literal(value, getattr(Job, name).type)), else_=getattr(Job, name))
+            if name in PROGRESS_FIELDS else value for name, value in fields.items()}
+
+
+def renew(session: Session, job_id: str, attempt: int, *, events: Sequence[PendingEvent] = (), **fields) -> str | None:
+    """Renew the lease of ``attempt``: heartbeat, any job ``fields`` (progress, metrics), then ``events`` in
+    order with their job columns, in one transaction, committed only while ``attempt`` holds the job (else
+    nothing is written). Progress never moves back: ``progress``, ``epoch``, ``global_step``, ``phase`` and
+    ``loss`` are kept when ``fields['global_step']`` is below the job's.
 
     Returns:
         The job's status (``running`` or ``cancelling``), or None when this attempt no longer holds it.
     """
+    values = _forward_only(fields)
+    for event in events:
+        values.update(event.job_fields)
     row = session.execute(update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(ACTIVE))
-                          .values(heartbeat_at=utcnow(), **fields).returning(Job.status)).first()
+                          .values(heartbeat_at=utcnow(), **values).returning(Job.status)).first()
+    if row is None:
+        session.rollback()
+        return None
+    for event in events:
+        add_event(session, job_id, event.type, message=event.message, data=event.data, created_at=event.created_at)
     session.commit()
-    return row.status if row else None
+    return row.status
 
 
 def lease_status(session: Session, job_id: str, attempt: int) -> str | None:

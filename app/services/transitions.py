@@ -6,6 +6,7 @@ transition is atomic, race-free (it only happens from the expected states) and l
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
@@ -15,14 +16,15 @@ from app.models import Job, JobEvent, utcnow
 
 
 def add_event(session: Session, job_id: str, type_: str, *, message: str | None = None,
-              data: dict[str, Any] | None = None) -> None:
+              data: dict[str, Any] | None = None, created_at: datetime | None = None) -> None:
     """Append one event to the job's log (not committed); it belongs to the job's tenant and gets the job's next
     ``seq`` (1, 2, 3 ...). The job's row is locked first (``FOR UPDATE`` on Postgres; SQLite writes one at a time),
-    so two writers of the same job (a worker's epoch event, the API's cancel) never take the same number."""
+    so two writers of the same job (a worker's epoch event, the API's cancel) never take the same number.
+    ``created_at`` is when it happened (default now; a worker's buffered event keeps the time it was made)."""
     tenant = session.scalar(select(Job.tenant_id).where(Job.id == job_id).with_for_update())
     seq = select(func.coalesce(func.max(JobEvent.seq), 0) + 1).where(JobEvent.job_id == job_id).scalar_subquery()
     session.execute(insert(JobEvent).values(job_id=job_id, tenant_id=tenant, seq=seq, type=type_, message=message,
-                                            data=data, created_at=utcnow()))
+                                            data=data, created_at=created_at or utcnow()))
 
 
 def transition(session: Session, job_id: str, from_statuses: tuple[str, ...], to_status: str, *,

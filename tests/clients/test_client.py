@@ -106,11 +106,13 @@ def test_the_sse_parser_and_the_progress_bar():
                                             "last_pass_p_clean_mean": 0.74, "p_clean_mean": 0.1}}, 4))
     bar.feed(StreamEvent("warning", {"type": "warning", "message": fake_report.WARNING,
                                      "data": {"stage": "after_warmup", "reliability": {"reliable": False}}}, 5))
+    bar.feed(StreamEvent("resumed", {"type": "resumed", "message": "attempt 2 resumes from the checkpoint at step 8",
+                                     "data": {"attempt": 2, "global_step": 8}}, 6))
     bar.close()
     text = out.getvalue()
     for part in ("step 12/36", "epoch 2/3 routed", "loss 0.4321", "ETA",
                  "epoch 2/3 (routed): train_loss 0.500, eval_accuracy 0.800, last_pass_p_clean_mean 0.740\n",
-                 f"WARNING: {fake_report.WARNING}\n"):
+                 f"WARNING: {fake_report.WARNING}\n", "job_x: attempt 2 resumes from the checkpoint at step 8\n"):
         assert part in text, text
     assert "p_clean_mean 0.100" not in text  # an old name is not printed
 
