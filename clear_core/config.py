@@ -292,9 +292,10 @@ class TrainingConfig:
     device: str | None = field(default=None, metadata={"help": "'cpu', 'cuda', 'cuda:1'...; None picks CUDA if present."})
     precision: str = field(
         default="auto",
-        metadata={"help": "'auto' (fp32 weights with bf16 autocast on CUDA, fp32 on CPU), 'bf16' (on CUDA the "
-                  "frozen backbone is also loaded in bf16, halving its memory; trained parameters stay fp32; "
-                  "fp32 on CPU) or 'fp32' (no autocast anywhere)."},
+        metadata={"help": "'auto' (fp32 weights with bf16 autocast on CUDA, and on a CPU with native bf16 "
+                  "(AMX-BF16 / AVX512-BF16), else fp32), 'bf16' (on CUDA the frozen backbone is also loaded in bf16, "
+                  "halving its memory; trained parameters stay fp32; bf16 autocast on any CPU) or 'fp32' (no "
+                  "autocast anywhere)."},
     )
     length_bucketing: bool = field(
         default=True,

@@ -6,6 +6,7 @@ Symbols: N rows, K classes, B batch rows, T tokens, L routed layers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from pathlib import Path
 from typing import Any, Sequence
@@ -147,6 +148,23 @@ def forward_inputs(model: nn.Module) -> frozenset[str] | None:
     return frozenset(n for n in ("input_ids", "attention_mask", "token_type_ids", "position_ids") if n in params)
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bf16 matrix products natively (Intel AMX-BF16 or AVX512-BF16 flags in
+    ``/proc/cpuinfo``), where bf16 autocast runs a CPU training step about 1.6x faster than fp32 (bench/cost.py
+    --suite training); False elsewhere (no such flags, or no ``/proc/cpuinfo``), where bf16 is emulated and slower."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+            break
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
 class ClearModel(nn.Module):
     """A classifier with a routed PEFT method; ``forward`` maps a tokenised batch to logits ``(B, K)``.
 
@@ -279,7 +297,7 @@ class ClearModel(nn.Module):
             tokens: the rows, as :class:`TokenizedTexts` (batched here, ``batch_size`` rows each, sorted by
                 length) or as prebuilt :class:`clear_core.batching.PassBatches` (their own batch size).
             batch_size: rows per batch for ``TokenizedTexts``, >= 1.
-            autocast: run under CUDA bf16 autocast.
+            autocast: run under bf16 autocast on the model's device (CUDA, or a CPU with native bf16).
             merge: fold LoRA / BitFit deltas into the frozen weights for the pass
                 (:func:`clear_core.merge.merged_deltas`; the weights are restored from a copy afterwards).
         """
@@ -292,7 +310,7 @@ class ClearModel(nn.Module):
         batches = tokens if isinstance(tokens, PassBatches) else PassBatches(tokens, batch_size, max_cached_tokens=0)
         out = np.zeros((len(batches), len(self.label_names)), dtype=np.float32)
         device = self.device
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+        ctx = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
         gate = self.controller.constant if merge else None
         try:
             with merged_deltas(self.model, gate):

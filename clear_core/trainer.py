@@ -36,7 +36,7 @@ from .config import ClearConfig, TrainingConfig, resolve_configs
 from .data import (TextClassificationData, TokenizedTexts, build_label_names, encode_gold_labels, encode_labels,
                    stratified_holdout, subset)
 from .evaluation import epoch_metrics
-from .model import ClearModel
+from .model import ClearModel, cpu_has_native_bf16
 from .estimate import NoiseEstimator
 from .relabel import Relabeller
 from .report import NoiseReport
@@ -150,7 +150,9 @@ class _Trainer:
         self.gold = encode_gold_labels(data.gold_labels, self.names) if data.gold_labels is not None else None
         self.device = pick_device(training.device)
         cuda = self.device.type == "cuda"
-        self.autocast = cuda and training.precision in ("auto", "bf16")
+        cpu_bf16 = self.device.type == "cpu" and (
+            training.precision == "bf16" or (training.precision == "auto" and cpu_has_native_bf16()))
+        self.autocast = (cuda and training.precision in ("auto", "bf16")) or cpu_bf16
         self.eval_batch_size = training.eval_batch_size or (512 if cuda else 128)
         torch.manual_seed(training.seed)
         bf16_weights = cuda and training.precision == "bf16"
@@ -334,7 +336,7 @@ class _Trainer:
         return self.clear.distill_weight * min(1.0, done / ramp)
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
 
     def _logits(self, batches: PassBatches | None) -> np.ndarray | None:
         if batches is None:
