@@ -139,8 +139,10 @@ def _strings(column: Any, length: int) -> pa.Array:
 def blank_to_null(values: pa.Array) -> pa.Array:
     """``cell_text`` in columns: a cell that is empty or only whitespace (Python's ``str.isspace`` set)
     becomes null; other cells are kept as they are."""
-    blank = pc.match_substring_regex(values, _BLANK)
-    return pc.if_else(pc.fill_null(blank, False), pa.scalar(None, pa.string()), values)
+    if values.null_count == len(values):
+        return values
+    blank = pc.fill_null(pc.match_substring_regex(values, _BLANK), False)
+    return pc.if_else(blank, pa.scalar(None, pa.string()), values) if pc.any(blank).as_py() else values
 
 
 def python_strip(values: pa.Array) -> pa.Array:
