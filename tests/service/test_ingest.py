@@ -244,3 +244,42 @@ def test_an_api_killed_during_an_upload_leaves_no_spool_once_restarted(settings,
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(20)
+
+
+def _dataset_sql(dataset_id: str) -> str:
+    return ("INSERT INTO datasets (id, tenant_id, name, status, format, sha256, size_bytes, row_count, label_names, "
+            f"class_histogram, columns, created_at) VALUES ('{dataset_id}', 't', 'n', 'ready', 'csv', 'x', 1, 1, "
+            "'[]', '{}', '{}', CURRENT_TIMESTAMP)")
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+def test_dataset_rows_still_need_their_dataset_and_go_with_it(settings, tmp_path, dialect):
+    from sqlalchemy.exc import IntegrityError
+
+    from tests.service.conftest import run_alembic
+
+    url = settings.database_url
+    if dialect == "sqlite":
+        url = f"sqlite:///{tmp_path / 'clear.db'}"
+        run_alembic(url, "upgrade", "head")
+    engine = get_engine(url)
+    row = "INSERT INTO dataset_rows (dataset_id, row_index, text, label) VALUES ('{}', {}, 'x', 'a')"
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO tenants (id, created_at) VALUES ('t', CURRENT_TIMESTAMP)"))
+        conn.execute(text(_dataset_sql("ds_kept")))
+        conn.execute(text(_dataset_sql("ds_gone")))
+        for i in range(3):
+            conn.execute(text(row.format("ds_kept", i)))
+            conn.execute(text(row.format("ds_gone", i)))
+    with pytest.raises(IntegrityError):
+        with engine.begin() as conn:
+            conn.execute(text(row.format("ds_missing", 0)))
+    with pytest.raises(IntegrityError):
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE dataset_rows SET dataset_id = 'ds_missing' WHERE dataset_id = 'ds_kept'"))
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM datasets WHERE id = 'ds_gone'"))
+        counts = dict(conn.execute(text("SELECT dataset_id, count(*) FROM dataset_rows GROUP BY dataset_id")).all())
+    assert counts == {"ds_kept": 3}
+    if dialect == "sqlite":
+        engine.dispose()
