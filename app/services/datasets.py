@@ -203,7 +203,7 @@ def _copy_field(values: pa.ChunkedArray | pa.Array) -> pa.Array:
     for char, escaped in _COPY_ESCAPES:
         if char.encode() in raw:  # a byte search first: almost no text holds a tab, newline or backslash
             values = pc.replace_substring(values, char, escaped)
-    return pc.fill_null(values, "\\N")
+    return pc.fill_null(values, "\\N") if values.null_count else values
 
 
 def _raw_bytes(values: pa.Array) -> bytes:
