@@ -99,6 +99,7 @@ def create_dataset(session: Session, upload: Upload, limits: Limits, *, tenant_i
         check_unique_names(schema.names, "the Parquet schema")
         check_parquet_types(schema, mapping)
         columns = sorted({c for c in mapping.values() if c})  # only the mapped columns are ever decoded
+
     def new_validator() -> RowValidator:
         return RowValidator(mapping, declared, limits.min_rows_per_class, limits.max_rows, limits.max_text_chars,
                             limits.max_errors, fixed_columns=fmt != "jsonl")

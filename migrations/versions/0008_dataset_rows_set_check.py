@@ -69,7 +69,8 @@ SQLITE_UP = [
     """CREATE TRIGGER datasets_delete_rows AFTER DELETE ON datasets
     BEGIN DELETE FROM dataset_rows WHERE dataset_id = OLD.id; END""",
 ]
-SQLITE_DOWN = ["DROP TRIGGER IF EXISTS datasets_delete_rows", "DROP TRIGGER IF EXISTS dataset_rows_check_datasets_update",
+SQLITE_DOWN = ["DROP TRIGGER IF EXISTS datasets_delete_rows",
+               "DROP TRIGGER IF EXISTS dataset_rows_check_datasets_update",
                "DROP TRIGGER IF EXISTS dataset_rows_check_datasets_insert"]
 
 

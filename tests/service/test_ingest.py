@@ -18,7 +18,6 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import psycopg
-import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import event, text
@@ -129,7 +128,8 @@ def test_every_malformed_case_keeps_its_answer_on_the_copy_path(strict_client, s
 def _csv_tricky() -> bytes:
     body = io.StringIO()
     texts = TRICKY + ["  ", "", "\u2003", "plain"]
-    pd.DataFrame({"text": texts, "label": ["a", "b", " b"] * 4 + ["\xa0a\t"], "note": ["x"] * len(texts)}).to_csv(body, index=False, lineterminator="\r\n")
+    frame = pd.DataFrame({"text": texts, "label": ["a", "b", " b"] * 4 + ["\xa0a\t"], "note": ["x"] * len(texts)})
+    frame.to_csv(body, index=False, lineterminator="\r\n")
     return b"\xef\xbb\xbf" + body.getvalue().encode()
 
 
