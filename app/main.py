@@ -20,7 +20,7 @@ from app.ops.logs import configure_from_env
 from app.ops.metrics import RequestMetrics, make_registry
 from app.queue import CeleryEnqueuer
 from app.services.jobs import Enqueue
-from app.services.uploads import process_folder, release_folder, remove_stale
+from app.services.uploads import hold_folder, release_folder, remove_stale
 from app.settings import Settings, get_settings
 from app.storage import ArtifactStore
 
@@ -53,7 +53,7 @@ async def lifespan(app: FastAPI):
     live process's folder is locked and kept) and claim this process's own; at shutdown, remove it."""
     uploads = app.state.settings.scratch("uploads")
     remove_stale(uploads)
-    process_folder(uploads)
+    hold_folder(uploads)
     try:
         yield
     finally:

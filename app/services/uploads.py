@@ -69,6 +69,7 @@ async def spool(upload, limit: int, directory: str | Path | None = None) -> Stor
 
 _LOCK = ".lock"
 _owned: dict[tuple[Path, int], tuple[Path, int]] = {}  # (root, pid) -> (this process's folder, lock fd)
+_holders: dict[tuple[Path, int], int] = {}  # (root, pid) -> apps of this process that hold the folder
 _owned_guard = threading.Lock()
 
 
@@ -141,10 +142,26 @@ def _remove_if_dead(root: Path, name: str) -> bool:
     return True
 
 
-def release_folder(root: Path) -> None:
-    """Remove this process's folder under ``root`` and drop its lock (at API shutdown)."""
+def hold_folder(root: Path) -> Path:
+    """``process_folder(root)``, counted: each app started in this process (API start-up) holds it once,
+    and ``release_folder`` removes it when the last one stops."""
+    folder = process_folder(root)
     with _owned_guard:
-        owned = _owned.pop((Path(root), os.getpid()), None)
+        key = (Path(root), os.getpid())
+        _holders[key] = _holders.get(key, 0) + 1
+    return folder
+
+
+def release_folder(root: Path) -> None:
+    """Drop one hold of this process's folder under ``root``; the last one removes the folder and its lock
+    (at API shutdown)."""
+    key = (Path(root), os.getpid())
+    with _owned_guard:
+        _holders[key] = _holders.get(key, 1) - 1
+        if _holders[key] > 0:
+            return
+        del _holders[key]
+        owned = _owned.pop(key, None)
     if owned is not None:
         folder, fd = owned
         shutil.rmtree(folder, ignore_errors=True)

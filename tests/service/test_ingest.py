@@ -181,8 +181,11 @@ def test_start_up_cleanup_keeps_a_live_process_folder_and_removes_a_dead_ones(tm
                            text=True, check=True)
     assert dead_name in other.stdout and not (root / dead_name).exists()
     assert (mine / "upload-live").exists()  # this process is alive: its lock is held
+    assert uploads.hold_folder(root) == mine == uploads.hold_folder(root)  # two apps started in this process
     uploads.release_folder(root)
-    assert not mine.exists()
+    assert (mine / "upload-live").exists()  # the other app still runs
+    uploads.release_folder(root)
+    assert not mine.exists() and not list(root.iterdir())
 
 
 def _free_port() -> int:
