@@ -310,7 +310,7 @@ def _arrow_csv_tables(path: Path, max_uncompressed: int, chunk_rows: int) -> Ite
         check_unique_names(names, "the CSV header")
         gzipped = sniff(path) == "gzip"
     except Exception as exc:  # pandas' own read of the file reports it exactly
-        raise FastPathUnusable(str(exc)) from exc
+        _give_up(exc)
     if not names or "" in names:  # pandas names an empty header cell "Unnamed: i"
         raise FastPathUnusable("an empty column name")
     source = open_binary(path, max_uncompressed) if gzipped else str(path)
@@ -324,10 +324,21 @@ def _arrow_csv_tables(path: Path, max_uncompressed: int, chunk_rows: int) -> Ite
     except FastPathUnusable:
         raise
     except Exception as exc:  # a ragged row, a bad byte, a broken gzip stream, ...: pandas says which
-        raise FastPathUnusable(str(exc)) from exc
+        _give_up(exc)
     finally:
         if gzipped:
             source.close()
+
+
+def _give_up(exc: Exception) -> None:
+    """Raise ``FastPathUnusable`` for ``exc``, except for a gzip bomb's ``PayloadTooLarge`` (raised by our
+    reader, perhaps wrapped by Arrow), which pandas' read would raise the same: that is raised as it is."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, PayloadTooLarge):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, PayloadTooLarge):
+        raise cause
+    raise FastPathUnusable(str(exc)) from exc
 
 
 def _exact_chunks(batches, schema: pa.Schema, chunk_rows: int) -> Iterator[pa.Table]:
