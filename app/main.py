@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -18,6 +20,7 @@ from app.ops.logs import configure_from_env
 from app.ops.metrics import RequestMetrics, make_registry
 from app.queue import CeleryEnqueuer
 from app.services.jobs import Enqueue
+from app.services.uploads import hold_folder, release_folder, remove_stale
 from app.settings import Settings, get_settings
 from app.storage import ArtifactStore
 
@@ -44,13 +47,27 @@ class UploadLimit:
         await self.app(scope, receive, send)
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    """At start-up, delete the spooled uploads that dead API processes left under the scratch folder (a
+    live process's folder is locked and kept) and claim this process's own; at shutdown, remove it."""
+    uploads = app.state.settings.scratch("uploads")
+    remove_stale(uploads)
+    hold_folder(uploads)
+    try:
+        yield
+    finally:
+        release_folder(uploads)
+
+
 def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = None) -> FastAPI:
     """Build the API for ``settings`` (default: the environment); ``enqueue`` defaults to Celery."""
     settings = settings or get_settings()
     app = FastAPI(title="CleaR fine-tuning service", version="0.1.0",
                   description="Fine-tune text classifiers on noisily labelled data with CleaR; get an adapter "
                               "and a ranked noise report.",
-                  docs_url=None, redoc_url=None)  # /docs comes from routes.docs, with vendored assets
+                  docs_url=None, redoc_url=None,  # /docs comes from routes.docs, with vendored assets
+                  lifespan=lifespan)
     app.state.settings = settings
     app.state.session_factory = session_factory(settings.database_url)
     app.state.store = ArtifactStore(settings.artifact_url)

@@ -1,23 +1,37 @@
 """Datasets: parse an upload in chunks, validate each row, and store the dataset and its rows in one
-transaction (or nothing at all)."""
+transaction (or nothing at all).
+
+On Postgres the rows stream into ``dataset_rows`` through one ``COPY ... FROM STDIN`` (text format, built
+in columns with Arrow) on the upload's own connection and transaction, chunk by chunk while the file is
+parsed, so the server stores a chunk while the next one is validated; SQLite gets batched INSERTs.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from app.errors import InvalidInput, NotFound
 from app.models import Dataset, DatasetRow
 from app.services.pagination import Page, newest_first
 from app.services.quotas import Quotas, check_stored_rows, lock_tenant
-from app.services.parsing import check_unique_names, detect_format, iter_chunks, parquet_schema
+from app.services.parsing import (FastPathUnusable, check_unique_names, detect_format, iter_chunks, iter_tables,
+                                  parquet_schema)
 from app.services.uploads import StoredUpload, check_gzip_name, safe_name
 from app.services.validation import LABEL_MAX, RowValidator, check_mapping, check_parquet_types
 
 INSERT_BATCH = 5000
+COPY_COLUMNS = ("dataset_id", "row_index", "row_id", "text", "text_pair", "label", "gold_label")
+COPY_SQL = f"COPY dataset_rows ({', '.join(COPY_COLUMNS)}) FROM STDIN"
+_COPY_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"))  # backslash first
 
 
 @dataclass
@@ -85,20 +99,25 @@ def create_dataset(session: Session, upload: Upload, limits: Limits, *, tenant_i
         check_unique_names(schema.names, "the Parquet schema")
         check_parquet_types(schema, mapping)
         columns = sorted({c for c in mapping.values() if c})  # only the mapped columns are ever decoded
-    validator = RowValidator(mapping, declared, limits.min_rows_per_class, limits.max_rows, limits.max_text_chars,
-                             limits.max_errors, fixed_columns=fmt != "jsonl")
+
+    def new_validator() -> RowValidator:
+        return RowValidator(mapping, declared, limits.min_rows_per_class, limits.max_rows, limits.max_text_chars,
+                            limits.max_errors, fixed_columns=fmt != "jsonl")
+
     dataset = Dataset(tenant_id=tenant_id, name=safe_name(upload.name, upload.filename), status="processing",
                       format=fmt,
                       sha256=upload.file.sha256, size_bytes=upload.file.size, row_count=0, label_names=[],
                       class_histogram={}, columns={k: v for k, v in mapping.items() if v})
+    path, cap = upload.file.path, limits.max_uncompressed_bytes
     try:
         session.add(dataset)
         session.flush()
-        for chunk in iter_chunks(upload.file.path, fmt, max_uncompressed=limits.max_uncompressed_bytes,
-                                 columns=columns):
-            rows = validator.add(chunk)
-            if rows is not None:
-                _insert_rows(session, dataset.id, rows)
+        try:
+            validator = _store_fast(session, dataset.id, new_validator(),
+                                    iter_tables(path, fmt, max_uncompressed=cap, columns=columns))
+        except FastPathUnusable:  # a CSV Arrow cannot read as pandas does: pandas' parse is the reference
+            validator = _store(session, dataset.id, new_validator(),
+                               iter_chunks(path, fmt, max_uncompressed=cap, columns=columns))
         names, histogram = validator.finish()
         if quotas is not None:
             lock_tenant(session, tenant_id)  # held until the commit: concurrent uploads count one after another
@@ -112,8 +131,99 @@ def create_dataset(session: Session, upload: Upload, limits: Limits, *, tenant_i
     return dataset
 
 
-def _insert_rows(session: Session, dataset_id: str, frame) -> None:
-    records = frame.assign(dataset_id=dataset_id).to_dict("records")
+def _store_fast(session: Session, dataset_id: str, validator: RowValidator, chunks: Iterable) -> RowValidator:
+    """``_store`` over the fast path's chunks; on ``FastPathUnusable`` the rows it stored are removed
+    again (a savepoint on Postgres, whose COPY the failure aborted; a DELETE on SQLite) before it re-raises."""
+    if _is_postgres(session):
+        with session.begin_nested():
+            return _store(session, dataset_id, validator, chunks)
+    try:
+        return _store(session, dataset_id, validator, chunks)
+    except FastPathUnusable:
+        session.execute(delete(DatasetRow).where(DatasetRow.dataset_id == dataset_id))
+        raise
+
+
+def _store(session: Session, dataset_id: str, validator: RowValidator, chunks: Iterable) -> RowValidator:
+    """Validate every chunk and store the rows of the valid ones (none are stored after the first error:
+    the upload fails and its transaction is rolled back); returns the validator, ready to ``finish``."""
+    with _row_writer(session, dataset_id) as write:
+        for chunk in chunks:
+            rows = validator.add(chunk)
+            if rows is not None and rows.num_rows:
+                write(rows)
+    return validator
+
+
+def _is_postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+@contextmanager
+def _row_writer(session: Session, dataset_id: str) -> Iterator[Callable[[pa.Table], None]]:
+    """A function that stores a validated chunk (``RowValidator.add``'s table) as rows of ``dataset_id``:
+    into one COPY on Postgres, opened at the first chunk and ended (or failed) when the block exits."""
+    if not _is_postgres(session):
+        yield lambda rows: _insert_rows(session, dataset_id, rows)
+        return
+    connection = session.connection().connection.driver_connection  # the upload's psycopg connection
+    utf8 = connection.info.encoding == "utf-8"
+    with connection.cursor() as cursor, ExitStack() as stack:
+        copies = []
+
+        def write(rows: pa.Table) -> None:
+            if not copies:  # exiting the stack ends the COPY, or fails it (CopyFail) when the block raised
+                copies.append(stack.enter_context(cursor.copy(COPY_SQL)))
+            data = copy_text(dataset_id, rows)
+            copies[0].write(data if utf8 else bytes(data).decode("utf-8"))
+
+        yield write
+
+
+def copy_text(dataset_id: str, rows: pa.Table) -> memoryview:
+    """``rows`` as the body of a text-format ``COPY dataset_rows (COPY_COLUMNS)``: one line per row, columns
+    tab-separated, backslash, tab, newline and carriage return escaped, null as ``\\N``; built in columns."""
+    fields = [pa.scalar(dataset_id), pc.cast(rows.column("row_index"), pa.string())]
+    fields += [_copy_field(rows.column(name)) for name in COPY_COLUMNS[2:]]
+    if isinstance(fields[-1], pa.Scalar):  # gold_label all null, as usual: the line end joins it, one pass less
+        lines = pc.binary_join_element_wise(*fields[:-1], pa.scalar(fields[-1].as_py() + "\n"), "\t")
+    else:
+        lines = pc.binary_join_element_wise(pc.binary_join_element_wise(*fields, "\t"), "\n", "")
+    if isinstance(lines, pa.ChunkedArray):
+        lines = lines.combine_chunks()
+    start, end = _byte_span(lines)
+    return memoryview(lines.buffers()[2])[start:end]
+
+
+def _copy_field(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if values.null_count == len(values):
+        return pa.scalar("\\N")
+    raw = _raw_bytes(values)
+    for char, escaped in _COPY_ESCAPES:
+        if char.encode() in raw:  # a byte search first: almost no text holds a tab, newline or backslash
+            values = pc.replace_substring(values, char, escaped)
+    return pc.fill_null(values, "\\N") if values.null_count else values
+
+
+def _raw_bytes(values: pa.Array) -> bytes:
+    """The bytes of a string array's cells, concatenated (what a byte search needs; no per-cell work)."""
+    data = values.buffers()[2]
+    if len(values) == 0 or data is None:
+        return b""
+    start, end = _byte_span(values)
+    return bytes(memoryview(data)[start:end])
+
+
+def _byte_span(values: pa.Array) -> tuple[int, int]:
+    """Where a (possibly sliced) string array's cells lie in its data buffer: ``(start, end)`` in bytes."""
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int32)
+    return int(offsets[values.offset]), int(offsets[values.offset + len(values)])
+
+
+def _insert_rows(session: Session, dataset_id: str, rows: pa.Table) -> None:
+    records = rows.append_column("dataset_id", pa.array([dataset_id] * rows.num_rows, pa.string())).to_pylist()
     for start in range(0, len(records), INSERT_BATCH):
         # executemany: SQLAlchemy batches these into multi-row INSERTs (insertmanyvalues)
         session.execute(insert(DatasetRow), records[start:start + INSERT_BATCH])

@@ -178,10 +178,8 @@ def validate_upload(upload: PredictionUpload, classes: list[str], limits: Limits
         for chunk in iter_chunks(upload.file.path, fmt, max_uncompressed=limits.max_uncompressed_bytes,
                                  columns=columns):
             rows = validator.add(chunk)
-            if rows is not None and len(rows):
-                table = {name: rows[name].tolist() if name in rows else [None] * len(rows)
-                         for name in INPUT_SCHEMA.names}
-                writer.write_table(pa.Table.from_pydict(table, schema=INPUT_SCHEMA))
+            if rows is not None and rows.num_rows:  # an Arrow table with every INPUT_SCHEMA column
+                writer.write_table(rows.select(INPUT_SCHEMA.names).cast(INPUT_SCHEMA))
     labelled = bool(validator.mapping.get("label"))
     unknown = sorted(set(validator.histogram) - set(classes))
     if labelled and unknown:

@@ -3,16 +3,27 @@
 
 The caller's file name is only ever a label (the dataset's display name, a hint of the format);
 it never becomes part of a path.
+
+Spool files live in a folder of their own process, ``<Settings.scratch("uploads")>/<pid>-<token>/``, beside
+a lock file ``<pid>-<token>.lock`` that the process holds an exclusive ``flock`` on for its whole life (the
+kernel drops it when the process dies, SIGKILL included). ``remove_stale`` (run at API start-up) deletes the
+folders whose lock it can take, i.e. those of dead processes, and leaves those of live ones alone, so
+several API processes (``uvicorn --workers N``) can share one data folder. ``flock`` needs a local file
+system (on NFS it may not be honoured).
 """
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import io
 import os
 import re
+import secrets
+import shutil
 import tempfile
+import threading
 import unicodedata
 import zlib
 from dataclasses import dataclass
@@ -35,9 +46,10 @@ class StoredUpload:
     sha256: str
 
 
-async def spool(upload, limit: int, directory: str | None = None) -> StoredUpload:
-    """Copy an async-readable upload (``await upload.read(n)``) to a temporary file, refusing (413)
-    as soon as it passes ``limit`` bytes; the temporary file is removed on any error."""
+async def spool(upload, limit: int, directory: str | Path | None = None) -> StoredUpload:
+    """Copy an async-readable upload (``await upload.read(n)``) to a temporary file in ``directory``
+    (default the system's temporary folder; the API passes ``process_folder(settings.scratch("uploads"))``),
+    refusing (413) as soon as it passes ``limit`` bytes; the temporary file is removed on any error."""
     digest, size = hashlib.sha256(), 0
     fd, name = tempfile.mkstemp(prefix="upload-", dir=directory)
     try:
@@ -53,6 +65,108 @@ async def spool(upload, limit: int, directory: str | None = None) -> StoredUploa
         os.unlink(name)
         raise
     return StoredUpload(Path(name), size, digest.hexdigest())
+
+
+_LOCK = ".lock"
+_owned: dict[tuple[Path, int], tuple[Path, int]] = {}  # (root, pid) -> (this process's folder, lock fd)
+_holders: dict[tuple[Path, int], int] = {}  # (root, pid) -> apps of this process that hold the folder
+_owned_guard = threading.Lock()
+
+
+def process_folder(root: Path) -> Path:
+    """This process's own folder under ``root`` (created, with its held lock, on first use): where it
+    spools. Safe to call from several threads; a forked child gets a folder of its own."""
+    root = Path(root)
+    with _owned_guard:
+        owned = _owned.get((root, os.getpid()))
+        if owned is not None and owned[0].is_dir():
+            return owned[0]
+        root.mkdir(parents=True, exist_ok=True)
+        folder, fd = _claim(root)
+        _owned[(root, os.getpid())] = (folder, fd)
+        return folder
+
+
+def _claim(root: Path) -> tuple[Path, int]:
+    while True:
+        name = f"{os.getpid()}-{secrets.token_hex(4)}"
+        lock = root / f"{name}{_LOCK}"
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # else a start-up cleanup took the lock before we did and removed it: try another name
+            (root / name).mkdir(mode=0o700)
+            return root / name, fd
+        os.close(fd)
+
+
+def remove_stale(root: Path) -> list[str]:
+    """Delete under ``root`` every process folder whose owner is gone (its lock can be taken), any folder
+    without a lock file and any loose file; live processes' folders (their lock is held) are kept.
+    Returns the names removed."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    removed = []
+    mine = {folder.name for (base, _pid), (folder, _fd) in _owned.items() if base == root}
+    for lock in sorted(root.glob(f"*{_LOCK}")):
+        name = lock.name[:-len(_LOCK)]
+        if name not in mine and _remove_if_dead(root, name):
+            removed.append(name)
+    for entry in sorted(root.iterdir()):
+        if entry.name.endswith(_LOCK) or entry.name in mine or (root / f"{entry.name}{_LOCK}").exists():
+            continue
+        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        removed.append(entry.name)
+    return removed
+
+
+def _remove_if_dead(root: Path, name: str) -> bool:
+    try:
+        fd = os.open(root / f"{name}{_LOCK}", os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # its process is alive
+        os.close(fd)
+        return False
+    try:  # the folder first, then the lock: a folder never outlives its lock unnoticed
+        shutil.rmtree(root / name, ignore_errors=True)
+        (root / f"{name}{_LOCK}").unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+    return True
+
+
+def hold_folder(root: Path) -> Path:
+    """``process_folder(root)``, counted: each app started in this process (API start-up) holds it once,
+    and ``release_folder`` removes it when the last one stops."""
+    folder = process_folder(root)
+    with _owned_guard:
+        key = (Path(root), os.getpid())
+        _holders[key] = _holders.get(key, 0) + 1
+    return folder
+
+
+def release_folder(root: Path) -> None:
+    """Drop one hold of this process's folder under ``root``; the last one removes the folder and its lock
+    (at API shutdown)."""
+    key = (Path(root), os.getpid())
+    with _owned_guard:
+        _holders[key] = _holders.get(key, 1) - 1
+        if _holders[key] > 0:
+            return
+        del _holders[key]
+        owned = _owned.pop(key, None)
+    if owned is not None:
+        folder, fd = owned
+        shutil.rmtree(folder, ignore_errors=True)
+        Path(f"{folder}{_LOCK}").unlink(missing_ok=True)
+        os.close(fd)
 
 
 def safe_name(*candidates: str | None) -> str:

@@ -13,7 +13,7 @@ from app.errors import PayloadTooLarge
 from app.schemas import DatasetPublic, DatasetsPublic, ErrorResponse
 from app.services import datasets as service
 from app.services.quotas import upload_too_large
-from app.services.uploads import spool
+from app.services.uploads import process_folder, spool
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"],
                    responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
@@ -41,13 +41,14 @@ async def upload_dataset(
 ) -> DatasetPublic:
     """Upload a labelled dataset; every row is validated before it is stored (all rows or none).
 
-    The file is copied to a temporary file (413 past the size limit) and parsed in chunks, so it is
-    never held in memory whole; its name is only a label, never a path. Over the tenant's upload or
+    The file is copied to a temporary file under the scratch folder (413 past the size limit), removed
+    whatever the outcome, and parsed in chunks, so it is never held in memory whole; its name is only a
+    label, never a path. On Postgres the rows are stored with COPY in the upload's transaction. Over the tenant's upload or
     stored-rows quota: 429 naming the quota.
     """
     quotas = principal.quotas
     try:
-        stored = await spool(file, quotas.upload_bytes)
+        stored = await spool(file, quotas.upload_bytes, process_folder(settings.scratch("uploads")))
     except PayloadTooLarge:
         if quotas.upload_bytes < settings.max_upload_bytes:
             raise upload_too_large(quotas) from None

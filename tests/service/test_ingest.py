@@ -1,0 +1,288 @@
+"""Ingest on Postgres: rows go in through COPY (no per-row INSERT into dataset_rows), every malformed input
+keeps today's answer on that path, the Arrow fast path stores exactly what the pandas reference parse
+would, a fast path that gives up halfway leaves nothing behind, and spooled uploads never outlive their
+request or their process (a SIGKILLed API's spool is removed when the next one starts)."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import event, text
+
+from app.db import get_engine
+from app.main import create_app
+from app.services import uploads
+from app.services.parsing import iter_chunks, iter_tables
+from app.services.validation import WHITESPACE, RowValidator
+from tests.service.conftest import table_counts
+from tests.service.helpers import upload
+from tests.service.malformed_inputs import STRICT, cases
+
+ROOT = Path(__file__).resolve().parents[2]
+CASES = cases()
+TRICKY = ["tab\there", "back\\slash \\N", "line\r\nbreak", 'quote "inside"', "comma, too", "  spaced  ",
+          "naïve café ☃", "\x1funit separator", "\u3000ideographic space"]
+
+
+@pytest.fixture
+def statements(settings):
+    """Every SQL statement the API's engine executes, and every COPY statement psycopg runs, while the test
+    runs: ``{"sql": [...], "copy": [...]}``."""
+    seen: dict[str, list[str]] = {"sql": [], "copy": []}
+    engine = get_engine(settings.database_url)
+
+    def record(_conn, _cursor, statement, *_args):
+        seen["sql"].append(statement)
+
+    original = psycopg.Cursor.copy
+
+    def copy(self, statement, *args, **kwargs):
+        seen["copy"].append(str(statement))
+        return original(self, statement, *args, **kwargs)
+
+    event.listen(engine, "before_cursor_execute", record)
+    psycopg.Cursor.copy = copy
+    try:
+        yield seen
+    finally:
+        psycopg.Cursor.copy = original
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def _row_inserts(seen) -> list[str]:
+    return [s for s in seen["sql"] if "dataset_rows" in s.lower() and s.lstrip().upper().startswith("INSERT")]
+
+
+def _spooled(settings) -> list[Path]:
+    root = settings.scratch("uploads")
+    return [p for p in root.rglob("*") if p.is_file() and not p.name.endswith(".lock")] if root.exists() else []
+
+
+def _frame(n: int) -> pd.DataFrame:
+    return pd.DataFrame({"id": [f"r{i}" for i in range(n)],
+                         "text": [f"{TRICKY[i % len(TRICKY)]} {i}" for i in range(n)],
+                         "label": [["a", " b ", "c"][i % 3] for i in range(n)], "gold": ["a"] * n})
+
+
+def _content(frame: pd.DataFrame, fmt: str) -> bytes:
+    if fmt == "csv":
+        return frame.to_csv(index=False).encode()
+    if fmt == "jsonl":
+        return frame.to_json(orient="records", lines=True, force_ascii=False).encode()
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_an_upload_on_postgres_is_stored_by_copy_with_no_row_insert(client, settings, statements, fmt):
+    frame = _frame(45)
+    response = upload(client, _content(frame, fmt), f"data.{fmt}", id_column="id", gold_label_column="gold")
+    assert response.status_code == 201, response.text
+    assert [c for c in statements["copy"] if c.startswith("COPY dataset_rows")], statements["copy"]
+    assert _row_inserts(statements) == []
+    with get_engine(settings.database_url).connect() as conn:
+        stored = conn.execute(text("SELECT row_index, row_id, text, text_pair, label, gold_label FROM dataset_rows "
+                                   "ORDER BY row_index")).all()
+    assert [tuple(r) for r in stored] == [(i, f"r{i}", t, None, y.strip(), "a") for i, (t, y) in
+                                         enumerate(zip(frame["text"], frame["label"]))]
+    assert _spooled(settings) == []
+
+
+@pytest.fixture
+def strict_client(settings, auth):
+    """An API client with the small limits of the malformed-input suite."""
+    with TestClient(create_app(settings.model_copy(update=STRICT), enqueue=lambda _id: None), headers=auth) as client:
+        yield client
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if "bomb" not in n])  # bombs never reach storing
+def test_every_malformed_case_keeps_its_answer_on_the_copy_path(strict_client, settings, statements, name):
+    case = CASES[name]
+    response = upload(strict_client, case.content, case.filename, **case.form)
+    assert response.status_code == case.status, (name, response.text[:500])
+    error = response.json()["error"]
+    assert error["code"] == case.code and case.message in error["message"], (name, error)
+    found = [(d.get("row"), d["code"]) for d in error.get("details") or []]
+    assert all(expected in found for expected in case.rows), (name, found[:10])
+    if case.exact:
+        assert sorted(found, key=str) == sorted(case.rows, key=str), (name, found)
+    assert _row_inserts(statements) == [], name
+    assert set(table_counts(settings.database_url).values()) == {0}, name
+    assert _spooled(settings) == [], name
+
+
+def _csv_tricky() -> bytes:
+    body = io.StringIO()
+    texts = TRICKY + ["  ", "", "\u2003", "plain"]
+    frame = pd.DataFrame({"text": texts, "label": ["a", "b", " b"] * 4 + ["\xa0a\t"], "note": ["x"] * len(texts)})
+    frame.to_csv(body, index=False, lineterminator="\r\n")
+    return b"\xef\xbb\xbf" + body.getvalue().encode()
+
+
+@pytest.mark.parametrize("declared", [None, ["a", "b"]])
+def test_the_arrow_path_finds_and_stores_what_the_pandas_reference_does(tmp_path, declared):
+    path = tmp_path / "tricky.csv"
+    path.write_bytes(_csv_tricky())
+    mapping = {"text": "text", "text_pair": None, "label": "label", "id": None, "gold_label": None}
+    results = []
+    for chunks in (iter_tables(path, "csv", max_uncompressed=1 << 20, chunk_rows=4),
+                   iter_chunks(path, "csv", max_uncompressed=1 << 20, chunk_rows=4)):
+        validator = RowValidator(mapping, declared, 1, 100, 50, max_errors=3)
+        tables = [validator.add(chunk) for chunk in chunks]
+        results.append((validator.rows, validator.errors, validator.error_count, validator.histogram,
+                        [t.to_pylist() if t is not None else None for t in tables]))
+    assert results[0] == results[1]
+    assert results[0][2] == 3 and [e["row"] for e in results[0][1]] == [9, 10, 11]  # the blank texts
+
+
+def test_whitespace_is_pythons():
+    assert WHITESPACE == "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace())
+
+
+def test_a_fast_path_that_gives_up_halfway_leaves_no_rows_behind(client, settings, statements):
+    # Arrow refuses a row with a field missing (in its second 4 MiB block, after a first chunk was stored);
+    # pandas fills the unmapped column with nothing: valid
+    filler = "w" * 180
+    lines = ["text,label,note"] + [f"text {i} {filler},{'ab'[i % 2]},n" for i in range(40_000)]
+    lines[30_001] = "text short,a"
+    response = upload(client, ("\n".join(lines) + "\n").encode(), "data.csv")
+    assert response.status_code == 201, response.text
+    assert response.json()["row_count"] == 40_000
+    assert table_counts(settings.database_url)["dataset_rows"] == 40_000
+    assert len([c for c in statements["copy"] if c.startswith("COPY dataset_rows")]) == 2  # fast, then reference
+
+
+def test_start_up_cleanup_keeps_a_live_process_folder_and_removes_a_dead_ones(tmp_path):
+    root = tmp_path / "uploads"
+    mine = uploads.process_folder(root)
+    (mine / "upload-live").write_bytes(b"x")
+    dead = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                           "from app.services.uploads import process_folder; "
+                           "f = process_folder(Path(sys.argv[1])); (f / 'upload-dead').write_bytes(b'x'); "
+                           "print(f.name)", str(root)], cwd=ROOT, capture_output=True, text=True, check=True)
+    dead_name = dead.stdout.strip()
+    assert (root / dead_name / "upload-dead").exists()
+    other = subprocess.run([sys.executable, "-c", "import sys; from app.services.uploads import remove_stale; "
+                            "print(remove_stale(sys.argv[1]))", str(root)], cwd=ROOT, capture_output=True,
+                           text=True, check=True)
+    assert dead_name in other.stdout and not (root / dead_name).exists()
+    assert (mine / "upload-live").exists()  # this process is alive: its lock is held
+    assert uploads.hold_folder(root) == mine == uploads.hold_folder(root)  # two apps started in this process
+    uploads.release_folder(root)
+    assert (mine / "upload-live").exists()  # the other app still runs
+    uploads.release_folder(root)
+    assert not mine.exists() and not list(root.iterdir())
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_api(settings, port: int, log: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEAR_")}
+    env.update(CLEAR_DATABASE_URL=settings.database_url, CLEAR_DATA_DIR=str(settings.data_dir),
+               CLEAR_BROKER_URL=settings.broker_url, CLEAR_MAX_UPLOAD_BYTES=str(64 << 20), PYTHONPATH=str(ROOT))
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
+                                 "--port", str(port), "--log-level", "warning"], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-2000:]
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise AssertionError("the API did not start: " + log.read_text()[-2000:])
+
+
+def test_an_api_killed_during_an_upload_leaves_no_spool_once_restarted(settings, api_key, tmp_path):
+    port, log = _free_port(), tmp_path / "api.log"
+    body = b"text,label\n" + b"".join(b"some words of a longer text, row %d,%s\n" % (i, b"ab"[i % 2:i % 2 + 1])
+                                      for i in range(400_000))
+    proc = _start_api(settings, port, log)
+    try:
+        def post():
+            try:
+                httpx.post(f"http://127.0.0.1:{port}/v1/datasets", files={"file": ("big.csv", body)},
+                           headers={"Authorization": f"Bearer {api_key}"}, timeout=120)
+            except httpx.HTTPError:
+                pass  # the server dies under it
+
+        sender = threading.Thread(target=post, daemon=True)
+        sender.start()
+        deadline = time.monotonic() + 60
+        while not _spooled(settings):
+            assert time.monotonic() < deadline and proc.poll() is None, "no spool file appeared"
+            time.sleep(0.005)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        sender.join(30)
+        assert _spooled(settings), "the killed API's spool file should still be there before a restart"
+        proc = _start_api(settings, port, log)
+        assert _spooled(settings) == []
+        live = [p for p in settings.scratch("uploads").iterdir() if p.is_dir()]
+        assert len(live) == 1 and live[0].name.startswith(f"{proc.pid}-")  # the new process's own folder
+        assert table_counts(settings.database_url)["dataset_rows"] == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(20)
+
+
+def _dataset_sql(dataset_id: str) -> str:
+    return ("INSERT INTO datasets (id, tenant_id, name, status, format, sha256, size_bytes, row_count, label_names, "
+            f"class_histogram, columns, created_at) VALUES ('{dataset_id}', 't', 'n', 'ready', 'csv', 'x', 1, 1, "
+            "'[]', '{}', '{}', CURRENT_TIMESTAMP)")
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+def test_dataset_rows_still_need_their_dataset_and_go_with_it(settings, tmp_path, dialect):
+    from sqlalchemy.exc import IntegrityError
+
+    from tests.service.conftest import run_alembic
+
+    url = settings.database_url
+    if dialect == "sqlite":
+        url = f"sqlite:///{tmp_path / 'clear.db'}"
+        run_alembic(url, "upgrade", "head")
+    engine = get_engine(url)
+    row = "INSERT INTO dataset_rows (dataset_id, row_index, text, label) VALUES ('{}', {}, 'x', 'a')"
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO tenants (id, created_at) VALUES ('t', CURRENT_TIMESTAMP)"))
+        conn.execute(text(_dataset_sql("ds_kept")))
+        conn.execute(text(_dataset_sql("ds_gone")))
+        for i in range(3):
+            conn.execute(text(row.format("ds_kept", i)))
+            conn.execute(text(row.format("ds_gone", i)))
+    with pytest.raises(IntegrityError):
+        with engine.begin() as conn:
+            conn.execute(text(row.format("ds_missing", 0)))
+    with pytest.raises(IntegrityError):
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE dataset_rows SET dataset_id = 'ds_missing' WHERE dataset_id = 'ds_kept'"))
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM datasets WHERE id = 'ds_gone'"))
+        counts = dict(conn.execute(text("SELECT dataset_id, count(*) FROM dataset_rows GROUP BY dataset_id")).all())
+    assert counts == {"ds_kept": 3}
+    if dialect == "sqlite":
+        engine.dispose()
