@@ -1,6 +1,7 @@
 """The Celery application and its one settings dict (no torch here: the API imports it to enqueue).
 
-Start a worker with ``celery -A worker.celery_app worker --concurrency 1``.
+Start a worker with ``celery -A worker.celery_app worker --concurrency 1``. Stop it with SIGTERM or Ctrl-C
+(Celery's warm shutdown): a running job is checkpointed at its next step and queued again (``worker.shutdown``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": transport_options(settings.broker_url, settings.max_job_seconds),
         "worker_hijack_root_logger": False,
-        "imports": ["worker.tasks", "worker.reaper"],
+        # the reaper, a stopping worker's checkpoint-and-requeue, the attempt folders' start-up sweep
+        "imports": ["worker.tasks", "worker.reaper", "worker.shutdown", "worker.scratch"],
     }
 
 

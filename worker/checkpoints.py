@@ -30,11 +30,13 @@ def checkpoint_key(job_id: str, step: int) -> str:
 
 
 class CheckpointSync(TrainerCallback):
-    """Copies each new checkpoint to the store and points the job at it."""
+    """Copies each new checkpoint to the store and points the job at it; ``stored_step`` is the step of the newest
+    checkpoint this attempt stored and recorded (None before its first)."""
 
     def __init__(self, lease: Lease, store: ArtifactStore) -> None:
         self.lease, self.store = lease, store
         self.previous: str | None = None
+        self.stored_step: int | None = None
 
     def on_save(self, state: TrainerState, control: TrainerControl, checkpoint_path: Path) -> None:
         """Upload, record (only while this attempt holds the job), then drop the older checkpoint."""
@@ -56,7 +58,7 @@ class CheckpointSync(TrainerCallback):
             return  # the lease is gone; the new attempt owns the checkpoints now
         if self.previous and self.previous != key:
             self.store.delete(self.previous)
-        self.previous = key
+        self.previous, self.stored_step = key, state.global_step
 
 
 def restore(store: ArtifactStore, key: str, step: int, directory: Path) -> Path:

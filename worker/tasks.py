@@ -2,6 +2,8 @@
 
 Only transient faults (the database, the broker or the store briefly gone) are retried, with
 exponential backoff and jitter; bad input, out-of-memory and time limits end the job as ``failed``.
+A job the pipeline handed back because this worker is stopping (outcome ``stopped``) is sent to the queue again
+at once, so another (or the restarted) worker resumes it from its checkpoint within seconds.
 """
 
 from __future__ import annotations
@@ -11,9 +13,13 @@ import random
 
 from celery import shared_task
 
+from app.db import session_factory
 from app.faults import TransientJobError, is_transient
 from app.ops.logs import job_context
-from app.settings import get_settings
+from app.queue import CeleryEnqueuer
+from app.services.leases import dispatch
+from app.settings import Settings, get_settings
+from worker import shutdown
 
 logger = logging.getLogger(__name__)
 BACKOFF_BASE_S = 2.0
@@ -41,4 +47,21 @@ def run_job(self, job_id: str) -> str:
             raise self.retry(exc=exc, countdown=backoff_s(self.request.retries),
                              max_retries=settings.max_transient_retries)
         logger.info("job %s ended %s", job_id, status)
+        if status == "stopped":
+            send_again(job_id, settings)
+            shutdown.exit_if_signalled()
     return status
+
+
+def send_again(job_id: str, settings: Settings) -> bool:
+    """Send the task of job ``job_id``, queued again by a stopping worker, to the broker at once (this worker
+    takes no new task while it stops). False, logged, if the broker or the database refused: the reaper sends
+    it after ``redispatch_after_s`` then."""
+    try:
+        with session_factory(settings.database_url)() as session:
+            return dispatch(session, job_id, CeleryEnqueuer(settings))
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        logger.warning("job %s: could not send it again (%s); the reaper will", job_id, exc)
+        return False

@@ -1,0 +1,137 @@
+"""Stopping a worker without losing its job: SIGTERM or Ctrl-C on a worker with a running job checkpoints
+the job at its next step, puts it back in the queue (event "worker stopped") and lets the next worker resume
+from that checkpoint.
+
+Celery's warm shutdown (SIGTERM or a first Ctrl-C on the worker's main process) takes no new task and waits for
+the running one. The request reaches the training loop through one byte of memory shared with the pool processes
+(``--pool prefork``, the default, forks them after this module was imported; with ``--pool solo`` the job runs in
+the main process itself): Celery's ``worker_shutting_down`` signal sets it, and :class:`StopAtCheckpoint`, a
+trainer callback, reads it after every step. A pool process that gets SIGTERM itself (a ``kill`` of the whole
+process group, systemd's default) treats it the same way while it runs a job; an idle one, or one told twice,
+exits as before. No torch here: the worker's main process imports this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import signal
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from billiard.process import current_process
+from celery.signals import worker_process_init, worker_shutting_down
+from clear_core.callbacks import TrainerCallback, TrainerControl, TrainerState
+
+logger = logging.getLogger(__name__)
+
+# MAP_SHARED | MAP_ANONYMOUS: written by the main process, seen by every pool process forked after this import
+_SHARED = mmap.mmap(-1, 1)
+_SIGNALLED = [False]  # SIGTERM reached this process itself while it ran a job
+_RUNNING = [0]  # job attempts running in this process
+
+
+def request_stop() -> None:
+    """Ask every job of this worker (this process and its pool processes) to stop at its next checkpoint."""
+    _SHARED[0] = 1
+
+
+def stop_requested() -> bool:
+    """True once the worker (or, with SIGTERM of its own, this pool process) is stopping."""
+    return _SIGNALLED[0] or _SHARED[0] == 1
+
+
+def clear_stop() -> None:
+    """Forget a stop request (for a process that goes on taking jobs, e.g. the tests' own)."""
+    _SHARED[0] = 0
+    _SIGNALLED[0] = False
+
+
+@contextmanager
+def running_attempt() -> Iterator[None]:
+    """Marks a job attempt running in this process (a SIGTERM then stops it at a checkpoint, not at once)."""
+    _RUNNING[0] += 1
+    try:
+        yield
+    finally:
+        _RUNNING[0] -= 1
+
+
+def exit_if_signalled() -> None:
+    """After a stopped attempt: a pool process that got SIGTERM on its own (not as part of the worker's warm
+    shutdown) exits now, as that SIGTERM asked, once its job is safely back in the queue."""
+    if _SIGNALLED[0] and _SHARED[0] != 1:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    if _RUNNING[0] and not _SIGNALLED[0]:
+        _SIGNALLED[0] = True  # checkpoint and requeue the running job first
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # idle, or told twice: exit as Celery's pool expects
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+@worker_shutting_down.connect
+def _worker_shutting_down(**_: Any) -> None:
+    # Celery calls this from its signal handler in the main process: only set the shared byte here
+    request_stop()
+
+
+@worker_process_init.connect
+def _pool_process_handlers(**_: Any) -> None:
+    # the solo pool sends this signal in the main process too, whose SIGTERM stays Celery's warm shutdown
+    if current_process().name != "MainProcess":
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+class WorkerStopping(Exception):
+    """Training (or a prediction run) stopped because the worker is stopping; ``step`` is the optimizer step
+    it stopped at (None before training began). The job goes back to the queue, not to ``failed``."""
+
+    def __init__(self, step: int | None) -> None:
+        super().__init__(f"the worker is stopping (step {step})")
+        self.step = step
+
+
+class StopAtCheckpoint(TrainerCallback):
+    """Stops training for a stopping worker as soon as nothing would be lost: at once when the newest stored
+    checkpoint is at the current step (training has not begun, or an epoch has just been saved), otherwise it
+    asks the trainer for a checkpoint after the current step and stops right after it was written (stored or,
+    if the store failed, not: the stop is never delayed past one checkpoint).
+
+    ``sync`` is the job's ``worker.checkpoints.CheckpointSync`` (its ``stored_step`` is the newest step this attempt
+    stored) and ``resumed_step`` the step of the stored checkpoint this run resumed from (None: a fresh start);
+    this callback must come after ``sync`` in the trainer's list. Raises :class:`WorkerStopping`.
+    """
+
+    def __init__(self, sync: Any, resumed_step: int | None = None) -> None:
+        self.sync, self.resumed_step = sync, resumed_step
+
+    def _stored(self, state: TrainerState) -> bool:
+        stored = self.sync.stored_step if self.sync.stored_step is not None else self.resumed_step
+        return stored == state.global_step
+
+    def on_train_begin(self, state: TrainerState, control: TrainerControl) -> None:
+        """A resumed or fresh start has nothing new to save: stop at once if asked."""
+        if stop_requested():
+            raise WorkerStopping(state.global_step)
+
+    def on_epoch_begin(self, state: TrainerState, control: TrainerControl) -> None:
+        """Stop before the epoch's first step when the previous epoch's checkpoint is stored."""
+        if stop_requested() and self._stored(state):
+            raise WorkerStopping(state.global_step)
+
+    def on_step_end(self, state: TrainerState, control: TrainerControl) -> None:
+        """Ask for a checkpoint at this step (at an epoch's last step, the epoch's own checkpoint follows)."""
+        if stop_requested():
+            control.should_save = True
+
+    def on_save(self, state: TrainerState, control: TrainerControl, checkpoint_path: Any) -> None:
+        """The checkpoint has gone to the store: stop."""
+        if stop_requested():
+            logger.info("worker stopping: job %s stops at its checkpoint at step %s", self.sync.lease.job_id,
+                        state.global_step)
+            raise WorkerStopping(state.global_step)
