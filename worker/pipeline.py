@@ -33,7 +33,7 @@ from worker.lease import Lease, worker_identity
 from worker.progress import JobProgress, json_safe
 from worker.results import package_adapter, write_noise_rows
 from worker.scratch import attempt_folder
-from worker.shutdown import StopAtCheckpoint, WorkerStopping, running_attempt, stop_requested
+from worker.shutdown import StopAtCheckpoint, WorkerStopping, stop_requested
 
 logger = logging.getLogger(__name__)
 STOP_DB_WAIT_S = 20.0  # how long a stopping worker retries putting its job back while the database is down
@@ -111,7 +111,7 @@ def execute_job(job_id: str, *, settings: Settings, factory: sessionmaker[Sessio
     kind = Attempt
     if job.kind == "predict":  # a prediction run is a jobs row too: same claim, lease and outcomes
         from worker.predict import PredictionAttempt as kind
-    with Lease(factory, job_id, job.attempt, interval_s=settings.heartbeat_interval_s) as lease, running_attempt():
+    with Lease(factory, job_id, job.attempt, interval_s=settings.heartbeat_interval_s) as lease:
         attempt = kind(job, lease, settings, store or ArtifactStore(settings.artifact_url), interval)
         try:
             return attempt.run()

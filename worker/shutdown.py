@@ -7,8 +7,9 @@ the running one. The request reaches the training loop through one byte of memor
 (``--pool prefork``, the default, forks them after this module was imported; with ``--pool solo`` the job runs in
 the main process itself): Celery's ``worker_shutting_down`` signal sets it, and :class:`StopAtCheckpoint`, a
 trainer callback, reads it after every step. A pool process that gets SIGTERM itself (a ``kill`` of the whole
-process group, systemd's default) treats it the same way while it runs a job; an idle one, or one told twice,
-exits as before. No torch here: the worker's main process imports this module.
+process group, systemd's default) treats it the same way while it runs a job: for the job's duration its SIGTERM
+handler (billiard's, which exits at once) is replaced by one that asks for the stop; a second SIGTERM, or one to an
+idle pool process, exits as before. No torch here: the worker's main process imports this module.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import logging
 import mmap
 import os
 import signal
+import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 from billiard.process import current_process
-from celery.signals import worker_process_init, worker_shutting_down
+from celery.signals import worker_shutting_down
 from clear_core.callbacks import TrainerCallback, TrainerControl, TrainerState
 
 logger = logging.getLogger(__name__)
@@ -29,7 +31,7 @@ logger = logging.getLogger(__name__)
 # MAP_SHARED | MAP_ANONYMOUS: written by the main process, seen by every pool process forked after this import
 _SHARED = mmap.mmap(-1, 1)
 _SIGNALLED = [False]  # SIGTERM reached this process itself while it ran a job
-_RUNNING = [0]  # job attempts running in this process
+_PREVIOUS: list[Any] = [signal.SIG_DFL]  # the SIGTERM handler a running job's replaced
 
 
 def request_stop() -> None:
@@ -50,27 +52,37 @@ def clear_stop() -> None:
 
 @contextmanager
 def running_attempt() -> Iterator[None]:
-    """Marks a job attempt running in this process (a SIGTERM then stops it at a checkpoint, not at once)."""
-    _RUNNING[0] += 1
+    """Runs a job attempt: in a pool process, a SIGTERM meanwhile stops it at a checkpoint instead of ending the
+    process at once. The main process keeps Celery's own handler (its warm shutdown reaches the job through
+    ``worker_shutting_down``), and so does a job run outside the main thread (tests), where no handler can be set."""
+    pool = current_process().name != "MainProcess" and threading.current_thread() is threading.main_thread()
+    if pool:
+        _PREVIOUS[0] = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         yield
     finally:
-        _RUNNING[0] -= 1
+        if pool:
+            signal.signal(signal.SIGTERM, _previous())
 
 
 def exit_if_signalled() -> None:
     """After a stopped attempt: a pool process that got SIGTERM on its own (not as part of the worker's warm
-    shutdown) exits now, as that SIGTERM asked, once its job is safely back in the queue."""
+    shutdown) ends now, as that SIGTERM asked, once its job is safely back in the queue."""
     if _SIGNALLED[0] and _SHARED[0] != 1:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, _previous())
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _previous() -> Any:
+    return signal.SIG_DFL if _PREVIOUS[0] is None else _PREVIOUS[0]  # None: a handler not set from Python
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
-    if _RUNNING[0] and not _SIGNALLED[0]:
+    if not _SIGNALLED[0]:
         _SIGNALLED[0] = True  # checkpoint and requeue the running job first
         return
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # idle, or told twice: exit as Celery's pool expects
+    signal.signal(signal.SIGTERM, _previous())  # told twice: end as the pool process would have
     os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -78,13 +90,6 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def _worker_shutting_down(**_: Any) -> None:
     # Celery calls this from its signal handler in the main process: only set the shared byte here
     request_stop()
-
-
-@worker_process_init.connect
-def _pool_process_handlers(**_: Any) -> None:
-    # the solo pool sends this signal in the main process too, whose SIGTERM stays Celery's warm shutdown
-    if current_process().name != "MainProcess":
-        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 class WorkerStopping(Exception):
