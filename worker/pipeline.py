@@ -229,7 +229,7 @@ class Attempt:
         ends ``cancelled`` instead."""
         resume = self.sync.stored_step if self.sync.stored_step is not None else self.job.checkpoint_step
         where = f"at step {step}" if step is not None else "before training"
-        then = f"resumes from the checkpoint at step {resume}" if resume else "starts over (no checkpoint yet)"
+        then = f"resumes from the checkpoint at step {resume}" if resume else "starts over"
         message = f"worker stopped {where} of attempt {self.number}; queued again, the next attempt {then}"
         data = {"reason": WORKER_STOPPED, "attempt": self.number, "global_step": step, "checkpoint_step": resume}
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 import worker.pipeline as pipeline
 from app.db import session_factory
 from app.main import create_app
-from app.models import Job, utcnow
+from app.models import Job, JobEvent, utcnow
 from app.services.leases import reap
 from clear_core import TrainerCallback
 from tests.service.conftest import TENANT_A, create_key
@@ -184,6 +184,66 @@ def test_a_stop_at_an_epoch_end_or_before_training_loses_nothing(client, setting
     assert (job.status, job.attempt, job.checkpoint_step) == ("queued", 2, 5)
     stops = [(e["data"]["global_step"], e["data"]["checkpoint_step"]) for e in _stopped_events(client, job_id)]
     assert stops == [(5, 5), (None, 5)]
+
+
+class _CancelAtSave(TrainerCallback):
+    """A cancel that lands while the stopping worker writes its checkpoint (after the step's status read)."""
+
+    def __init__(self, settings, job_id) -> None:
+        self.settings, self.job_id = settings, job_id
+
+    def on_step_end(self, state, control) -> None:
+        """Stand for the stop signal after step 2."""
+        if state.global_step == 2:
+            shutdown.request_stop()
+
+    def on_save(self, state, control, checkpoint_path) -> None:
+        """The user's cancel, committed just now."""
+        with session_factory(self.settings.database_url)() as session:
+            session.execute(update(Job).where(Job.id == self.job_id).values(status="cancelling"))
+            session.commit()
+
+
+def test_a_cancel_that_comes_before_the_requeue_ends_the_job_cancelled(client, settings, monkeypatch):
+    dataset = upload_frame(client, toy_frame(96, noise=0.2))
+    job_id = create_job(client, dataset["id"], FAST, validation_fraction=0.2)
+    real = pipeline.train
+    monkeypatch.setattr(pipeline, "train", lambda *a, callbacks, **k: real(
+        *a, callbacks=[_CancelAtSave(settings, job_id), *callbacks], **k))
+    try:
+        assert execute_job(job_id, settings=settings) == "cancelled"
+    finally:
+        shutdown.clear_stop()
+    assert _job(settings, job_id).status == "cancelled" and _stopped_events(client, job_id) == []
+
+
+def test_a_stopping_worker_requeues_a_prediction_run_after_its_current_batch(client, settings, monkeypatch):
+    import worker.predict as predict
+
+    dataset = upload_frame(client, toy_frame(96, noise=0.0))
+    job_id = create_job(client, dataset["id"], {**FAST, "epochs": 1}, routed=False)
+    assert execute_job(job_id, settings=settings) == "succeeded"
+    run = client.post(f"/v1/jobs/{job_id}/predictions", json={"dataset_id": dataset["id"]}).json()
+    real = predict.predict_proba
+
+    def stop_after_first_batch(*args, **kwargs):
+        shutdown.request_stop()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predict, "CHUNK_ROWS", 32)
+    monkeypatch.setattr(predict, "predict_proba", stop_after_first_batch)
+    try:
+        assert execute_job(run["id"], settings=settings) == "stopped"
+    finally:
+        shutdown.clear_stop()
+    with session_factory(settings.database_url)() as session:
+        [data] = session.scalars(select(JobEvent.data).where(JobEvent.job_id == run["id"],
+                                                             JobEvent.message.startswith("worker stopped")))
+    assert data["global_step"] == 32 and _job(settings, run["id"]).status == "queued"
+    assert _attempt_folders(settings, run["id"]) == []
+    monkeypatch.undo()
+    assert execute_job(run["id"], settings=settings) == "succeeded"
+    assert client.get(f"/v1/predictions/{run['id']}/rows", params={"limit": 1000}).json()["count"] == 96
 
 
 def test_attempts_handed_back_by_stopping_workers_do_not_count_against_max_attempts(client, settings, stop_at):
