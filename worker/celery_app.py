@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging
+from celery.signals import setup_logging, worker_process_init
 
 from app.ops.logs import configure_from_env
 from app.settings import Settings, get_settings
@@ -57,6 +57,16 @@ def json_logs(loglevel: int | str | None = None, **_: Any) -> None:
     """Workers log JSON lines carrying the job id, as the API does (``CLEAR_LOG_LEVEL`` overrides
     ``--loglevel``; ``CLEAR_LOG_FORMAT=text`` for plain lines)."""
     configure_from_env(loglevel or "INFO")
+
+
+@worker_process_init.connect
+def _own_connections(**_: Any) -> None:
+    """A pool process forked after the main process opened database connections (the reaper's; a pool process
+    replaced after a crash, a time limit or a SIGTERM of its own) must not use them: it gets a fresh pool, and the
+    inherited connections are left to the main process (SQLAlchemy's ``dispose(close=False)`` for forks)."""
+    from app.db import get_engine
+
+    get_engine(get_settings().database_url).dispose(close=False)
 
 
 def make_celery(settings: Settings) -> Celery:
