@@ -6,10 +6,11 @@ Start a worker with ``celery -A worker.celery_app worker --concurrency 1``. Stop
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging, worker_process_init
+from celery.signals import setup_logging, worker_init, worker_process_init, worker_ready, worker_shutting_down
 
 from app.ops.logs import configure_from_env
 from app.settings import Settings, get_settings
@@ -39,8 +40,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": transport_options(settings.broker_url, settings.max_job_seconds),
         "worker_hijack_root_logger": False,
-        # the reaper, a stopping worker's checkpoint-and-requeue, the attempt folders' start-up sweep
-        "imports": ["worker.tasks", "worker.reaper", "worker.shutdown", "worker.scratch"],
+        "imports": ["worker.tasks", "worker.reaper"],
     }
 
 
@@ -57,6 +57,29 @@ def json_logs(loglevel: int | str | None = None, **_: Any) -> None:
     """Workers log JSON lines carrying the job id, as the API does (``CLEAR_LOG_LEVEL`` overrides
     ``--loglevel``; ``CLEAR_LOG_FORMAT=text`` for plain lines)."""
     configure_from_env(loglevel or "INFO")
+
+
+@worker_init.connect
+def _before_the_pool(**_: Any) -> None:
+    """Load ``worker.shutdown`` in the main process: its stop flag is memory the pool processes must inherit."""
+    importlib.import_module("worker.shutdown")
+
+
+@worker_shutting_down.connect
+def _stopping(**_: Any) -> None:
+    """Warm (or cold) shutdown began: running jobs checkpoint at their next step and go back to the queue. Celery
+    calls this from its signal handler in the main process, so it only sets the flag shared with the pool."""
+    from worker.shutdown import request_stop
+
+    request_stop()
+
+
+@worker_ready.connect
+def _sweep_attempt_folders(**_: Any) -> None:
+    """Remove the attempt folders of workers that died (never a live worker's)."""
+    from worker.scratch import sweep_at_start
+
+    sweep_at_start(get_settings())
 
 
 @worker_process_init.connect

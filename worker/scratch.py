@@ -8,7 +8,7 @@ the attempt's whole life, and the kernel drops that lock when the process ends i
 The lock is taken on a file of another name and renamed into place, so ``.lock`` never exists unlocked while its
 owner lives; a folder with no ``.lock`` at all (its owner died within the microseconds between creating it and
 locking it) is removed once it is older than ``ORPHAN_GRACE_S``. The file is opened for writing, which the
-``flock`` emulation of NFS needs.
+``flock`` emulation of NFS needs. ``worker.celery_app`` sweeps when a worker is ready.
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from celery.signals import worker_ready
-
-from app.settings import get_settings
+from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 LOCK_FILE = ".lock"
@@ -97,9 +95,10 @@ def sweep(root: Path, *, grace_s: float = ORPHAN_GRACE_S) -> list[Path]:
     return removed
 
 
-@worker_ready.connect
-def _sweep_at_start(**_: Any) -> None:
-    root = get_settings().scratch("attempts")
+def sweep_at_start(settings: Settings) -> None:
+    """``sweep`` of ``settings.scratch("attempts")`` when a worker starts, logging what it removed (a failure to
+    read the folder is logged, not raised: the worker starts anyway)."""
+    root = settings.scratch("attempts")
     try:
         removed = sweep(root)
     except OSError:

@@ -5,11 +5,11 @@ from that checkpoint.
 Celery's warm shutdown (SIGTERM or a first Ctrl-C on the worker's main process) takes no new task and waits for
 the running one. The request reaches the training loop through one byte of memory shared with the pool processes
 (``--pool prefork``, the default, forks them after this module was imported; with ``--pool solo`` the job runs in
-the main process itself): Celery's ``worker_shutting_down`` signal sets it, and :class:`StopAtCheckpoint`, a
+the main process itself): Celery's ``worker_shutting_down`` signal sets it (``worker.celery_app``), and :class:`StopAtCheckpoint`, a
 trainer callback, reads it after every step. A pool process that gets SIGTERM itself (a ``kill`` of the whole
 process group, systemd's default) treats it the same way while it runs a job: for the job's duration its SIGTERM
 handler (billiard's, which exits at once) is replaced by one that asks for the stop; a second SIGTERM, or one to an
-idle pool process, exits as before. No torch here: the worker's main process imports this module.
+idle pool process, exits as before. No torch and no Celery here (the pipeline imports this module).
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from billiard.process import current_process
-from celery.signals import worker_shutting_down
 from clear_core.callbacks import TrainerCallback, TrainerControl, TrainerState
 
 logger = logging.getLogger(__name__)
 
 # MAP_SHARED | MAP_ANONYMOUS: written by the main process, seen by every pool process forked after this import
+# (``worker.celery_app`` imports this module in the worker's main process before its pool starts)
 _SHARED = mmap.mmap(-1, 1)
+_MAIN_PID = os.getpid()
 _SIGNALLED = [False]  # SIGTERM reached this process itself while it ran a job
 _PREVIOUS: list[Any] = [signal.SIG_DFL]  # the SIGTERM handler a running job's replaced
 
@@ -55,7 +55,7 @@ def running_attempt() -> Iterator[None]:
     """Runs a job attempt: in a pool process, a SIGTERM meanwhile stops it at a checkpoint instead of ending the
     process at once. The main process keeps Celery's own handler (its warm shutdown reaches the job through
     ``worker_shutting_down``), and so does a job run outside the main thread (tests), where no handler can be set."""
-    pool = current_process().name != "MainProcess" and threading.current_thread() is threading.main_thread()
+    pool = os.getpid() != _MAIN_PID and threading.current_thread() is threading.main_thread()
     if pool:
         _PREVIOUS[0] = signal.getsignal(signal.SIGTERM)
         signal.signal(signal.SIGTERM, _on_sigterm)
@@ -84,12 +84,6 @@ def _on_sigterm(signum: int, frame: Any) -> None:
         return
     signal.signal(signal.SIGTERM, _previous())  # told twice: end as the pool process would have
     os.kill(os.getpid(), signal.SIGTERM)
-
-
-@worker_shutting_down.connect
-def _worker_shutting_down(**_: Any) -> None:
-    # Celery calls this from its signal handler in the main process: only set the shared byte here
-    request_stop()
 
 
 class WorkerStopping(Exception):
