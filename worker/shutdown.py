@@ -5,11 +5,13 @@ from that checkpoint.
 Celery's warm shutdown (SIGTERM or a first Ctrl-C on the worker's main process) takes no new task and waits for
 the running one. The request reaches the training loop through one byte of memory shared with the pool processes
 (``--pool prefork``, the default, forks them after this module was imported; with ``--pool solo`` the job runs in
-the main process itself): Celery's ``worker_shutting_down`` signal sets it (``worker.celery_app``), and :class:`StopAtCheckpoint`, a
-trainer callback, reads it after every step. A pool process that gets SIGTERM itself (a ``kill`` of the whole
-process group, systemd's default) treats it the same way while it runs a job: for the job's duration its SIGTERM
-handler (billiard's, which exits at once) is replaced by one that asks for the stop; a second SIGTERM, or one to an
-idle pool process, exits as before. No torch and no Celery here (the pipeline imports this module).
+the main process itself): Celery's ``worker_shutting_down`` signal sets it (see ``worker.celery_app``), and
+:class:`StopAtCheckpoint`, a trainer callback, reads it after every step. A pool process that gets SIGTERM itself
+(a ``kill`` of the whole process group, systemd's default) treats it the same way while it runs a job: for the
+job's duration its SIGTERM handler (billiard's, which exits at once) is replaced by one that asks for the stop,
+and the process ends once the job is back in the queue (unless the whole worker is stopping anyway); a second
+SIGTERM, or one to an idle pool process, ends it at once, as before. No torch and no Celery here (the pipeline
+imports this module).
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ def clear_stop() -> None:
 
 @contextmanager
 def running_attempt() -> Iterator[None]:
-    """Runs a job attempt: in a pool process, a SIGTERM meanwhile stops it at a checkpoint instead of ending the
-    process at once. The main process keeps Celery's own handler (its warm shutdown reaches the job through
+    """Runs a job attempt (and what follows it, such as sending a stopped job to the broker again): in a pool
+    process, a SIGTERM meanwhile stops it at a checkpoint instead of ending the process at once, and the process
+    ends on leaving the block, as that SIGTERM asked, unless the whole worker is stopping (then the pool ends it).
+    The main process keeps Celery's own handler (its warm shutdown reaches the job through
     ``worker_shutting_down``), and so does a job run outside the main thread (tests), where no handler can be set."""
     pool = os.getpid() != _MAIN_PID and threading.current_thread() is threading.main_thread()
     if pool:
@@ -64,14 +68,8 @@ def running_attempt() -> Iterator[None]:
     finally:
         if pool:
             signal.signal(signal.SIGTERM, _previous())
-
-
-def exit_if_signalled() -> None:
-    """After a stopped attempt: a pool process that got SIGTERM on its own (not as part of the worker's warm
-    shutdown) ends now, as that SIGTERM asked, once its job is safely back in the queue."""
-    if _SIGNALLED[0] and _SHARED[0] != 1:
-        signal.signal(signal.SIGTERM, _previous())
-        os.kill(os.getpid(), signal.SIGTERM)
+            if _SIGNALLED[0] and _SHARED[0] != 1:  # its own SIGTERM, now that the job is safe
+                os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _previous() -> Any:

@@ -45,19 +45,18 @@ def run_job(self, job_id: str) -> str:
             # queued, unclaimed, for the next worker
             send_again(job_id, settings)
             return "deferred"
-        try:
-            with shutdown.running_attempt():  # from here a SIGTERM of this pool process checkpoints and requeues
+        with shutdown.running_attempt():  # from here a SIGTERM of this pool process checkpoints and requeues
+            try:
                 status = execute_job(job_id, settings=settings)
-        except Exception as exc:
-            if not (isinstance(exc, TransientJobError) or is_transient(exc)):
-                raise
-            logger.warning("job %s: transient fault, retry %s: %s", job_id, self.request.retries + 1, exc)
-            raise self.retry(exc=exc, countdown=backoff_s(self.request.retries),
-                             max_retries=settings.max_transient_retries)
-        logger.info("job %s ended %s", job_id, status)
-        if status == "stopped":
-            send_again(job_id, settings)
-            shutdown.exit_if_signalled()
+            except Exception as exc:
+                if not (isinstance(exc, TransientJobError) or is_transient(exc)):
+                    raise
+                logger.warning("job %s: transient fault, retry %s: %s", job_id, self.request.retries + 1, exc)
+                raise self.retry(exc=exc, countdown=backoff_s(self.request.retries),
+                                 max_retries=settings.max_transient_retries)
+            logger.info("job %s ended %s", job_id, status)
+            if status == "stopped":
+                send_again(job_id, settings)
     return status
 
 
