@@ -1,6 +1,7 @@
 """Command line: ``python -m app.cli migrate`` (Alembic upgrade head), ``python -m app.cli serve`` (the
 embedded service: migrations, the local tenant's key at first start, then one API process and one worker
-process, stopped together), and the administration of keys and quotas:
+process, stopped together: SIGTERM or Ctrl-C is passed on to both, and the worker gets up to ``--stop-timeout``
+seconds to checkpoint its running job and put it back in the queue), and the administration of keys and quotas:
 
     python -m app.cli create-key --tenant NAME --scopes read,write [--name LABEL]   # prints the key once
     python -m app.cli list-keys [--tenant NAME]
@@ -26,6 +27,7 @@ from app.settings import Settings, get_settings
 from clearft import local
 
 ROOT = Path(__file__).resolve().parent.parent
+STOP_TIMEOUT_S = 60.0
 
 
 def migrate(settings: Settings) -> None:
@@ -52,15 +54,19 @@ def _children(settings: Settings, host: str, port: int, worker: bool) -> list[su
     return procs
 
 
-def _stop(procs: list[subprocess.Popen], timeout: float = 20.0) -> None:
+def _stop(procs: list[subprocess.Popen], signals: list[int], timeout: float) -> None:
+    """SIGTERM every child that still runs (the API stops at once; the worker's warm shutdown checkpoints its
+    running job at the next step and queues it again, see ``worker.shutdown``) and wait for them, at most
+    ``timeout`` seconds in all or until one more signal lands in ``signals``; then kill what still runs (a job
+    then waits for the reaper, as after a crash)."""
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
+    told, deadline = len(signals), time.monotonic() + timeout
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline and len(signals) == told:
+        time.sleep(0.1)
     for proc in procs:
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+        if proc.poll() is None:
             proc.kill()
             proc.wait()
 
@@ -82,9 +88,12 @@ def ensure_local_key(settings: Settings) -> tuple[str | None, Path]:
     return new.key, path
 
 
-def serve(settings: Settings, host: str, port: int, worker: bool = True) -> int:
-    """Run the API (and a worker) until either exits or this process gets SIGINT/SIGTERM; the embedded
-    mode migrates first and makes the local tenant's key at first start."""
+def serve(settings: Settings, host: str, port: int, worker: bool = True, stop_timeout: float = STOP_TIMEOUT_S
+          ) -> int:
+    """Run the API (and a worker) until either exits or this process gets SIGINT/SIGTERM, then stop both (the
+    worker gets ``stop_timeout`` seconds to checkpoint and requeue its running job; a second SIGINT/SIGTERM stops
+    at once); the embedded mode migrates first and makes the local tenant's key at first start. Returns the exit
+    status: 0 when stopped by a signal, 1 when a child ended by itself."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.is_embedded:
         migrate(settings)
@@ -96,15 +105,18 @@ def serve(settings: Settings, host: str, port: int, worker: bool = True) -> int:
         # so that `clearft` finds this key from any folder, not only from the one holding var/
         local.register(local.service_urls(host, port), path)
     procs = _children(settings, host, port, worker)
-    stopping = []
+    stopping: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopping.append(True))
+        signal.signal(sig, lambda signum, _frame: stopping.append(signum))
     print(f"CleaR service on http://{host}:{port} (docs at /docs); data in {settings.data_dir}", flush=True)
     try:
         while not stopping and all(p.poll() is None for p in procs):
             time.sleep(0.3)
     finally:
-        _stop(procs)
+        if worker:
+            print(f"stopping: a running job is checkpointed and queued again (waiting up to {stop_timeout:g} s; "
+                  "Ctrl-C again stops at once)", flush=True)
+        _stop(procs, stopping, stop_timeout)
     return 0 if stopping else 1
 
 
@@ -156,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8000)
     run.add_argument("--no-worker", action="store_true", help="start the API only")
+    run.add_argument("--stop-timeout", type=float, default=STOP_TIMEOUT_S, metavar="SECONDS",
+                     help="on SIGTERM/Ctrl-C, how long the worker may take to checkpoint and requeue its running "
+                          f"job before it is killed (default {STOP_TIMEOUT_S:g})")
     _key_commands(sub)
     args = parser.parse_args(argv)
     settings = get_settings()
@@ -163,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         migrate(settings)
         return 0
     if args.command == "serve":
-        return serve(settings, args.host, args.port, worker=not args.no_worker)
+        if args.stop_timeout < 0:
+            parser.error(f"--stop-timeout must be 0 or more seconds, not {args.stop_timeout:g}")
+        return serve(settings, args.host, args.port, worker=not args.no_worker, stop_timeout=args.stop_timeout)
     try:
         return run_key_command(settings, args)
     except ServiceError as exc:

@@ -1,14 +1,16 @@
 """The Celery application and its one settings dict (no torch here: the API imports it to enqueue).
 
-Start a worker with ``celery -A worker.celery_app worker --concurrency 1``.
+Start a worker with ``celery -A worker.celery_app worker --concurrency 1``. Stop it with SIGTERM or Ctrl-C
+(Celery's warm shutdown): a running job is checkpointed at its next step and queued again (``worker.shutdown``).
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging
+from celery.signals import setup_logging, worker_init, worker_process_init, worker_ready, worker_shutting_down
 
 from app.ops.logs import configure_from_env
 from app.settings import Settings, get_settings
@@ -55,6 +57,39 @@ def json_logs(loglevel: int | str | None = None, **_: Any) -> None:
     """Workers log JSON lines carrying the job id, as the API does (``CLEAR_LOG_LEVEL`` overrides
     ``--loglevel``; ``CLEAR_LOG_FORMAT=text`` for plain lines)."""
     configure_from_env(loglevel or "INFO")
+
+
+@worker_init.connect
+def _before_the_pool(**_: Any) -> None:
+    """Load ``worker.shutdown`` in the main process: its stop flag is memory the pool processes must inherit."""
+    importlib.import_module("worker.shutdown")
+
+
+@worker_shutting_down.connect
+def _stopping(**_: Any) -> None:
+    """Warm (or cold) shutdown began: running jobs checkpoint at their next step and go back to the queue. Celery
+    calls this from its signal handler in the main process, so it only sets the flag shared with the pool."""
+    from worker.shutdown import request_stop
+
+    request_stop()
+
+
+@worker_ready.connect
+def _sweep_attempt_folders(**_: Any) -> None:
+    """Remove the attempt folders of workers that died (never a live worker's)."""
+    from worker.scratch import sweep_at_start
+
+    sweep_at_start(get_settings())
+
+
+@worker_process_init.connect
+def _own_connections(**_: Any) -> None:
+    """A pool process forked after the main process opened database connections (the reaper's; a pool process
+    replaced after a crash, a time limit or a SIGTERM of its own) must not use them: it gets a fresh pool, and the
+    inherited connections are left to the main process (SQLAlchemy's ``dispose(close=False)`` for forks)."""
+    from app.db import get_engine
+
+    get_engine(get_settings().database_url).dispose(close=False)
 
 
 def make_celery(settings: Settings) -> Celery:

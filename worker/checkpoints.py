@@ -31,11 +31,13 @@ class CheckpointSync(TrainerCallback):
     """Copies each new checkpoint to the store and points the job at it (a ``checkpoint`` event with the
     job's ``checkpoint_uri``/``checkpoint_step``, through the lease's outbox: written, in order, once the
     database is reachable, and only while this attempt holds the job); the checkpoint it replaces is deleted
-    once the new one is recorded."""
+    once the new one is recorded.
+    ``stored_step`` is the step of the newest checkpoint this attempt stored and recorded (None before its first)."""
 
     def __init__(self, lease: Lease, store: ArtifactStore) -> None:
         self.lease, self.store = lease, store
         self.previous: str | None = None
+        self.stored_step: int | None = None
 
     def on_save(self, state: TrainerState, control: TrainerControl, checkpoint_path: Path) -> None:
         """Upload, then record (now, or when the database is back); a store failure costs redone steps only."""
@@ -49,12 +51,12 @@ class CheckpointSync(TrainerCallback):
             return
         self.lease.post("checkpoint", f"checkpoint at step {step} stored", {"global_step": step, "epoch": state.epoch},
                         job_fields={"checkpoint_uri": key, "checkpoint_step": step},
-                        on_applied=lambda: self._recorded(key))
+                        on_applied=lambda: self._recorded(key, step))
         self.lease.renew()
 
-    def _recorded(self, key: str) -> None:
-        """The job points at ``key`` now: the checkpoint before it can go."""
-        previous, self.previous = self.previous, key
+    def _recorded(self, key: str, step: int) -> None:
+        """The job points at ``key`` (``step``) now: the checkpoint before it can go."""
+        previous, self.previous, self.stored_step = self.previous, key, step
         if previous and previous != key:
             try:
                 self.store.delete(previous)

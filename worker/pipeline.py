@@ -4,14 +4,16 @@ adapter, and finish it. Tests call this directly.
 
 Outcomes: ``succeeded``; ``failed`` (bad input, out of memory, time limit: never retried);
 ``cancelled``; ``skipped`` (another delivery or attempt holds the job); ``lost`` (the reaper took
-the job away mid-run: nothing written); a transient database/store fault gives the job back to the
-queue and raises ``TransientJobError`` for the Celery task to retry with backoff."""
+the job away mid-run: nothing written); ``stopped`` (the worker is stopping: the job was checkpointed and is
+queued again, for the Celery task to send to the next worker, see ``worker.shutdown``); a transient
+database/store fault gives the job back to the queue and raises ``TransientJobError`` for the Celery task to
+retry with backoff. Each attempt works in its own folder under ``Settings.scratch("attempts")``
+(``worker.scratch``), removed however the attempt ends."""
 
 from __future__ import annotations
 
 import gc
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db import session_factory
 from app.faults import TransientJobError, is_transient, retry_transient
 from app.models import Dataset, DatasetRow, Job, utcnow
-from app.services.leases import claim, hard_deadline, record_event, release, soft_deadline
+from app.services.leases import WORKER_STOPPED, claim, hard_deadline, record_event, release, soft_deadline
 from app.services.transitions import transition
 from app.settings import Settings
 from app.storage import ArtifactStore
@@ -30,8 +32,11 @@ from worker.checkpoints import CheckpointSync, delete_checkpoints, restore
 from worker.lease import Lease, worker_identity
 from worker.progress import JobProgress, json_safe
 from worker.results import package_adapter, write_noise_rows
+from worker.scratch import attempt_folder
+from worker.shutdown import StopAtCheckpoint, WorkerStopping, stop_requested
 
 logger = logging.getLogger(__name__)
+STOP_DB_WAIT_S = 20.0  # how long a stopping worker retries putting its job back while the database is down
 
 
 @dataclass
@@ -130,6 +135,7 @@ class Attempt:
         self.job, self.lease, self.settings, self.store = job, lease, settings, store
         self.factory, self.id, self.number = lease.factory, job.id, job.attempt
         self.progress = JobProgress(lease, min_interval_s=interval_s, soft_deadline=soft_deadline(job))
+        self.sync = CheckpointSync(lease, store)
 
     def run(self) -> str:
         """Train and finish; map every way out of training to the job's end state."""
@@ -138,7 +144,11 @@ class Attempt:
             return self._fail("time_limit", f"the job passed its time limit of {self.job.time_limit_s} s "
                               "before this attempt started")
         try:
+            if stop_requested():  # taken just as the worker began to stop
+                raise WorkerStopping(None)
             return self._train_and_finish()
+        except WorkerStopping as stop:
+            return self._requeue_stopped(stop.step)
         except TrainingCancelled as stop:
             return self._stopped(stop.state.global_step)
         except Exception as exc:  # every failure ends the job visibly; nothing is swallowed
@@ -150,11 +160,11 @@ class Attempt:
     def _train_and_finish(self) -> str:
         with self.factory() as session:
             inputs = load_inputs(session, self.job, self.settings)
-        with tempfile.TemporaryDirectory(prefix=f"{self.id}-") as tmp:
-            result = self._train(inputs, Path(tmp))
+        with attempt_folder(self.settings.scratch("attempts"), self.id) as tmp:
+            result = self._train(inputs, tmp)
             if self.lease.lost.is_set():
                 return self._lost()
-            key = package_adapter(result, self.id, inputs, Path(tmp), self.store, tenant_id=self.job.tenant_id)
+            key = package_adapter(result, self.id, inputs, tmp, self.store, tenant_id=self.job.tenant_id)
             metrics = json_safe(dict(result.metrics, wall_time_s=result.wall_time_s,
                                      warnings=[w["message"] for w in result.warnings]))
             records, summary = result.report.to_records(), result.report.summary()
@@ -168,11 +178,14 @@ class Attempt:
     def _train(self, inputs: JobInputs, tmp: Path):
         resume = self._resume_from(tmp / "resume")
         run = dict(clear=inputs.clear, training=inputs.training, model_path=inputs.model_path,
-                   eval_data=inputs.eval_data, label_names=inputs.label_names,
-                   callbacks=[self.progress, CheckpointSync(self.lease, self.store)],
-                   checkpoint_dir=tmp / "checkpoints")
+                   eval_data=inputs.eval_data, label_names=inputs.label_names, checkpoint_dir=tmp / "checkpoints")
+
+        def callbacks(resumed_step: int | None) -> list:  # the stop comes last: after the checkpoint is stored
+            return [self.progress, self.sync, StopAtCheckpoint(self.sync, resumed_step)]
+
         try:
-            return train(inputs.data, resume_from=resume, **run)
+            return train(inputs.data, resume_from=resume, callbacks=callbacks(
+                self.job.checkpoint_step if resume else None), **run)
         except ValueError as exc:
             # a checkpoint this worker cannot take (other settings, e.g. CLEAR_WORKER_DEVICE): redo, do not fail
             if resume is None or "checkpoint" not in str(exc):
@@ -180,7 +193,7 @@ class Attempt:
             with self.factory() as session:
                 record_event(session, self.id, self.number, "message",
                              f"the stored checkpoint cannot be resumed here ({exc}); attempt {self.number} starts over")
-            return train(inputs.data, resume_from=None, **run)
+            return train(inputs.data, resume_from=None, callbacks=callbacks(None), **run)
 
     def _resume_from(self, directory: Path) -> Path | None:
         if not self.job.checkpoint_uri or self.job.checkpoint_step is None:
@@ -207,6 +220,41 @@ class Attempt:
         done = retry_transient(lambda: self._end("cancelled", "stopped on request", {"global_step": step}))
         delete_checkpoints(self.store, self.id)
         return "cancelled" if done else self._lost()
+
+    def _requeue_stopped(self, step: int | None) -> str:
+        """The worker is stopping: back to ``queued`` (event "worker stopped"), to resume from the newest stored
+        checkpoint. Not a failed attempt: the reaper's ``max_attempts`` does not count it. A job being cancelled
+        ends ``cancelled`` instead."""
+        where = f"at step {step}" if step is not None else "before training"
+        said = [""]
+
+        def requeue() -> bool:
+            # the buffered events and checkpoint records first, in order: the next attempt resumes from the
+            # newest recorded checkpoint, and the job's log keeps every event before "worker stopped"
+            if not self.lease.flush():
+                return False
+            resume = self.sync.stored_step if self.sync.stored_step is not None else self.job.checkpoint_step
+            then = f"resumes from the checkpoint at step {resume}" if resume else "starts over"
+            said[0] = message = f"worker stopped {where} of attempt {self.number}; queued again, the next attempt {then}"
+            data = {"reason": WORKER_STOPPED, "attempt": self.number, "global_step": step, "checkpoint_step": resume}
+            with self.factory() as session:
+                return transition(session, self.id, ("running",), "queued", on_attempt=self.number, message=message,
+                                  event_data=data, lease_owner=None, enqueued_at=None)
+
+        try:
+            moved = retry_transient(requeue, max_delay_s=STOP_DB_WAIT_S)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            logger.warning("job %s: the worker is stopping and the database is unreachable (%s); the reaper "
+                           "requeues the job once its lease runs out", self.id, exc)
+            return "stopped"
+        if moved:
+            logger.warning("job %s: %s", self.id, said[0])
+            return "stopped"
+        if self.lease.check() == "cancelling":  # a cancel came first: end the job as the cancel asked
+            return self._stopped(step or 0)
+        return self._lost()
 
     def _end(self, status: str, message: str, event_data: dict | None = None, **fields) -> bool:
         if not self.lease.flush():

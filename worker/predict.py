@@ -4,13 +4,13 @@ adapter from the artifact store, predict every row in batches (progress and a ca
 the noise report's label check on the probabilities when the rows carry labels, then write every row and
 move the run to ``succeeded`` in one transaction fenced by the attempt, replacing whatever rows an earlier
 attempt left. Outcomes are the pipeline's: succeeded, failed, cancelled, lost (the lease was taken away:
-nothing written), or a transient fault that gives the run back to the queue."""
+nothing written), stopped (the worker is stopping: queued again after the current batch, to start over), or a
+transient fault that gives the run back to the queue. Its files live in an attempt folder (``worker.scratch``)."""
 
 from __future__ import annotations
 
 import logging
 import tarfile
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,8 @@ from app.models import DatasetRow, Job, PredictionRow, utcnow
 from app.services.leases import ACTIVE
 from app.services.transitions import transition
 from worker.pipeline import Attempt
+from worker.scratch import attempt_folder
+from worker.shutdown import WorkerStopping, stop_requested
 
 logger = logging.getLogger(__name__)
 CHUNK_ROWS = 512  # rows per progress write and cancel check
@@ -192,8 +194,7 @@ class PredictionAttempt(Attempt):
     def _train_and_finish(self) -> str:
         run = self.job
         try:
-            with tempfile.TemporaryDirectory(prefix=f"{self.id}-") as tmp_name:
-                tmp = Path(tmp_name)
+            with attempt_folder(self.settings.scratch("attempts"), self.id) as tmp:
                 with self.factory() as session:
                     inputs = load_prediction_inputs(session, run, self.store, tmp)
                     adapter_uri, model_summary, model_clear = session.execute(
@@ -254,7 +255,13 @@ class PredictionAttempt(Attempt):
                 raise RunLost()
             if status == "cancelling":
                 raise RunCancelled()
+            if stop_requested() and end < n:  # no checkpoint: the next attempt predicts from the first row again
+                raise WorkerStopping(end)
         return np.concatenate(parts)
+
+    def _stopped(self, step: int) -> str:
+        """A cancel that came before the worker stopped (see ``Attempt._requeue_stopped``)."""
+        return self._cancelled()
 
     def _cancelled(self) -> str:
         done = retry_transient(lambda: self._end("cancelled", "stopped on request"))

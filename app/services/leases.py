@@ -1,7 +1,10 @@
 """Job leases: a worker claims a queued job with a conditional UPDATE, renews its heartbeat while it
 runs, and every write it makes is fenced by the attempt number it claimed. A reaper (run by every
 worker, see ``worker.reaper``) puts jobs whose heartbeat went stale back in the queue with the next
-attempt, up to ``max_attempts``, and fails jobs past their hard time limit.
+attempt, up to ``max_attempts``, and fails jobs past their hard time limit. An attempt that a stopping
+worker handed back (``worker.shutdown``: checkpointed, state event with reason ``worker_stopped``) is not
+counted against ``max_attempts``: the limit is for jobs whose workers keep dying, and a graceful stop resumes
+from its checkpoint, so restarts of workers (deploys, scaling down) never fail a job.
 
 No torch and no Celery here: the API, the worker and the tests share these functions.
 """
@@ -12,11 +15,12 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import partial
 
 from sqlalchemy import case, delete, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.models import IdempotencyKey, Job, utcnow
+from app.models import IdempotencyKey, Job, JobEvent, utcnow
 from app.services.transitions import add_event, transition
 from app.settings import Settings
 
@@ -25,6 +29,7 @@ ACTIVE = ("running", "cancelling")
 # where a job stands: written together, and only when they do not move it back (a resumed attempt redoing
 # steps the job's progress already counts leaves them as they are until it passes them)
 PROGRESS_FIELDS = ("progress", "epoch", "global_step", "phase", "loss")
+WORKER_STOPPED = "worker_stopped"  # the reason in the state event of a job a stopping worker put back in the queue
 
 
 def as_utc(moment: datetime | None) -> datetime | None:
@@ -119,6 +124,12 @@ def release(session: Session, job_id: str, attempt: int, reason: str) -> bool:
                       lease_owner=None, enqueued_at=None)
 
 
+def stopped_attempts(session: Session, job_id: str) -> int:
+    """How many attempts of the job a stopping worker handed back (not counted against ``max_attempts``)."""
+    return session.scalar(select(func.count()).select_from(JobEvent).where(
+        JobEvent.job_id == job_id, JobEvent.type == "state", JobEvent.data["reason"].as_string() == WORKER_STOPPED))
+
+
 @dataclass
 class ReapResult:
     """What one reaper pass did, by job id."""
@@ -129,7 +140,8 @@ class ReapResult:
     redispatched: list[str] = field(default_factory=list)
 
 
-def _verdict(job: Job, now: datetime, settings: Settings) -> tuple[str, dict, str] | None:
+def _verdict(job: Job, now: datetime, settings: Settings, stopped: Callable[[], int]
+             ) -> tuple[str, dict, str] | None:
     deadline = hard_deadline(job)
     if deadline and now > deadline:
         return "failed", {"error_code": "time_limit", "error_message": f"the job ran past its time limit of "
@@ -141,9 +153,12 @@ def _verdict(job: Job, now: datetime, settings: Settings) -> tuple[str, dict, st
             f"(last heartbeat {heartbeat.isoformat(timespec='seconds')})")
     if job.status == "cancelling":
         return "cancelled", {}, f"{lost} while cancelling"
-    if job.attempt >= settings.max_attempts:
-        return "failed", {"error_code": "worker_lost", "error_message": f"{lost}; gave up after {job.attempt} "
-                          f"attempt(s) (CLEAR_MAX_ATTEMPTS={settings.max_attempts})"}, lost
+    handed_back = stopped()
+    if job.attempt - handed_back >= settings.max_attempts:
+        besides = f", besides {handed_back} handed back by stopping workers" if handed_back else ""
+        return "failed", {"error_code": "worker_lost", "error_message": f"{lost}; gave up after "
+                          f"{job.attempt - handed_back} attempt(s){besides} (CLEAR_MAX_ATTEMPTS="
+                          f"{settings.max_attempts})"}, lost
     return "queued", {"lease_owner": None, "enqueued_at": None}, f"requeued for attempt {job.attempt + 1}: {lost}"
 
 
@@ -158,7 +173,7 @@ def reap(session: Session, settings: Settings, enqueue: Callable[[str], None]) -
     late heartbeat cannot both win."""
     now, result = utcnow(), ReapResult()
     for job in session.scalars(select(Job).where(Job.status.in_(ACTIVE))).all():
-        verdict = _verdict(job, now, settings)
+        verdict = _verdict(job, now, settings, partial(stopped_attempts, session, job.id))
         if verdict is None:
             continue
         status, fields, message = verdict
