@@ -250,7 +250,8 @@ def parse_wrk(output: str) -> dict[str, Any]:
                            "requests_per_s": float(rate.group(1)) if rate else 0.0}
     for pct in (50, 75, 90, 99):
         found = re.search(rf"^\s*{pct}(?:\.0+)?%\s+(\S+)", output, re.M)
-        out[f"p{pct}_s"] = seconds(found.group(1)) if found else None
+        # with no request completed wrk still prints 0.00us: no latency was measured
+        out[f"p{pct}_s"] = seconds(found.group(1)) if found and out["requests"] else None
     sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     out["socket_errors"] = dict(zip(("connect", "read", "write", "timeout"),
                                     map(int, sockets.groups()) if sockets else (0, 0, 0, 0)))
