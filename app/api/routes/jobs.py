@@ -36,6 +36,7 @@ def create_job(principal: PrincipalDep, session: SessionDep, settings: SettingsD
 
 
 def _jobs_page(session: Session, tenant_id: str, status: str | None, limit: int, cursor: str | None) -> JobsPublic:
+    """The answer of ``GET /v1/jobs`` (blocking: run it in the thread pool); errors as ``service.list_jobs``."""
     page = service.list_jobs(session, tenant_id=tenant_id, status=status, limit=limit, cursor=cursor)
     data = []
     for job in page.items:
@@ -48,6 +49,7 @@ def _jobs_page(session: Session, tenant_id: str, status: str | None, limit: int,
 
 
 def _job(session: Session, tenant_id: str, job_id: str) -> JobPublic:
+    """The answer of ``GET /v1/jobs/{id}`` (blocking); ``NotFound`` for another tenant's or an unknown job."""
     job, source = service.get_job_with_source(session, job_id, tenant_id=tenant_id)
     public = JobPublic.from_job(job)
     if source is not None:
@@ -56,6 +58,7 @@ def _job(session: Session, tenant_id: str, job_id: str) -> JobPublic:
 
 
 def _events_page(session: Session, tenant_id: str, job_id: str, limit: int, cursor: str | None) -> EventsPublic:
+    """The answer of ``GET /v1/jobs/{id}/events`` (blocking); errors as ``service.list_events``."""
     page = service.list_events(session, job_id, tenant_id=tenant_id, limit=limit, cursor=cursor)
     return EventsPublic(data=[EventPublic.model_validate(e) for e in page.items], count=page.count,
                         next_cursor=page.next_cursor, has_more=bool(page.has_more))
