@@ -316,8 +316,9 @@ def environment() -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    """Run the benchmark (see the module's docstring); print the table, write the JSON. Returns 0 when every
-    route meets its target, 1 otherwise, 2 when wrk is missing."""
+    """Run the benchmark (see the module's docstring); print the table (met or missed per route), write the JSON.
+    Returns 0 once the run completed (whether or not the targets were met: see ``all_targets_met`` in the JSON),
+    2 when wrk is missing."""
     args = build_parser().parse_args(argv)
     duration = args.duration or (QUICK_DURATION_S if args.quick else FULL_DURATION_S)
     if not Path(WRK).is_file():
@@ -374,7 +375,7 @@ def main(argv: list[str]) -> int:
     else:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"\nwrote {path} in {payload['wall_time_s']:.0f} s")
-    return 0 if payload["all_targets_met"] else 1
+    return 0
 
 
 if __name__ == "__main__":
