@@ -50,6 +50,18 @@ class Unavailable(ServiceError):
     code = "unavailable"
 
 
+class Overloaded(ServiceError):
+    """The API is too busy to take the request now (every database session of this process was in use for
+    longer than ``db_pool_timeout_s``): 503 with code ``overloaded`` and ``Retry-After`` of ``retry_after_s``
+    whole seconds (>= 1). Not an outage: the database answers, this process has more requests than sessions."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, int(retry_after_s))
+
+
 class Unauthorized(ServiceError):
     """No API key, or one that is unknown or revoked (401 with ``WWW-Authenticate: Bearer``)."""
 

@@ -15,7 +15,7 @@ from app.api.ratelimit import KeyRateLimiter
 from app.api.routes import datasets, docs, jobs, ops, report_stats, reports, stream, ui, ui_auth
 from app.api.routes import models, predictions
 from app.api.routes import decisions, deletion, versions
-from app.db import session_factory
+from app.db import PoolOptions, SessionGate, read_session_factory, session_factory
 from app.ops.logs import configure_from_env
 from app.ops.metrics import RequestMetrics, make_registry
 from app.queue import CeleryEnqueuer
@@ -69,7 +69,10 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
                   docs_url=None, redoc_url=None,  # /docs comes from routes.docs, with vendored assets
                   lifespan=lifespan)
     app.state.settings = settings
-    app.state.session_factory = session_factory(settings.database_url)
+    pool = PoolOptions(settings.db_pool_size, settings.db_max_overflow, settings.db_pool_timeout_s)
+    app.state.session_factory = session_factory(settings.database_url, pool)
+    app.state.read_session_factory = read_session_factory(settings.database_url, pool)  # GET/HEAD requests
+    app.state.session_gate = SessionGate(settings.db_pool_size, settings.db_pool_timeout_s)
     app.state.store = ArtifactStore(settings.artifact_url)
     app.state.enqueue = enqueue or CeleryEnqueuer(settings)
     app.state.metrics_registry, latency = make_registry(app.state.session_factory)

@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     max_job_seconds: int = Field(24 * 3600, gt=0, description="Longest a job may run; the broker waits longer.")
     worker_device: str | None = Field(None, description="Device the worker trains on (None: CUDA if present).")
     page_size_max: int = Field(1000, gt=0, description="Largest page a list route returns.")
+    # database sessions of an API process (app.db, app.api.deps)
+    db_pool_size: int = Field(20, ge=1, description="Requests of one API process that hold a database session at "
+                              "once (others wait for one, in the event loop), and the connections kept open for them.")
+    db_max_overflow: int = Field(20, ge=0, description="Connections opened beyond db_pool_size for work outside the "
+                                 "requests' sessions: Idempotency-Key bookkeeping, streamed exports, /readyz, /metrics.")
+    db_pool_timeout_s: float = Field(10.0, gt=0, description="Longest a request waits for a database session (or a "
+                                     "connection) before it is answered 503 overloaded.")
     # uploads
     max_text_chars: int = Field(20_000, gt=0, description="Longest text (or text pair) cell, in characters.")
     max_uncompressed_bytes: int = Field(512 * 1024 * 1024, gt=0,

@@ -30,10 +30,15 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import bindparam, select
+from sqlalchemy.orm import Session
 
+from app.api.deps import SessionDep
 from app.errors import Forbidden, Unauthorized
+from app.models import ApiKey, Tenant
 from app.services import api_keys
 from app.services.quotas import Quotas, quotas_for
+from app.settings import Settings
 
 COOKIE = "clear_api_key"
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
@@ -71,20 +76,42 @@ def bearer_token(authorization: str | None) -> str | None:
     return token.strip() or None
 
 
-def resolve(request: Request, key: str) -> Principal:
-    """The principal of ``key`` (a short session of its own: a streamed answer keeps no transaction open).
+# the key's row and its tenant's quota columns, nothing else: the one statement of every authenticated request
+PRINCIPAL_QUERY = (select(ApiKey.id.label("key_id"), ApiKey.prefix, ApiKey.scopes, Tenant.id.label("tenant_id"),
+                          Tenant.max_concurrent_jobs, Tenant.max_stored_rows, Tenant.max_upload_bytes,
+                          Tenant.max_jobs_per_hour)
+                   .join(Tenant, Tenant.id == ApiKey.tenant_id)
+                   .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None)))
+
+
+def lookup(session: Session, key: str, settings: Settings) -> Principal | None:
+    """The principal of the active (not revoked) key ``key``, or None: the same rule as
+    ``app.services.api_keys.find_key``, in one Core statement on the session's connection (reads only)."""
+    if not api_keys.KEY_PATTERN.match(key):
+        return None
+    row = session.connection().execute(PRINCIPAL_QUERY, {"key_hash": api_keys.hash_key(key)}).first()
+    if row is None:
+        return None
+    return Principal(row.tenant_id, row.key_id, row.prefix, tuple(row.scopes), quotas_for(row, settings))
+
+
+def resolve(request: Request, key: str, session: Session | None = None) -> Principal:
+    """The principal of ``key``, looked up in ``session`` (the request's, when it has one; else a short session
+    of its own). Reads only: nothing is written for a lookup.
 
     Raises:
         Unauthorized: an unknown or revoked key.
     """
-    with request.app.state.session_factory() as session:
-        found = api_keys.find_key(session, key)
+    settings = request.app.state.settings
+    if session is None:
+        with request.app.state.session_factory() as own:
+            found = lookup(own, key, settings)
+    else:
+        found = lookup(session, key, settings)
     if found is None:
         raise Unauthorized("the API key is unknown or revoked: check it, or ask an administrator for a new one "
                            "(python -m app.cli create-key)", code="invalid_api_key")
-    record, tenant = found
-    return Principal(tenant.id, record.id, record.prefix, tuple(record.scopes),
-                     quotas_for(tenant, request.app.state.settings))
+    return found
 
 
 def required_scope(request: Request) -> str:
@@ -150,17 +177,19 @@ def check(request: Request, principal: Principal, scope: str) -> Principal:
     return principal
 
 
-def authenticate(request: Request,
-                 credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
-    """The request's principal, with the scope its method needs; 401, 403 or 429 otherwise (FastAPI runs
-    this in its thread pool: the key lookup and the rate-limit storage are blocking calls)."""
-    return check(request, resolve(request, _key_of(request, credentials)), required_scope(request))
+def authenticate(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+                 session: SessionDep) -> Principal:
+    """The request's principal, with the scope its method needs; 401, 403 or 429 otherwise. The key is looked up
+    in the request's own session (the one the route then uses); FastAPI runs this in its thread pool: the key
+    lookup and the rate-limit storage are blocking calls."""
+    return check(request, resolve(request, _key_of(request, credentials), session), required_scope(request))
 
 
 def authenticate_admin(request: Request,
-                       credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
+                       credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+                       session: SessionDep) -> Principal:
     """Like ``authenticate`` but the key needs the ``admin`` scope (cross-tenant views such as /metrics)."""
-    return check(request, resolve(request, _key_of(request, credentials)), "admin")
+    return check(request, resolve(request, _key_of(request, credentials), session), "admin")
 
 
 PrincipalDep = Annotated[Principal, Depends(authenticate)]

@@ -12,8 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.errors import (Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, ServiceError, TooManyRequests,
-                        Unauthorized, Unavailable)
+from app.errors import (Conflict, Forbidden, InvalidInput, NotFound, Overloaded, PayloadTooLarge, ServiceError,
+                        TooManyRequests, Unauthorized, Unavailable)
 from app.faults import is_transient
 
 logger = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ STATUS_BY_ERROR: dict[type[ServiceError], int] = {
     InvalidInput: 422,
     TooManyRequests: 429,
     Unavailable: 503,
+    Overloaded: 503,
 }
 CODE_BY_STATUS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
@@ -70,6 +71,8 @@ async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
     extra = None
     if isinstance(exc, TooManyRequests):
         retry_after, extra = exc.retry_after_s, exc.extra
+    elif isinstance(exc, Overloaded):
+        retry_after = exc.retry_after_s
     elif isinstance(exc, Forbidden):
         extra = {"scope": exc.scope}
     return envelope(status, exc.code, exc.message, exc.param, exc.details, retry_after_s=retry_after, extra=extra,
@@ -82,7 +85,27 @@ def database_unavailable(retry_after_s: int = RETRY_AFTER_S) -> JSONResponse:
                     f"{retry_after_s} s", retry_after_s=retry_after_s)
 
 
+OVERLOADED_MESSAGE = ("this API process is busy: every database connection of its pool stayed in use for the pool "
+                      "timeout; retry shortly")
+
+
+def is_pool_timeout(exc: BaseException) -> bool:
+    """True for SQLAlchemy's pool timeout (``QueuePool limit ... reached, connection timed out``): the database
+    answers, this process has more work than connections, so it is ``overloaded``, not an outage."""
+    return isinstance(exc, sa_exc.TimeoutError)
+
+
+def overloaded(exc: Overloaded | None = None) -> JSONResponse:
+    """The 503 ``overloaded`` answer with ``Retry-After`` (``exc``'s message and wait, else the pool's)."""
+    retry_after = exc.retry_after_s if exc is not None else Overloaded(OVERLOADED_MESSAGE).retry_after_s
+    return envelope(503, "overloaded", exc.message if exc is not None else OVERLOADED_MESSAGE,
+                    retry_after_s=retry_after)
+
+
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if is_pool_timeout(exc):
+        logger.warning("database pool exhausted (answered 503 overloaded): %s", exc)
+        return overloaded()
     if not is_transient(exc):
         return await _unexpected(request, exc)
     logger.warning("database unavailable: %s", exc)

@@ -9,6 +9,11 @@ because clients choose a new random boundary for every request.
 Keys belong to the tenant of the request's API key. A request without a valid key, or whose key may
 not write, passes through untouched: the route's authentication answers it (401/403), and nothing
 is remembered.
+
+A request answered here (a replay, a 409) counts against the key's rate limit like any other request
+(the route's authentication counts the ones that run): over it, the answer is the 429 ``rate_limited``
+instead. A database pool timeout is answered 503 ``overloaded``, a lost database 503
+``database_unavailable``.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.handlers import database_unavailable, envelope
-from app.faults import is_transient
 from app.api.auth import bearer_token
+from app.api.handlers import database_unavailable, envelope, is_pool_timeout, overloaded
+from app.api.ratelimit import KeyRateLimiter
+from app.errors import RateLimited
+from app.faults import is_transient
 from app.services import api_keys
 from app.services import idempotency as keys
 
@@ -73,10 +80,18 @@ class Fingerprint:
 
 
 class Idempotency:
-    """ASGI middleware applying ``Idempotency-Key`` to POST requests."""
+    """ASGI middleware applying ``Idempotency-Key`` to POST requests.
 
-    def __init__(self, app: ASGIApp, factory: sessionmaker[Session], retry_after_s: int = 5) -> None:
-        self.app, self.factory, self.retry_after_s = app, factory, retry_after_s
+    Args:
+        app: the application inside.
+        factory: sessions for the key bookkeeping (short, one per step; never a request's session).
+        limiter: the API keys' rate limiter; the requests answered here count against it.
+        retry_after_s: ``Retry-After`` of a 503 while the database is unavailable and of a 409 for a key in use.
+    """
+
+    def __init__(self, app: ASGIApp, factory: sessionmaker[Session], limiter: KeyRateLimiter,
+                 retry_after_s: int = 5) -> None:
+        self.app, self.factory, self.limiter, self.retry_after_s = app, factory, limiter, retry_after_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run, replay or refuse the request according to its key."""
@@ -89,25 +104,36 @@ class Idempotency:
             await envelope(422, "invalid_idempotency_key", "Idempotency-Key must be 1-255 visible ASCII characters",
                            "Idempotency-Key")(scope, receive, send)
             return
-        tenant_id = await self._db(_writer_tenant, bearer_token(
+        writer = await self._db(_writer, bearer_token(
             dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")))
-        if isinstance(tenant_id, Exception):
-            await database_unavailable(self.retry_after_s)(scope, receive, send)
+        if isinstance(writer, Exception):
+            await self._unavailable(writer)(scope, receive, send)
             return
-        if tenant_id is None:
+        if writer is None:
             await self.app(scope, receive, send)
             return
+        tenant_id, key_id = writer
         with tempfile.SpooledTemporaryFile(max_size=MAX_STORED_BODY) as body:
             fingerprint = await self._spool(scope, receive, body)
             if fingerprint is None:  # the client went away (or a size cap outside cut the body off)
                 return
             claim = await self._db(keys.begin, tenant_id, key_text, fingerprint)
             if isinstance(claim, Exception):
-                await database_unavailable(self.retry_after_s)(scope, receive, send)
-            elif claim.outcome == "new":
+                await self._unavailable(claim)(scope, receive, send)
+            elif claim.outcome == "new":  # the route's authentication counts it against the rate limit
                 await self._run((tenant_id, key_text), scope, body, receive, send)
             else:
+                try:
+                    await run_in_threadpool(self.limiter.hit, key_id)
+                except RateLimited as exc:
+                    await envelope(429, exc.code, exc.message, retry_after_s=exc.retry_after_s,
+                                   extra=exc.extra)(scope, receive, send)
+                    return
                 await self._refuse(claim, scope, receive, send)
+
+    def _unavailable(self, exc: Exception):
+        """The 503 for a failed bookkeeping step: ``overloaded`` for a pool timeout, else ``database_unavailable``."""
+        return overloaded() if is_pool_timeout(exc) else database_unavailable(self.retry_after_s)
 
     async def _db(self, fn, *args):
         def call():
@@ -179,12 +205,12 @@ class Idempotency:
             await self._db(keys.complete, *key, answer["status"], answer["headers"], bytes(answer["body"]))
 
 
-def _writer_tenant(session: Session, token: str | None) -> str | None:
-    """The tenant of an active key that may write, or None (then the route refuses the request)."""
+def _writer(session: Session, token: str | None) -> tuple[str, str] | None:
+    """``(tenant id, key id)`` of an active key that may write, or None (then the route refuses the request)."""
     found = api_keys.find_key(session, token) if token else None
     if found is None or not ({"write", "admin"} & set(found[0].scopes)):
         return None
-    return found[1].id
+    return found[1].id, found[0].id
 
 
 def _size(spooled) -> int:

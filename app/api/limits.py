@@ -68,5 +68,6 @@ def install_request_guards(app, settings) -> None:
     so that the declared-length check runs first, then this cap, then the idempotency spool)."""
     from app.api.idempotency import Idempotency
 
-    app.add_middleware(Idempotency, factory=app.state.session_factory, retry_after_s=settings.retry_after_s)
+    app.add_middleware(Idempotency, factory=app.state.session_factory, limiter=app.state.rate_limiter,
+                       retry_after_s=settings.retry_after_s)
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)

@@ -1,4 +1,7 @@
-"""Readiness checks: can this process reach the database and the broker right now?"""
+"""Readiness checks (``/readyz``): can this process reach the database and the broker right now?
+
+Liveness (``/healthz``) uses none of them: it answers from the event loop alone, so a database or broker
+outage, or a busy pool, never makes a live process look dead."""
 
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, delete, exists, func, select
+from sqlalchemy.orm import Bundle, Session, aliased
 
 from app.errors import Conflict, InvalidInput, NotFound, Unavailable
 from app.models import JOB_STATUSES, Dataset, Job, JobEvent, utcnow
@@ -19,6 +19,7 @@ from app.services.transitions import add_event, transition
 from app.settings import Settings
 
 Enqueue = Callable[[str], None]
+SOURCE_JOB = aliased(Job, name="source_job")  # made once: building an alias of the table costs every column
 
 
 def _ready_dataset(session: Session, tenant_id: str, dataset_id: str, param: str) -> Dataset:
@@ -126,12 +127,30 @@ def get_job(session: Session, job_id: str, *, tenant_id: str) -> Job:
 
 
 def list_jobs(session: Session, *, tenant_id: str, status: str | None, limit: int, cursor: str | None) -> Page:
-    """The tenant's training jobs newest first (not its prediction runs), optionally only those in ``status``."""
+    """The tenant's training jobs newest first (not its prediction runs), optionally only those in ``status``, in
+    one statement; ``Page.related`` holds, for each succeeded retrain whose source job succeeded too, that source's
+    ``(id, status, metrics, report_summary)`` (what ``app.services.retrain.comparison`` reads).
+
+    Raises:
+        InvalidInput: an unknown ``status`` or a bad cursor.
+    """
     if status is not None and status not in JOB_STATUSES:
         raise InvalidInput(f"status={status!r} is not a job state: use one of {', '.join(JOB_STATUSES)}",
                            param="status")
     conditions = [Job.tenant_id == tenant_id, Job.kind == "train"] + ([Job.status == status] if status else [])
-    return newest_first(session, Job, conditions=conditions, limit=limit, cursor=cursor)
+    source = SOURCE_JOB
+    return newest_first(session, Job, conditions=conditions, limit=limit, cursor=cursor,
+                        related=(source, _comparable(source), _source_columns(source)))
+
+
+def _source_columns(source: Any) -> Bundle:
+    """The columns of a retrain's source job that a comparison reads, as one bundle (attributes by name)."""
+    return Bundle("source", source.id, source.status, source.metrics, source.report_summary)
+
+
+def _comparable(source: Any) -> Any:
+    """The join of a job to the job it retrained from, when both succeeded (what a comparison needs)."""
+    return and_(source.id == Job.from_job_id, Job.status == "succeeded", source.status == "succeeded")
 
 
 def request_cancel(session: Session, job: Job) -> Job:
@@ -158,16 +177,51 @@ def cancel_job(session: Session, job_id: str, *, tenant_id: str) -> Job:
     return job
 
 
+def get_job_with_source(session: Session, job_id: str, *, tenant_id: str) -> tuple[Job, Any | None]:
+    """The tenant's training job (as ``get_job``) and, in the same statement, the ``(id, status, metrics,
+    report_summary)`` of the job it retrained from when both succeeded (what ``app.services.retrain.comparison``
+    reads), else None.
+
+    Raises:
+        NotFound: unknown job, another tenant's, or a prediction run.
+    """
+    source = SOURCE_JOB
+    row = session.execute(select(Job, _source_columns(source)).outerjoin(source, _comparable(source))
+                          .where(Job.id == job_id, Job.tenant_id == tenant_id, Job.kind == "train")).first()
+    if row is None:
+        raise NotFound(f"no job with id {job_id!r}", param="job_id")
+    return row[0], row[1] if row[1].id is not None else None
+
+
 def list_events(session: Session, job_id: str, *, tenant_id: str, limit: int, cursor: str | None) -> Page:
-    """The tenant's job's events oldest first, after the event id held in ``cursor``."""
-    get_job(session, job_id, tenant_id=tenant_id)
-    after = decode_cursor(cursor, 1)[0] if cursor else 0
-    if not isinstance(after, int):
-        raise InvalidInput(f"cursor={cursor!r} is not an events cursor", param="cursor")
+    """The tenant's job's events oldest first, after the event id held in ``cursor``, and the count of all its events.
+
+    One statement when the page has events (the count and the check that this is the tenant's training job ride
+    along as uncorrelated subqueries); an empty page checks the job on its own (404) and counts.
+
+    Raises:
+        NotFound: unknown job, another tenant's, or a prediction run (before a bad cursor is reported).
+        InvalidInput: a cursor that is not an events cursor.
+    """
+    try:
+        after = decode_cursor(cursor, 1)[0] if cursor else 0
+        if not isinstance(after, int):
+            raise InvalidInput(f"cursor={cursor!r} is not an events cursor", param="cursor")
+    except InvalidInput:
+        get_job(session, job_id, tenant_id=tenant_id)  # an unknown job is a 404 whatever the cursor
+        raise
     mine = (JobEvent.job_id == job_id, JobEvent.tenant_id == tenant_id)
-    query = select(JobEvent).where(*mine, JobEvent.id > after).order_by(JobEvent.id)
-    items = list(session.scalars(query.limit(limit + 1)))
-    count = session.scalar(select(func.count()).select_from(JobEvent).where(*mine)) or 0
+    total = select(func.count()).select_from(JobEvent).where(*mine)
+    training_job = exists().where(Job.id == job_id, Job.tenant_id == tenant_id, Job.kind == "train")
+    query = (select(JobEvent, total.scalar_subquery().label("total"))
+             .where(*mine, JobEvent.id > after, training_job).order_by(JobEvent.id))
+    rows = session.execute(query.limit(limit + 1)).all()
+    if rows:
+        count = int(rows[0][1])
+    else:
+        get_job(session, job_id, tenant_id=tenant_id)
+        count = int(session.scalar(total) or 0)
+    items = [row[0] for row in rows]
     more = len(items) > limit
     items = items[:limit]
     # The cursor always points after the last event seen, so a poller can resume from it.

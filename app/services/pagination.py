@@ -6,24 +6,26 @@ import base64
 import binascii
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Bundle, Session
 
 from app.errors import InvalidInput
 
 
 @dataclass
 class Page:
-    """One page of results: the items, the total matching ``count`` and the cursor of the next page."""
+    """One page of results: the items, the total matching ``count``, the cursor of the next page and, when the
+    query joined them, ``related`` rows by item id (e.g. the job a retrain came from)."""
 
     items: list[Any]
     count: int
     next_cursor: str | None
     has_more: bool | None = None
+    related: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.has_more is None:
@@ -63,9 +65,24 @@ def decode_cursor(cursor: str, length: int) -> list[Any]:
 
 
 def newest_first(session: Session, model: Any, *, conditions: list[ColumnElement[bool]], limit: int,
-                 cursor: str | None) -> Page:
-    """Rows of ``model`` matching ``conditions``, newest first by ``(created_at, id)``, after ``cursor``."""
-    query = select(model).where(*conditions).order_by(model.created_at.desc(), model.id.desc())
+                 cursor: str | None, related: tuple[Any, ColumnElement[bool], Bundle] | None = None) -> Page:
+    """Rows of ``model`` matching ``conditions``, newest first by ``(created_at, id)``, after ``cursor``, and the
+    count of every row matching ``conditions`` (the cursor aside).
+
+    One statement: the count rides along as an uncorrelated scalar subquery (evaluated once, in the page's own
+    snapshot); only a page past the end (no rows, with a cursor) costs a second one for the count.
+    ``related=(target, onclause, bundle)`` outer-joins ``target`` in the same statement and puts, for each item
+    that has a match (the bundle's first column not null, so make it the target's key), the bundle's row (its
+    columns as attributes) in ``Page.related`` under the item's id.
+
+    Raises:
+        InvalidInput: a cursor this service did not make.
+    """
+    matching = select(func.count()).select_from(model).where(*conditions)
+    query = select(model, matching.scalar_subquery().label("total"), *([related[2]] if related else []))
+    if related:
+        query = query.outerjoin(related[0], related[1])
+    query = query.where(*conditions).order_by(model.created_at.desc(), model.id.desc())
     if cursor:
         created_raw, last_id = decode_cursor(cursor, 2)
         try:
@@ -75,9 +92,14 @@ def newest_first(session: Session, model: Any, *, conditions: list[ColumnElement
                                param="cursor") from exc
         query = query.where(or_(model.created_at < created,
                                 and_(model.created_at == created, model.id < str(last_id))))
-    items = list(session.scalars(query.limit(limit + 1)))
-    count = session.scalar(select(func.count()).select_from(model).where(*conditions)) or 0
-    more = len(items) > limit
-    items = items[:limit]
+    rows = session.execute(query.limit(limit + 1)).all()
+    if rows:
+        count = int(rows[0][1])
+    else:
+        count = int(session.scalar(matching) or 0) if cursor else 0
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = [row[0] for row in rows]
+    found = {row[0].id: row[2] for row in rows if related and row[2][0] is not None}
     next_cursor = encode_cursor([items[-1].created_at.isoformat(), items[-1].id]) if more else None
-    return Page(items, count, next_cursor)
+    return Page(items, count, next_cursor, related=found)

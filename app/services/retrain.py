@@ -76,7 +76,7 @@ def inherit_settings(session: Session, given: dict[str, Any], *, tenant_id: str)
     return spec
 
 
-def _numbers(job: Job) -> dict[str, float]:
+def _numbers(job: Any) -> dict[str, float]:
     metrics, summary = job.metrics or {}, job.report_summary or {}
     out = {k: metrics[k] for k in COMPARED_METRICS if _is_number(metrics.get(k))}
     noise = summary.get("estimated_noise_rate", metrics.get("estimated_noise_rate"))
@@ -89,9 +89,10 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
-def comparison(before: Job, after: Job) -> dict[str, Any] | None:
+def comparison(before: Any, after: Any) -> dict[str, Any] | None:
     """``{"from_job_id", "before", "after", "difference"}`` of two succeeded jobs (see the module's docstring);
-    None unless both succeeded."""
+    None unless both succeeded. Each is a ``Job`` or any row with its ``id``, ``status``, ``metrics`` and
+    ``report_summary``."""
     if before.status != "succeeded" or after.status != "succeeded":
         return None
     old, new = _numbers(before), _numbers(after)
@@ -104,7 +105,9 @@ def comparisons(session: Session, jobs: list[Job]) -> dict[str, dict[str, Any]]:
     wanted = {j.from_job_id for j in jobs if j.from_job_id and j.status == "succeeded"}
     if not wanted:
         return {}
-    sources = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(wanted)))}
+    # the four columns a comparison reads, not whole jobs (a page of jobs would load every config twice)
+    sources = {j.id: j for j in session.execute(select(Job.id, Job.status, Job.metrics, Job.report_summary)
+                                                .where(Job.id.in_(wanted)))}
     out = {}
     for job in jobs:
         source = sources.get(job.from_job_id or "")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import PrincipalDep
 from app.api.deps import CursorQuery, EnqueueDep, IdempotencyKeyHeader, LimitQuery, SessionDep, SettingsDep
@@ -33,26 +35,50 @@ def create_job(principal: PrincipalDep, session: SessionDep, settings: SettingsD
     return JobPublic.from_job(job)
 
 
-def _with_comparisons(session, jobs) -> list[JobPublic]:
-    """``JobPublic`` of each job, with ``comparison`` filled in for retrains whose both jobs succeeded."""
-    found = retrain.comparisons(session, list(jobs))
-    return [JobPublic.from_job(j).model_copy(update={"comparison": found.get(j.id)}) for j in jobs]
+def _jobs_page(session: Session, tenant_id: str, status: str | None, limit: int, cursor: str | None) -> JobsPublic:
+    """The answer of ``GET /v1/jobs`` (blocking: run it in the thread pool); errors as ``service.list_jobs``."""
+    page = service.list_jobs(session, tenant_id=tenant_id, status=status, limit=limit, cursor=cursor)
+    data = []
+    for job in page.items:
+        public = JobPublic.from_job(job)
+        source = page.related.get(job.id)
+        if source is not None:
+            public.comparison = retrain.comparison(source, job)
+        data.append(public)
+    return JobsPublic(data=data, count=page.count, next_cursor=page.next_cursor)
 
 
+def _job(session: Session, tenant_id: str, job_id: str) -> JobPublic:
+    """The answer of ``GET /v1/jobs/{id}`` (blocking); ``NotFound`` for another tenant's or an unknown job."""
+    job, source = service.get_job_with_source(session, job_id, tenant_id=tenant_id)
+    public = JobPublic.from_job(job)
+    if source is not None:
+        public.comparison = retrain.comparison(source, job)
+    return public
+
+
+def _events_page(session: Session, tenant_id: str, job_id: str, limit: int, cursor: str | None) -> EventsPublic:
+    """The answer of ``GET /v1/jobs/{id}/events`` (blocking); errors as ``service.list_events``."""
+    page = service.list_events(session, job_id, tenant_id=tenant_id, limit=limit, cursor=cursor)
+    return EventsPublic(data=[EventPublic.model_validate(e) for e in page.items], count=page.count,
+                        next_cursor=page.next_cursor, has_more=bool(page.has_more))
+
+
+# The read routes below are async and do their database work in one thread-pool call: a sync route would take a
+# second hop to the pool for FastAPI's validation of its answer (each hop costs a thread hand-off under load).
 @router.get("", response_model=JobsPublic)
-def list_jobs(principal: PrincipalDep, session: SessionDep, limit: LimitQuery = 50, cursor: CursorQuery = None,
-              status: Annotated[str | None, Query(description="Only jobs in this state.")] = None) -> JobsPublic:
-    """The caller's tenant's jobs, newest first, optionally filtered by state."""
-    page = service.list_jobs(session, tenant_id=principal.tenant_id, status=status, limit=limit, cursor=cursor)
-    return JobsPublic(data=_with_comparisons(session, page.items), count=page.count,
-                      next_cursor=page.next_cursor)
+async def list_jobs(principal: PrincipalDep, session: SessionDep, limit: LimitQuery = 50, cursor: CursorQuery = None,
+                    status: Annotated[str | None, Query(description="Only jobs in this state.")] = None) -> JobsPublic:
+    """The caller's tenant's jobs, newest first, optionally filtered by state; a retrain that succeeded (as did its
+    from_job) carries its ``comparison``."""
+    return await run_in_threadpool(_jobs_page, session, principal.tenant_id, status, limit, cursor)
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(principal: PrincipalDep, session: SessionDep, job_id: str) -> JobPublic:
+async def get_job(principal: PrincipalDep, session: SessionDep, job_id: str) -> JobPublic:
     """A job: state, attempt, progress (0-1, epoch, step), latest metrics, error; for a retrain that succeeded
     (as did its from_job), the ``comparison`` of the two."""
-    return _with_comparisons(session, [service.get_job(session, job_id, tenant_id=principal.tenant_id)])[0]
+    return await run_in_threadpool(_job, session, principal.tenant_id, job_id)
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses={409: {"model": ErrorResponse}})
@@ -63,9 +89,7 @@ def cancel_job(principal: PrincipalDep, session: SessionDep, job_id: str,
 
 
 @router.get("/{job_id}/events", response_model=EventsPublic)
-def list_events(principal: PrincipalDep, session: SessionDep, job_id: str, limit: LimitQuery = 100,
-                cursor: CursorQuery = None) -> EventsPublic:
+async def list_events(principal: PrincipalDep, session: SessionDep, job_id: str, limit: LimitQuery = 100,
+                      cursor: CursorQuery = None) -> EventsPublic:
     """The job's events, oldest first; pass ``next_cursor`` back to get only newer ones."""
-    page = service.list_events(session, job_id, tenant_id=principal.tenant_id, limit=limit, cursor=cursor)
-    return EventsPublic(data=[EventPublic.model_validate(e) for e in page.items], count=page.count,
-                        next_cursor=page.next_cursor, has_more=bool(page.has_more))
+    return await run_in_threadpool(_events_page, session, principal.tenant_id, job_id, limit, cursor)

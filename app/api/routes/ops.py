@@ -1,5 +1,6 @@
-"""Operations routes: ``/healthz`` (the process answers), ``/readyz`` (database and broker reachable),
-both open to anyone, and ``/metrics`` (Prometheus text format; a key with the ``admin`` scope)."""
+"""Operations routes: ``/healthz`` (the process answers: it touches nothing, no database, no broker, no
+thread), ``/readyz`` (database and broker reachable), both open to anyone, and ``/metrics`` (Prometheus
+text format; a key with the ``admin`` scope)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,17 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
-    """Liveness: the process answers."""
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers. Touches nothing (no database, no broker, not even the thread pool), so it
+    stays 200 through a database or broker outage and under load; ``/readyz`` says whether those can be reached."""
     return {"status": "ok"}
 
 
 @router.get("/readyz", responses={503: {"model": ErrorResponse}})
 def readyz(request: Request):
-    """Readiness: 200 if the database and the broker can be reached, else 503 naming what cannot."""
+    """Readiness: 200 if the database and the broker can be reached, else 503 naming what cannot. Its database
+    check takes a pooled connection directly (the overflow when every request session is busy), not a slot of the
+    requests' session gate, so a busy API still reports ready."""
     checks = readiness(request.app.state.session_factory, request.app.state.settings.broker_url)
     failing = sorted(name for name, result in checks.items() if result != "ok")
     if failing:

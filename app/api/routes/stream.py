@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import PrincipalDep
+from app.api.deps import SessionDep
 from app.schemas import ErrorResponse, EventPublic
 from app.services.jobs import get_job
 from app.services.live import parse_last_event_id, poll_job
@@ -66,7 +67,7 @@ async def event_stream(factory: sessionmaker[Session], job_id: str, after: int, 
 @router.get("/{job_id}/events/stream", response_class=StreamingResponse, description=STREAM_DOC,
             responses={200: {"content": {"text/event-stream": {}}, "description": "An event stream."}})
 async def stream_events(
-    request: Request, principal: PrincipalDep, job_id: str,
+    request: Request, principal: PrincipalDep, session: SessionDep, job_id: str,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     last_event_id_query: Annotated[str | None, Query(alias="last_event_id",
                                                      description="Resume after this event id.")] = None,
@@ -75,11 +76,9 @@ async def stream_events(
     factory = request.app.state.session_factory
     after = parse_last_event_id(last_event_id if last_event_id is not None else last_event_id_query)
 
-    def exists() -> None:
-        with factory() as session:
-            get_job(session, job_id, tenant_id=principal.tenant_id)  # 404 before the stream starts
-
-    await run_in_threadpool(exists)
+    # 404 before the stream starts; the request's session is closed before the stream begins (each poll
+    # then takes a short session of its own)
+    await run_in_threadpool(get_job, session, job_id, tenant_id=principal.tenant_id)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(event_stream(factory, job_id, after, tenant_id=principal.tenant_id),
                              media_type="text/event-stream", headers=headers)

@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 
 from app.api.auth import COOKIE, Principal, authenticate, bearer, resolve
+from app.api.deps import SessionDep
 from app.api.routes.ui import UI_URL, templates
 from app.errors import Unauthorized
 
@@ -30,11 +31,12 @@ class LoginRequired(Exception):
         self.next_url = next_url
 
 
-def ui_principal(request: Request,
-                 credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
-    """The caller of a dashboard page (cookie or bearer key); ``LoginRequired`` if there is none."""
+def ui_principal(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+                 session: SessionDep) -> Principal:
+    """The caller of a dashboard page (cookie or bearer key, looked up in the request's session);
+    ``LoginRequired`` if there is none."""
     try:
-        return authenticate(request, credentials)
+        return authenticate(request, credentials, session)
     except Unauthorized:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise LoginRequired(target) from None
