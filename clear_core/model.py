@@ -9,7 +9,7 @@ import contextlib
 import functools
 import inspect
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -17,6 +17,9 @@ from torch import nn
 
 from .config import ClearConfig
 from .data import TokenizedTexts
+
+if TYPE_CHECKING:
+    from .batching import PassBatches
 from .methods import attach_head_routing, attach_method, prefix_forward
 from .routing import GateController, find_layer_stack
 

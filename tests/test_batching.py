@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from clear_core import ClearConfig, ClearModel, TextClassificationData, TrainingConfig, train
+from clear_core import ClearConfig, TextClassificationData, TrainingConfig, train
 from clear_core.batching import PassBatches, bucketed_batches, padded_tokens, random_batches
 from clear_core.data import TokenizedTexts
 from clear_core.merge import merged_deltas

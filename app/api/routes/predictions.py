@@ -22,7 +22,7 @@ from app.schemas_predictions import (PredictionCreate, PredictionPublic, Predict
 from app.services import predictions as service
 from app.services.datasets import Limits
 from app.services.quotas import upload_too_large
-from app.services.uploads import spool
+from app.services.uploads import process_folder, spool
 
 router = APIRouter(tags=["predictions"], responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
 FlaggedQuery = Annotated[bool | None, Query(description="Only rows the label check flagged (true) or not (false).")]
@@ -106,7 +106,7 @@ async def _from_upload(request: Request, principal, session, settings, store, en
         fields = {name: _form_text(form, name) for name in FORM_FIELDS}
         quotas = principal.quotas
         try:
-            stored = await spool(upload_file, quotas.upload_bytes)
+            stored = await spool(upload_file, quotas.upload_bytes, process_folder(settings.scratch("uploads")))
         except PayloadTooLarge:
             if quotas.upload_bytes < settings.max_upload_bytes:
                 raise upload_too_large(quotas) from None
