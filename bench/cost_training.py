@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -35,9 +36,12 @@ from clear_core import ClearConfig, ClearModel, TextClassificationData, TrainerC
 from clear_core.batching import PassBatches, bucketed_batches, padded_tokens, random_batches
 from clear_core.data import TokenizedTexts
 from clear_core.metrics import detection_metrics
+from clear_core.model import cpu_has_native_bf16
 
 DEMO = dict(epochs=2, warmup_epochs=1, batch_size=16, max_length=48, learning_rate=2e-3)
-BEFORE = dict(length_bucketing=False, merge_for_pass=False, pass_cache_tokens=0)
+# today's code path: random batches, unmerged passes padded anew each time, fp32 on the CPU
+BEFORE = dict(length_bucketing=False, merge_for_pass=False, pass_cache_tokens=0, precision="fp32")
+VARIANTS = {"before": BEFORE, "after, fp32": dict(precision="fp32"), "after": {}}
 
 
 def _model(routed: bool, names: list[str], max_length: int, model_path) -> tuple[ClearModel, torch.optim.Optimizer]:
@@ -72,11 +76,16 @@ def components(texts: list[str], y: np.ndarray, names: list[str], *, max_length:
     variants = {"routed": Variant("routed", routed, "routed", None, routed_opt),
                 "unrouted": Variant("unrouted", plain, "unrouted", None, plain_opt)}
     cpu = torch.device("cpu")
+    bf16 = cpu_has_native_bf16()  # then also the defaults' bf16 autocast, as precision='auto' runs here
     epoch_times: dict[str, list[float]] = {f"{v} {o}": [] for v in variants for o in orders}
+    if bf16:
+        epoch_times.update({f"{v} bucketed-bf16": [] for v in variants})
     passes = {"today (unmerged, rebuilt)": dict(merge=False, cache=0),
               "merged, rebuilt": dict(merge=True, cache=0),
               "unmerged, reused": dict(merge=False, cache=10**10),
               "now (merged, reused)": dict(merge=True, cache=10**10)}
+    if bf16:
+        passes["now, bf16"] = dict(merge=True, cache=10**10, bf16=True)
     pass_batches = {name: PassBatches(tokens, pass_batch_size, max_cached_tokens=cfg["cache"])
                     for name, cfg in passes.items()}
     for pb in pass_batches.values():  # the reused variants pad once, before timing (as the trainer's 2nd+ pass)
@@ -89,28 +98,35 @@ def components(texts: list[str], y: np.ndarray, names: list[str], *, max_length:
         keys = list(epoch_times) if r % 2 == 0 else list(epoch_times)[::-1]
         for key in keys:
             vname, oname = key.split(" ")
-            v, batches = variants[vname], orders[oname]
+            v, batches = variants[vname], orders[oname.removesuffix("-bf16")]
 
             def run_epoch():
-                for s in picks:
-                    idx = batches[s]
-                    train_step(v, tokens.batch(idx), y_t[idx], p_all[idx], teacher_all[idx], gen, False)
+                with _cpu_autocast(oname.endswith("-bf16")):
+                    for s in picks:
+                        idx = batches[s]
+                        train_step(v, tokens.batch(idx), y_t[idx], p_all[idx], teacher_all[idx], gen, False)
 
             epoch_times[key].append(_timed(run_epoch, cpu) * epoch_steps / take)
         for name in (list(passes) if r % 2 == 0 else list(passes)[::-1]):
-            pass_times[name].append(_timed(lambda: routed.logits_for(pass_batches[name], merge=passes[name]["merge"]),
-                                           cpu))
+            cfg = passes[name]
+            pass_times[name].append(_timed(lambda: routed.logits_for(pass_batches[name], merge=cfg["merge"],
+                                                                     autocast=cfg.get("bf16", False)), cpu))
         routed.train()
     med = {k: float(np.median(v)) for k, v in {**epoch_times, **pass_times}.items()}
     today = med["today (unmerged, rebuilt)"]
     now = med["now (merged, reused)"]
     ratios = {
-        "today: routed epoch (random) + today's pass / unrouted epoch (random)":
+        # routed epoch + its pass, over an unrouted epoch: random batches + unmerged rebuilt pass (today) ...
+        "today":
             (med["routed random"] + today) / med["unrouted random"],
-        "now: routed epoch (bucketed) + merged reused pass / unrouted epoch (bucketed)":
+        # ... bucketed batches + merged reused pass (now, fp32), and the same with a pass every 2nd epoch
+        "now":
             (med["routed bucketed"] + now) / med["unrouted bucketed"],
-        "now, a pass every 2nd epoch": (med["routed bucketed"] + now / 2) / med["unrouted bucketed"],
+        "now, pass every 2nd epoch": (med["routed bucketed"] + now / 2) / med["unrouted bucketed"],
     }
+    if bf16:
+        ratios["now, CPU bf16 (precision='auto' here)"] = (
+            (med["routed bucketed-bf16"] + med["now, bf16"]) / med["unrouted bucketed-bf16"])
     return {"max_length": max_length, "rows": n, "batch_size": batch_size, "epoch_steps": epoch_steps,
             "steps_timed_per_epoch": int(take), "pass_batch_size": pass_batch_size,
             "padding": {o: padded_tokens(tokens.lengths, b) / int(tokens.lengths.sum()) for o, b in orders.items()},
@@ -120,10 +136,16 @@ def components(texts: list[str], y: np.ndarray, names: list[str], *, max_length:
                 "merge (pass, unmerged / merged, rebuilt)": med["today (unmerged, rebuilt)"] / med["merged, rebuilt"],
                 "reuse (pass, rebuilt / reused, unmerged)": med["today (unmerged, rebuilt)"] / med["unmerged, reused"],
                 "pass now vs today (today / now)": today / now,
+                **({"CPU bf16 autocast (routed bucketed epoch, fp32 / bf16)":
+                    med["routed bucketed"] / med["routed bucketed-bf16"],
+                    "CPU bf16 autocast (pass, fp32 / bf16)": now / med["now, bf16"]} if bf16 else {}),
                 "cadence: pass every 2nd epoch (epoch+pass ratio, every / every 2nd)":
-                    ratios["now: routed epoch (bucketed) + merged reused pass / unrouted epoch (bucketed)"]
-                    / ratios["now, a pass every 2nd epoch"],
+                    ratios["now"] / ratios["now, pass every 2nd epoch"],
             }}
+
+
+def _cpu_autocast(on: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if on else contextlib.nullcontext()
 
 
 class _Clock(TrainerCallback):
@@ -142,7 +164,7 @@ class _Clock(TrainerCallback):
 def demo_run(train_data, test_data, gold_noisy: np.ndarray, *, seed: int, variant: str, model_path,
              epochs: int, routed: bool = True) -> dict[str, Any]:
     """One training of the demo's job; its wall time, accuracy on the test rows and report scores."""
-    extra = BEFORE if variant == "before" else {}
+    extra = VARIANTS[variant]
     training = TrainingConfig(epochs=epochs, batch_size=DEMO["batch_size"], max_length=DEMO["max_length"],
                               learning_rate=DEMO["learning_rate"], seed=seed, **extra)
     clock = _Clock()
@@ -161,10 +183,11 @@ def demo_run(train_data, test_data, gold_noisy: np.ndarray, *, seed: int, varian
 
 
 def demo(seeds: list[int], train_data, test_data, gold_noisy, model_path, log) -> list[dict[str, Any]]:
-    """before / after of the demo's job per seed, the order alternating with the seed."""
+    """Every variant of the demo's job per seed (before, after with fp32, after with the defaults), the order
+    reversed every other seed."""
     runs = []
     for i, seed in enumerate(seeds):
-        for variant in (("before", "after") if i % 2 == 0 else ("after", "before")):
+        for variant in (list(VARIANTS) if i % 2 == 0 else list(VARIANTS)[::-1]):
             run = demo_run(train_data, test_data, gold_noisy, seed=seed, variant=variant, model_path=model_path,
                            epochs=DEMO["epochs"])
             runs.append(run)
@@ -185,22 +208,25 @@ def tables(parts: list[dict], runs: list[dict], cadence: dict | None) -> dict[st
                      f"{m['today (unmerged, rebuilt)']:.2f} / {m['merged, rebuilt']:.2f} / "
                      f"{m['unmerged, reused']:.2f} / {m['now (merged, reused)']:.2f}",
                      " / ".join(f"{v:.2f}" for v in c["ratios"].values())])
+    ratio_names = list(parts[0]["ratios"]) if parts else []
     out["components"] = markdown_table(
         ["max_length", "padded/real tokens random / bucketed", "routed epoch s random / bucketed",
          "unrouted epoch s random / bucketed", "pass s today / merged / reused / both",
-         "epoch+pass ÷ unrouted epoch: today / now / now, pass every 2nd"], rows)
+         "epoch+pass ÷ unrouted epoch: " + " / ".join(ratio_names)], rows)
     pulls = []
     for c in parts:
         pulls += [[c["max_length"], k, f"{v:.2f}×"] for k, v in c["pulls"].items()]
     out["pulls"] = markdown_table(["max_length", "change", "speed-up"], pulls)
-    by = {v: [r for r in runs if r["variant"] == v] for v in ("before", "after")}
-    if all(by.values()):
-        ratio = [a["train_wall_s"] / b["train_wall_s"] for a in by["after"] for b in by["before"] if a["seed"] == b["seed"]]
+    by = {v: [r for r in runs if r["variant"] == v] for v in VARIANTS}
+    if by["before"]:
+        def ratio(v):
+            return [a["train_wall_s"] / b["train_wall_s"] for a in by[v] for b in by["before"] if a["seed"] == b["seed"]]
+
         out["demo"] = markdown_table(
-            ["variant", "training wall s", "test accuracy", "report precision", "report recall", "after ÷ before"],
+            ["variant", "training wall s", "test accuracy", "report precision", "report recall", "÷ before (per seed)"],
             [[v, mean_std([r["train_wall_s"] for r in rs], 1), mean_std([r["test_accuracy"] for r in rs]),
               mean_std([r["precision"] for r in rs]), mean_std([r["recall"] for r in rs]),
-              mean_std(ratio, 2) if v == "after" else ""] for v, rs in by.items()])
+              mean_std(ratio(v), 2) if v != "before" else ""] for v, rs in by.items() if rs])
     if cadence:
         out["cadence"] = markdown_table(
             ["pass → next pass", "mean |Δ p_clean|", "rows crossing 0.5"],
