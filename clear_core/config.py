@@ -293,7 +293,7 @@ class TrainingConfig:
     precision: str = field(
         default="auto",
         metadata={"help": "'auto' (fp32 weights with bf16 autocast on CUDA, and on a CPU with native bf16 "
-                  "(AMX-BF16 / AVX512-BF16), else fp32), 'bf16' (on CUDA the frozen backbone is also loaded in bf16, "
+                  "(AMX-BF16 / AVX512-BF16) for backbones of hidden size >= 256, else fp32), 'bf16' (on CUDA the frozen backbone is also loaded in bf16, "
                   "halving its memory; trained parameters stay fp32; bf16 autocast on any CPU) or 'fp32' (no "
                   "autocast anywhere)."},
     )

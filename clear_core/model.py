@@ -168,6 +168,19 @@ def cpu_has_native_bf16() -> bool:
     return bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
+CPU_BF16_MIN_HIDDEN = 256  # precision='auto' autocasts to bf16 on a native-bf16 CPU from this width on
+
+
+def hidden_size(model: nn.Module) -> int:
+    """The backbone's hidden width (``hidden_size``, ``d_model``, ``n_embd`` or ``dim`` of its config); 0 if unknown."""
+    config = getattr(model, "config", None)
+    for name in ("hidden_size", "d_model", "n_embd", "dim"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
 class ClearModel(nn.Module):
     """A classifier with a routed PEFT method; ``forward`` maps a tokenised batch to logits ``(B, K)``.
 
