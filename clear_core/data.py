@@ -5,6 +5,7 @@ Symbols: N rows, K classes, B batch rows, T tokens of the longest row in a batch
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -162,49 +163,114 @@ def subset(data: TextClassificationData, indices: Sequence[int]) -> TextClassifi
                                   ids=pick(data.ids), gold_labels=pick(data.gold_labels))
 
 
+CHUNK_ROWS = 20_000  # rows per tokenizer call: bounds the tokenizer's Python lists to one chunk
+
+
 class TokenizedTexts:
-    """Token ids of N rows, tokenised once, padded per batch (dynamic padding).
+    """Token ids of N rows, tokenised once in chunks, padded per batch (dynamic padding).
+
+    The ids of all rows sit in one flat ``int32`` array with ``(N + 1,)`` int64 row offsets (row i is
+    ``ids[offsets[i]:offsets[i + 1]]``), about 4 bytes a token instead of a Python list's ~36; token
+    type ids, when the tokenizer gives any, likewise (``int8`` when they fit, and not stored at all when
+    every one is 0, as for single texts).
 
     Args:
         tokenizer: a Hugging Face tokenizer.
         texts, text_pairs: as in :class:`TextClassificationData`.
         max_length: truncation length in tokens (>= 8).
+        chunk_rows: rows per tokenizer call (>= 1); the result does not depend on it.
+
+    Attributes:
+        ids: ``(sum of lengths,)`` int32 token ids, row after row.
+        offsets: ``(N + 1,)`` int64 start of each row in ``ids`` (and its end).
+        lengths: ``(N,)`` int64 tokens per row.
+        pad_id: the tokenizer's pad token id (0 when it has none).
+        has_token_type_ids: whether the tokenizer gives token type ids (then ``batch`` returns them).
+
+    Raises:
+        ValueError: if ``chunk_rows`` < 1, or ``text_pairs`` has another length than ``texts``.
     """
 
-    def __init__(self, tokenizer: Any, texts: Sequence[str], text_pairs: Sequence[str] | None, max_length: int):
-        enc = tokenizer(
-            list(texts),
-            list(text_pairs) if text_pairs is not None else None,
-            truncation=True,
-            max_length=max_length,
-            return_attention_mask=False,
-        )
-        self.input_ids: list[list[int]] = enc["input_ids"]
-        self.token_type_ids: list[list[int]] | None = enc.get("token_type_ids")
+    def __init__(self, tokenizer: Any, texts: Sequence[str], text_pairs: Sequence[str] | None, max_length: int,
+                 *, chunk_rows: int = CHUNK_ROWS):
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows={chunk_rows!r}: give at least 1 row per tokenizer call")
+        if text_pairs is not None and len(text_pairs) != len(texts):
+            raise ValueError(f"text_pairs has {len(text_pairs)} entries but texts has {len(texts)}: give one per text")
+        n = len(texts)
+        ids_parts, type_parts, length_parts = [], [], []
+        self.has_token_type_ids, any_type = False, False
+        for start in range(0, n, chunk_rows):
+            end = min(n, start + chunk_rows)
+            enc = tokenizer(list(texts[start:end]), list(text_pairs[start:end]) if text_pairs is not None else None,
+                            truncation=True, max_length=max_length, return_attention_mask=False)
+            lengths = np.fromiter(map(len, enc["input_ids"]), dtype=np.int64, count=end - start)
+            ids_parts.append(_flat(enc["input_ids"], int(lengths.sum()), np.int32))
+            length_parts.append(lengths)
+            types = enc.get("token_type_ids")
+            if types is not None:
+                self.has_token_type_ids = True
+                flat = _flat(types, int(lengths.sum()), np.int32)
+                any_type = any_type or bool(flat.any())
+                type_parts.append(flat.astype(np.int8) if flat.size == 0 or 0 <= flat.min() <= flat.max() <= 127
+                                  else flat)
+            del enc
+        self.lengths = np.concatenate(length_parts) if length_parts else np.zeros(0, dtype=np.int64)
+        self.offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(self.lengths, out=self.offsets[1:])
+        self.ids = _concat(ids_parts, np.int32)
+        # all-zero type ids (single texts) are not stored: batch() gives the zeros
+        self._type_ids = _concat(type_parts, np.int8) if any_type else None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.lengths = np.array([len(x) for x in self.input_ids])
 
     def __len__(self) -> int:
-        return len(self.input_ids)
+        return len(self.lengths)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the token arrays (ids, offsets, lengths and stored type ids)."""
+        stored = self._type_ids.nbytes if self._type_ids is not None else 0
+        return int(self.ids.nbytes + self.offsets.nbytes + self.lengths.nbytes + stored)
 
     def batch(self, indices: Sequence[int], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        """Padded tensors ``input_ids``, ``attention_mask`` (and ``token_type_ids``), each ``(B, T)``."""
-        rows = [self.input_ids[i] for i in indices]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, r in enumerate(rows):
-            ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[j, : len(r)] = 1
-        out = {"input_ids": ids, "attention_mask": mask}
-        if self.token_type_ids is not None:
-            tt = torch.zeros((len(rows), width), dtype=torch.long)
-            for j, i in enumerate(indices):
-                tt[j, : len(self.token_type_ids[i])] = torch.tensor(self.token_type_ids[i], dtype=torch.long)
-            out["token_type_ids"] = tt
+        """Padded int64 tensors ``input_ids`` (pad = ``pad_id``), ``attention_mask`` (1 = token, 0 = pad) and,
+        when the tokenizer gives them, ``token_type_ids`` (0 on pads), each ``(B, T)`` with T the longest of the
+        B rows ``indices``; rows are right-padded, in the order given.
+
+        Raises:
+            ValueError: if ``indices`` is empty.
+            IndexError: on an index outside [-N, N).
+        """
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size == 0:
+            raise ValueError("batch() needs at least one row index")
+        lengths, starts = self.lengths[idx], self.offsets[idx]
+        width = int(lengths.max())
+        mask = np.arange(width)[None, :] < lengths[:, None]
+        source = (starts[:, None] + np.arange(width)[None, :])[mask]
+        ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
+        ids[mask] = self.ids[source]
+        out = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask.astype(np.int64))}
+        if self.has_token_type_ids:
+            types = np.zeros((len(idx), width), dtype=np.int64)
+            if self._type_ids is not None:
+                types[mask] = self._type_ids[source]
+            out["token_type_ids"] = torch.from_numpy(types)
         return {k: v.to(device) for k, v in out.items()}
 
     def length_sorted_batches(self, batch_size: int) -> list[np.ndarray]:
         """Index batches of rows sorted by length, for no-grad passes (less padding)."""
         order = np.argsort(self.lengths, kind="stable")
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _flat(rows: list[list[int]], total: int, dtype: type) -> np.ndarray:
+    """The ``(total,)`` concatenation of a chunk's token lists as ``dtype``."""
+    return np.fromiter(itertools.chain.from_iterable(rows), dtype=dtype, count=total)
+
+
+def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    """One array of the chunks (the widest chunk dtype wins); an empty ``dtype`` array for no chunks."""
+    if not parts:
+        return np.zeros(0, dtype=dtype)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
