@@ -133,3 +133,29 @@ def test_a_report_larger_than_one_copy_chunk_is_written_whole(settings, monkeypa
         assert _stored(session, "job-new") == _stored(session, "job-old")
         assert session.execute(text("SELECT count(*) FROM noise_rows WHERE job_id = 'job-new'")).scalar() == 73
     assert COPY_CHUNK_ROWS > 17
+
+
+def test_a_job_streams_its_rows_in_chunks_as_the_orm_reads_them(client, settings, monkeypatch):
+    """The worker's loader, in chunks smaller than the dataset, gives the rows the ORM gives, in row order."""
+    import worker.predict as predict
+    from app.models import DatasetRow, Job as JobRow
+    from tests.service.helpers import toy_frame, upload_frame
+    from worker.pipeline import _as_data, _rows
+
+    frame = toy_frame(53, noise=0.2)
+    frame["pair"] = [f"second {i}" for i in range(53)]
+    dataset = upload_frame(client, frame, text_pair_column="pair")
+    with session_factory(settings.database_url)() as session:
+        columns = _rows(session, dataset["id"], chunk_rows=7)
+        orm = session.scalars(select(DatasetRow).where(DatasetRow.dataset_id == dataset["id"])
+                              .order_by(DatasetRow.row_index)).all()
+        monkeypatch.setattr(predict, "LOAD_CHUNK_ROWS", 5)
+        run = JobRow(id="run-x", dataset_id=dataset["id"], training_config={"labelled": True})
+        inputs = predict.load_prediction_inputs(session, run, None, None)
+    for name in ("row_index", "row_id", "text", "text_pair", "label", "gold_label"):
+        assert getattr(columns, name) == [getattr(r, name) for r in orm], name
+    data = _as_data(columns)
+    assert list(data.texts) == list(frame["text"]) and list(data.text_pairs) == list(frame["pair"])
+    assert list(data.ids) == list(frame["id"]) and list(data.gold_labels) == [str(g) for g in frame["gold"]]
+    assert inputs.row_indices == list(range(53)) and inputs.texts == list(frame["text"])
+    assert inputs.text_pairs == list(frame["pair"]) and inputs.labels == [str(y) for y in frame["label"]]
