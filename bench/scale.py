@@ -24,7 +24,8 @@ columns, primary key, indexes and foreign keys (``LIKE noise_rows INCLUDING ALL`
 ``--pass-rows`` (default: all rows) limits the model pass to the first rows, for a machine too slow for a
 million-row pass; the other rows then take the pass's logits cyclically and the table says how many rows the
 pass ran on. ``--compare-lists`` instead measures ``TokenizedTexts`` against the list-based version it
-replaced (each in a fresh child process: retained bytes, peak, tokenise and batch-fill seconds).
+replaced (each in a fresh child process, on the same texts: the bytes of the token structure itself, the RSS
+it leaves held and its peak, beyond the texts; tokenise seconds; seconds to fill every pass batch).
 
     python -m bench.scale --quick
     OMP_NUM_THREADS=1 python -m bench.scale                 # 1,000,000 rows -> bench/results/scale_full.json
@@ -56,6 +57,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN = os.environ.get("CLEAR_BENCH_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 PG_URL = os.environ.get("CLEAR_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
 QUICK = {"rows": 20_000}
+QUICK_LISTS = {"rows": 100_000}  # --compare-lists --quick: five tokenizer chunks, enough to tell them apart
 FULL = {"rows": 1_000_000}
 VOCAB_WORDS, MIN_WORDS, MAX_WORDS = 500, 24, 72  # 24-72 words + [CLS] and [SEP]: 50 tokens a row on average
 LABELS = ["alpha", "beta", "gamma", "delta"]
@@ -392,14 +394,24 @@ def measure_tokens(kind: str, rows: int, seed: int, max_length: int, batch_size:
     peak = _status("VmHWM") - before
     gc.collect()
     retained = _status("VmRSS") - before
+    owned = tokens.nbytes if kind == "arrays" else _list_bytes(tokens.input_ids) + _list_bytes(tokens.token_type_ids)
     batches = tokens.length_sorted_batches(batch_size)
     start = time.perf_counter()
     for idx in batches:
         tokens.batch(idx)
     fill = time.perf_counter() - start
     return {"kind": kind, "rows": rows, "tokens": int(tokens.lengths.sum()), "retained_bytes": retained,
+            "structure_bytes": owned,
             "peak_bytes": peak, "tokenise_seconds": seconds, "batch_fill_seconds": fill, "batches": len(batches),
             "token_type_ids": types}
+
+
+def _list_bytes(rows: list[list[int]] | None) -> int:
+    """Bytes of a list of token lists: the lists, and an int object per id above 256 (CPython shares only the
+    small ints -5..256; the tokenizer makes a new object for every other id)."""
+    if rows is None:
+        return 0
+    return sys.getsizeof(rows) + sum(sys.getsizeof(r) + 28 * sum(1 for x in r if x > 256) for r in rows)
 
 
 def _in_child(function, *args):
@@ -417,10 +429,11 @@ def compare_lists(args: argparse.Namespace) -> int:
                                      args.batch_size, types))
     gib = 2 ** 30
     table = markdown_table(
-        ["TokenizedTexts", "type ids", "rows", "tokens", "retained GiB", "peak GiB", "tokenise s",
-         f"fill {results[0]['batches']} batches s"],
-        [[r["kind"], "yes" if r["token_type_ids"] else "no", r["rows"], r["tokens"], r["retained_bytes"] / gib,
-          r["peak_bytes"] / gib, r["tokenise_seconds"], r["batch_fill_seconds"]] for r in results])
+        ["TokenizedTexts", "type ids", "rows", "tokens", "structure GiB", "RSS held GiB", "peak RSS GiB",
+         "tokenise s", f"fill {results[0]['batches']} batches s"],
+        [[r["kind"], "yes" if r["token_type_ids"] else "no", r["rows"], r["tokens"], r["structure_bytes"] / gib,
+          r["retained_bytes"] / gib, r["peak_bytes"] / gib, r["tokenise_seconds"], r["batch_fill_seconds"]]
+         for r in results])
     print(table)
     from bench.common import environment
 
@@ -436,7 +449,8 @@ def compare_lists(args: argparse.Namespace) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"{QUICK['rows']} rows instead of {FULL['rows']}")
-    parser.add_argument("--rows", type=int, help="synthetic rows (default 1,000,000; --quick 20,000)")
+    parser.add_argument("--rows", type=int, help="synthetic rows (default 1,000,000; --quick 20,000, "
+                        "or 100,000 with --compare-lists)")
     parser.add_argument("--pass-rows", type=int, default=None,
                         help="rows the model pass runs on (default: all); the rest reuse its logits")
     parser.add_argument("--batch-size", type=int, default=256, help="rows per pass batch")
@@ -449,7 +463,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", help="JSON path (default bench/results/scale_<quick|full>.json)")
     args = parser.parse_args(argv)
     if args.rows is None:
-        args.rows = (QUICK if args.quick else FULL)["rows"]
+        args.rows = (QUICK_LISTS if args.compare_lists else QUICK)["rows"] if args.quick else FULL["rows"]
     if args.rows < 1 or (args.pass_rows is not None and args.pass_rows < 1):
         parser.error("--rows and --pass-rows must be at least 1")
     return args
@@ -492,7 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{args.rows} rows, pass over {result['pass_rows']} rows, "
           f"peak mark reset per stage: {result['peak_reset']}\n")
     print(table + "\n\n" + summary)
-    payload = {"rows": args.rows, "args": vars(args), "insert_seconds": insert_seconds, **result,
+    payload = {"rows": args.rows, "database": name, "dropped": not args.keep_db, "args": vars(args),
+               "insert_seconds": insert_seconds, **result,
                "peak_beyond_model_bytes": peak, "peak_target_bytes": int(1.5e9), "table": table,
                "summary": summary, "environment": env, "load_average_at_end": load_average()}
     path = write_results(payload, script="scale", quick=args.quick, out=args.out)

@@ -64,15 +64,18 @@ class _Columns:
 
 def _rows(session: Session, dataset_id: str, *, chunk_rows: int = LOAD_CHUNK_ROWS) -> _Columns:
     """The dataset's rows streamed in chunks of ``chunk_rows`` (a server-side cursor on Postgres), only the
-    columns a job needs, straight into column lists: no ORM object or row tuple is kept per row."""
+    columns a job needs, straight into column lists: no ORM object or row tuple is kept per row, and each
+    distinct label is one shared string."""
     names = tuple(_Columns.__dataclass_fields__)
     query = (select(*(getattr(DatasetRow, name) for name in names)).where(DatasetRow.dataset_id == dataset_id)
              .order_by(DatasetRow.row_index).execution_options(yield_per=chunk_rows))
     columns = _Columns(*([] for _ in names))
     parts = [getattr(columns, name) for name in names]
+    shared: dict[str, str] = {}  # labels repeat: one string object per distinct label, not one per row
+    label_parts = {id(columns.label), id(columns.gold_label)}
     for chunk in session.execute(query).partitions():
         for part, values in zip(parts, zip(*chunk)):
-            part.extend(values)
+            part.extend(map(shared.setdefault, values, values) if id(part) in label_parts else values)
     return columns
 
 
