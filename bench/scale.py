@@ -422,7 +422,7 @@ def _in_child(function, *args):
 
 def compare_lists(args: argparse.Namespace) -> int:
     results = []
-    for types in (False, True):
+    for types in {"no": (False,), "yes": (True,), "both": (False, True)}[args.type_ids]:
         for kind in ("lists", "arrays"):
             print(f"tokenising {args.rows} rows with {kind} (token type ids: {types}) ...", flush=True)
             results.append(_in_child(measure_tokens, kind, args.rows, args.seed, args.max_length,
@@ -459,8 +459,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compare-lists", action="store_true",
                         help="measure TokenizedTexts against the list-based version instead")
+    parser.add_argument("--type-ids", choices=("no", "yes", "both"), default="both",
+                        help="--compare-lists: a tokenizer without token type ids (the tiny BERT's), with them "
+                             "(as BERT's own), or both")
     parser.add_argument("--keep-db", action="store_true", help="keep the benchmark database (its name is printed)")
-    parser.add_argument("--out", help="JSON path (default bench/results/scale_<quick|full>.json)")
+    parser.add_argument("--out", help="JSON path (default bench/results/scale_<quick|full>.json, or "
+                        "scale_lists_<quick|full>.json with --compare-lists)")
     args = parser.parse_args(argv)
     if args.rows is None:
         args.rows = (QUICK_LISTS if args.compare_lists else QUICK)["rows"] if args.quick else FULL["rows"]

@@ -163,7 +163,10 @@ def subset(data: TextClassificationData, indices: Sequence[int]) -> TextClassifi
                                   ids=pick(data.ids), gold_labels=pick(data.gold_labels))
 
 
-CHUNK_ROWS = 20_000  # rows per tokenizer call: bounds the tokenizer's Python lists to one chunk
+# rows per tokenizer call: the call's own objects (Rust encodings, then Python lists) take about 10 KB a row
+# of ~50 tokens, and the allocator keeps that high-water mark: 20,000 rows left ~200 MB held, 5,000 ~85 MB,
+# at the same speed (bench/scale.py)
+CHUNK_ROWS = 5_000
 
 
 class TokenizedTexts:
