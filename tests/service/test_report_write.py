@@ -159,3 +159,28 @@ def test_a_job_streams_its_rows_in_chunks_as_the_orm_reads_them(client, settings
     assert list(data.ids) == list(frame["id"]) and list(data.gold_labels) == [str(g) for g in frame["gold"]]
     assert inputs.row_indices == list(range(53)) and inputs.texts == list(frame["text"])
     assert inputs.text_pairs == list(frame["pair"]) and inputs.labels == [str(y) for y in frame["label"]]
+
+
+def test_rows_stream_in_chunks_on_sqlite_too(tmp_path):
+    from app.models import Dataset, DatasetRow
+    from worker.pipeline import _as_data, _rows
+
+    url = f"sqlite:///{tmp_path / 'rows.db'}"
+    run_alembic(url, "upgrade", "head")
+    with session_factory(url)() as session:
+        session.add(Tenant(id="t-rows"))
+        session.flush()
+        session.add(Dataset(id="ds-rows", tenant_id="t-rows", name="rows", format="csv", sha256="0" * 64, size_bytes=0,
+                            row_count=23, label_names=["alpha", "beta"], class_histogram={},
+                            columns={}))
+        session.flush()
+        session.add_all([DatasetRow(dataset_id="ds-rows", row_index=i, row_id=None, text=f"text {i}", text_pair=None,
+                                    label=("alpha", "beta")[i % 2], gold_label=None) for i in reversed(range(23))])
+        session.commit()
+        columns = _rows(session, "ds-rows", chunk_rows=4)
+    get_engine(url).dispose()
+    assert columns.row_index == list(range(23)) and columns.text == [f"text {i}" for i in range(23)]
+    data = _as_data(columns)
+    assert data.text_pairs is None and data.ids is None and data.gold_labels is None
+    assert data.labels == [("alpha", "beta")[i % 2] for i in range(23)]
+    assert data.labels[0] is data.labels[2] and data.labels[1] is data.labels[21]  # one string per label
