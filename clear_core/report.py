@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -105,7 +105,7 @@ class NoiseReport:
 
     def columns(self) -> dict[str, Any]:
         """The report's public fields (those of :meth:`to_records`) as N-long columns in row order, without a
-        dict per row: for writing a million rows in columns.
+        dict per row (one chunk of :meth:`column_chunks`).
 
         Returns:
             ``row_index`` ``(N,)`` int64; ``id`` N ids or None; ``given_label``, ``predicted_label``,
@@ -115,21 +115,35 @@ class NoiseReport:
             record's history is ``[]``); ``flagged`` ``(N,)`` bool; ``flag_reason``, ``split`` N strings;
             ``rank`` ``(N,)`` int64.
         """
+        return next(self.column_chunks(max(1, len(self))))
+
+    def column_chunks(self, chunk_rows: int) -> Iterator[dict[str, Any]]:
+        """The columns of :meth:`columns`, ``chunk_rows`` rows at a time in row order (the last chunk may be
+        shorter), so that a writer holds one chunk's copies at a time; ranks are computed once.
+
+        Raises:
+            ValueError: if ``chunk_rows`` < 1.
+        """
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows={chunk_rows!r}: give at least 1")
         names = np.empty(len(self.label_names), dtype=object)
         names[:] = self.label_names
-        return {
-            "row_index": np.arange(len(self), dtype=np.int64),
-            "id": self.ids,
-            "given_label": names[self.given], "predicted_label": names[self.predicted],
-            "suggested_label": names[self.suggested],
-            "suggested_confidence": np.asarray(self.suggested_confidence, dtype=np.float64),
-            "p_clean": np.asarray(self.p_clean, dtype=np.float64),
-            "p_clean_history": self.p_clean_history,
-            "label_quality": np.asarray(self.label_quality, dtype=np.float64),
-            "flagged": np.asarray(self.flagged, dtype=bool),
-            "flag_threshold": np.asarray(self.flag_threshold, dtype=np.float64),
-            "flag_reason": self.flag_reason, "split": self.split, "rank": self.rank,
-        }
+        ranks = self.rank
+        for start in range(0, max(1, len(self)), chunk_rows):  # an empty report gives one empty chunk
+            cut = slice(start, min(len(self), start + chunk_rows))
+            yield {
+                "row_index": np.arange(cut.start, cut.stop, dtype=np.int64),
+                "id": self.ids[cut] if self.ids is not None else None,
+                "given_label": names[self.given[cut]], "predicted_label": names[self.predicted[cut]],
+                "suggested_label": names[self.suggested[cut]],
+                "suggested_confidence": np.asarray(self.suggested_confidence[cut], dtype=np.float64),
+                "p_clean": np.asarray(self.p_clean[cut], dtype=np.float64),
+                "p_clean_history": self.p_clean_history[:, cut],
+                "label_quality": np.asarray(self.label_quality[cut], dtype=np.float64),
+                "flagged": np.asarray(self.flagged[cut], dtype=bool),
+                "flag_threshold": np.asarray(self.flag_threshold[cut], dtype=np.float64),
+                "flag_reason": self.flag_reason[cut], "split": self.split[cut], "rank": ranks[cut],
+            }
 
     def to_records(self) -> list[dict[str, Any]]:
         """One dict per row (row order) with the report's public fields (see module docstring)."""

@@ -7,7 +7,7 @@ import json
 import math
 import tarfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -40,15 +40,13 @@ class AdapterMismatch(RuntimeError):
 
 def write_noise_report(session: Session, job_id: str, report: "NoiseReport", row_indices: Sequence[int]) -> int:
     """Replace the job's noise rows by one row per report row (not committed), written in columns: with
-    ``COPY ... FROM STDIN`` on Postgres, a bulk insert on SQLite, with no dict per row. The job's row is locked
-    first and its earlier rows deleted in the same transaction, so writing the same report twice (a retried
-    finish, a duplicate delivery) leaves one row each. ``row_indices`` ``(N,)`` maps the report's row order to
-    the dataset's row index. The rows belong to the job's tenant. Returns N."""
-    columns = report.columns()
-    ids = columns.pop("id")
-    columns["row_id"] = None if ids is None else [None if x is None else str(x) for x in ids]
-    columns["row_index"] = np.asarray(row_indices, dtype=np.int64)[columns["row_index"]]
-    return _write_columns(session, job_id, columns, len(report))
+    ``COPY ... FROM STDIN`` on Postgres, a bulk insert on SQLite, a chunk of rows at a time and with no dict
+    per row. The job's row is locked first and its earlier rows deleted in the same transaction, so writing
+    the same report twice (a retried finish, a duplicate delivery) leaves one row each. ``row_indices``
+    ``(N,)`` maps the report's row order to the dataset's row index. The rows belong to the job's tenant.
+    Returns N."""
+    size = COPY_CHUNK_ROWS if _is_postgres(session) else INSERT_BATCH
+    return _write_chunks(session, job_id, (_stored_ids(chunk, row_indices) for chunk in report.column_chunks(size)))
 
 
 def write_noise_rows(session: Session, job_id: str, records: list[dict[str, Any]], row_indices: list[int]) -> int:
@@ -58,8 +56,8 @@ def write_noise_rows(session: Session, job_id: str, records: list[dict[str, Any]
     for i, rec in enumerate(records):
         history[:len(rec["p_clean_history"]), i] = rec["p_clean_history"]
     columns = {
-        "row_index": np.asarray(row_indices, dtype=np.int64)[[rec["row_index"] for rec in records]],
-        "row_id": [None if rec["id"] is None else str(rec["id"]) for rec in records],
+        "row_index": np.array([rec["row_index"] for rec in records], dtype=np.int64),
+        "id": [rec["id"] for rec in records],
         "p_clean": np.array([np.nan if rec["p_clean"] is None else rec["p_clean"] for rec in records], np.float64),
         "p_clean_history": history, "flag_reason": [rec.get("flag_reason") for rec in records],
         "split": [rec.get("split", "train") for rec in records],
@@ -69,21 +67,38 @@ def write_noise_rows(session: Session, job_id: str, records: list[dict[str, Any]
     for name, dtype in (("suggested_confidence", np.float64), ("label_quality", np.float64), ("flagged", bool),
                         ("flag_threshold", np.float64), ("rank", np.int64)):
         columns[name] = np.array([rec[name] for rec in records], dtype=dtype)
-    return _write_columns(session, job_id, columns, len(records))
+    return _write_chunks(session, job_id, [_stored_ids(columns, row_indices)])
 
 
-def _write_columns(session: Session, job_id: str, columns: dict[str, Any], n: int) -> int:
+def _is_postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _stored_ids(chunk: dict[str, Any], row_indices: Sequence[int]) -> dict[str, Any]:
+    """A chunk of report columns with the stored ids: ``row_index`` the dataset's row index of each report row,
+    ``row_id`` the caller id as a string (or None)."""
+    ids = chunk.pop("id")
+    chunk["row_id"] = None if ids is None else [None if x is None else str(x) for x in ids]
+    chunk["row_index"] = np.fromiter((row_indices[i] for i in chunk["row_index"].tolist()), dtype=np.int64,
+                                     count=len(chunk["row_index"]))
+    return chunk
+
+
+def _write_chunks(session: Session, job_id: str, chunks: Iterable[dict[str, Any]]) -> int:
     tenant_id = session.scalar(select(Job.tenant_id).where(Job.id == job_id).with_for_update())
     session.execute(delete(NoiseRow).where(NoiseRow.job_id == job_id))
-    if session.get_bind().dialect.name == "postgresql":
-        _copy_rows(session, job_id, tenant_id, columns, n)
-    else:
-        for start in range(0, n, INSERT_BATCH):
-            session.execute(insert(NoiseRow), _dicts(job_id, tenant_id, columns, start, min(n, start + INSERT_BATCH)))
+    if _is_postgres(session):
+        return _copy_rows(session, job_id, tenant_id, chunks)
+    n = 0
+    for chunk in chunks:
+        size = len(chunk["row_index"])
+        for start in range(0, size, INSERT_BATCH):
+            session.execute(insert(NoiseRow), _dicts(job_id, tenant_id, chunk, start, min(size, start + INSERT_BATCH)))
+        n += size
     return n
 
 
-def _copy_rows(session: Session, job_id: str, tenant_id: str, columns: dict[str, Any], n: int) -> None:
+def _copy_rows(session: Session, job_id: str, tenant_id: str, chunks: Iterable[dict[str, Any]]) -> int:
     """COPY the rows in CSV (pyarrow renders each chunk: shortest round-trip floats, quoted strings, empty
     = null) through the session's own connection, so they commit or roll back with it."""
     import pyarrow.csv as pa_csv
@@ -92,12 +107,17 @@ def _copy_rows(session: Session, job_id: str, tenant_id: str, columns: dict[str,
     sql = f"COPY {NoiseRow.__tablename__} ({names}) FROM STDIN WITH (FORMAT csv)"
     options = pa_csv.WriteOptions(include_header=False, quoting_style="needed")
     raw = session.connection().connection.driver_connection
+    n = 0
     with raw.cursor() as cursor, cursor.copy(sql) as copy:
-        for start in range(0, n, COPY_CHUNK_ROWS):
-            sink = pa.BufferOutputStream()
-            pa_csv.write_csv(_arrow_chunk(job_id, tenant_id, columns, start, min(n, start + COPY_CHUNK_ROWS)),
-                             sink, options)
-            copy.write(memoryview(sink.getvalue()))
+        for chunk in chunks:
+            size = len(chunk["row_index"])
+            for start in range(0, size, COPY_CHUNK_ROWS):
+                sink = pa.BufferOutputStream()
+                pa_csv.write_csv(_arrow_chunk(job_id, tenant_id, chunk, start, min(size, start + COPY_CHUNK_ROWS)),
+                                 sink, options)
+                copy.write(memoryview(sink.getvalue()))
+            n += size
+    return n
 
 
 def _arrow_chunk(job_id: str, tenant_id: str, columns: dict[str, Any], start: int, end: int) -> pa.Table:
