@@ -164,9 +164,9 @@ def subset(data: TextClassificationData, indices: Sequence[int]) -> TextClassifi
 
 
 # rows per tokenizer call: the call's own objects (Rust encodings, then Python lists) take about 10 KB a row
-# of ~50 tokens, and the allocator keeps that high-water mark: 20,000 rows left ~200 MB held, 5,000 ~85 MB,
-# at the same speed (bench/scale.py)
-CHUNK_ROWS = 5_000
+# of ~50 tokens, and the allocator keeps that high-water mark as slack: tokenising 300,000 rows left 30 MB
+# beyond the arrays at 2,000 rows a call, 60 MB at 5,000, ~200 MB at 20,000, at the same speed
+CHUNK_ROWS = 2_000
 
 
 class TokenizedTexts:
@@ -201,29 +201,32 @@ class TokenizedTexts:
         if text_pairs is not None and len(text_pairs) != len(texts):
             raise ValueError(f"text_pairs has {len(text_pairs)} entries but texts has {len(texts)}: give one per text")
         n = len(texts)
-        ids_parts, type_parts, length_parts = [], [], []
-        self.has_token_type_ids, any_type = False, False
+        # one array grown in place (realloc) per column, not chunk arrays concatenated at the end: freed
+        # chunk arrays would stay behind as heap slack about the size of the result
+        ids, types = _Growable(np.int32), None
+        self.lengths = np.zeros(n, dtype=np.int64)
+        self.has_token_type_ids = False
         for start in range(0, n, chunk_rows):
             end = min(n, start + chunk_rows)
             enc = tokenizer(list(texts[start:end]), list(text_pairs[start:end]) if text_pairs is not None else None,
                             truncation=True, max_length=max_length, return_attention_mask=False)
-            lengths = np.fromiter(map(len, enc["input_ids"]), dtype=np.int64, count=end - start)
-            ids_parts.append(_flat(enc["input_ids"], int(lengths.sum()), np.int32))
-            length_parts.append(lengths)
-            types = enc.get("token_type_ids")
-            if types is not None:
+            self.lengths[start:end] = np.fromiter(map(len, enc["input_ids"]), dtype=np.int64, count=end - start)
+            total = int(self.lengths[start:end].sum())
+            ids.append(_flat(enc["input_ids"], total, np.int32))
+            if enc.get("token_type_ids") is not None:
                 self.has_token_type_ids = True
-                flat = _flat(types, int(lengths.sum()), np.int32)
-                any_type = any_type or bool(flat.any())
-                type_parts.append(flat.astype(np.int8) if flat.size == 0 or 0 <= flat.min() <= flat.max() <= 127
-                                  else flat)
+                chunk = _flat(enc["token_type_ids"], total, np.int32)
+                if types is None and chunk.any():  # the first non-zero type id: the rows before were all 0
+                    types = _Growable(np.int8)
+                    types.append(np.zeros(ids.size - total, dtype=np.int8))
+                if types is not None:
+                    types.append(chunk)
             del enc
-        self.lengths = np.concatenate(length_parts) if length_parts else np.zeros(0, dtype=np.int64)
         self.offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(self.lengths, out=self.offsets[1:])
-        self.ids = _concat(ids_parts, np.int32)
+        self.ids = ids.finish()
         # all-zero type ids (single texts) are not stored: batch() gives the zeros
-        self._type_ids = _concat(type_parts, np.int8) if any_type else None
+        self._type_ids = types.finish() if types is not None else None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def __len__(self) -> int:
@@ -272,8 +275,26 @@ def _flat(rows: list[list[int]], total: int, dtype: type) -> np.ndarray:
     return np.fromiter(itertools.chain.from_iterable(rows), dtype=dtype, count=total)
 
 
-def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
-    """One array of the chunks (the widest chunk dtype wins); an empty ``dtype`` array for no chunks."""
-    if not parts:
-        return np.zeros(0, dtype=dtype)
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+class _Growable:
+    """A 1-D array appended to in place: its buffer grows by realloc (half again each time), so a large one is
+    remapped rather than copied, and :meth:`finish` shrinks it to size. Values that do not fit the dtype
+    widen it to int32."""
+
+    def __init__(self, dtype: type) -> None:
+        self.data, self.size = np.zeros(0, dtype=dtype), 0
+
+    def append(self, values: np.ndarray) -> None:
+        """Append ``values`` (1-D integers)."""
+        limits = np.iinfo(self.data.dtype)
+        if values.size and (values.min() < limits.min or values.max() > limits.max):
+            self.data = self.data.astype(np.int32)
+        need = self.size + values.size
+        if need > self.data.size:
+            self.data.resize(max(need, self.data.size * 3 // 2, 1 << 16), refcheck=False)
+        self.data[self.size:need] = values
+        self.size = need
+
+    def finish(self) -> np.ndarray:
+        """The appended values, ``(size,)``; the buffer is the result (no copy)."""
+        self.data.resize(self.size, refcheck=False)
+        return self.data

@@ -102,3 +102,28 @@ def test_bad_calls_are_refused(tokenizer):
         TokenizedTexts(tokenizer, ["a"], ["b", "c"], 16)
     with pytest.raises(IndexError):
         tokens.batch([1])
+
+
+class _TypedTokenizer:
+    """A stand-in tokenizer: row i is ids ``[i + 1] * (i % 5 + 1)``; type ids 0 for rows < 10, then ``i % 3``,
+    and 300 for row 17 (wider than int8)."""
+
+    pad_token_id = 0
+
+    def __call__(self, texts, pairs, **_):
+        rows = [int(t) for t in texts]
+        ids = [[i + 1] * (i % 5 + 1) for i in rows]
+        types = [[0 if i < 10 else (300 if i == 17 else i % 3)] * len(r) for i, r in zip(rows, ids)]
+        return {"input_ids": ids, "token_type_ids": types}
+
+
+def test_type_ids_that_start_late_or_do_not_fit_int8_are_kept_exactly():
+    texts = [str(i) for i in range(23)]
+    tokens = TokenizedTexts(_TypedTokenizer(), texts, None, 16, chunk_rows=4)
+    got = tokens.batch(range(23))
+    for i in range(23):
+        width = i % 5 + 1
+        assert got["input_ids"][i, :width].tolist() == [i + 1] * width and got["attention_mask"][i].sum() == width
+        expected = 0 if i < 10 else (300 if i == 17 else i % 3)
+        assert got["token_type_ids"][i, :width].tolist() == [expected] * width, i
+        assert got["token_type_ids"][i, width:].abs().sum() == 0
