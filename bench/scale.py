@@ -503,7 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = markdown_table(
         ["what", "measured", "target", "met"],
         [["worker peak RSS beyond the model, GiB", peak / gib, "≤ 1.5 GB (1.397 GiB)", peak <= 1.5e9],
-         ["report write / plain COPY of the same rows", result["write_over_copy"], "≤ 2", result["write_over_copy"] <= 2],
+         ["report write / plain COPY of the same rows", result["write_over_copy"], "≤ 2",
+          result["write_over_copy"] <= 2],
          ["report write, s", result["write_seconds"], None, None],
          ["plain COPY, s", result["copy_seconds"], None, None],
          ["model baseline RSS, GiB", result["baseline_rss_bytes"] / gib, None, None]])
