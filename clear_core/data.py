@@ -5,6 +5,7 @@ Symbols: N rows, K classes, B batch rows, T tokens of the longest row in a batch
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -162,49 +163,138 @@ def subset(data: TextClassificationData, indices: Sequence[int]) -> TextClassifi
                                   ids=pick(data.ids), gold_labels=pick(data.gold_labels))
 
 
+# rows per tokenizer call: the call's own objects (Rust encodings, then Python lists) take about 10 KB a row
+# of ~50 tokens, and the allocator keeps that high-water mark as slack: tokenising 300,000 rows left 30 MB
+# beyond the arrays at 2,000 rows a call, 60 MB at 5,000, ~200 MB at 20,000, at the same speed
+CHUNK_ROWS = 2_000
+
+
 class TokenizedTexts:
-    """Token ids of N rows, tokenised once, padded per batch (dynamic padding).
+    """Token ids of N rows, tokenised once in chunks, padded per batch (dynamic padding).
+
+    The ids of all rows sit in one flat ``int32`` array with ``(N + 1,)`` int64 row offsets (row i is
+    ``ids[offsets[i]:offsets[i + 1]]``), about 4 bytes a token instead of a Python list's ~36; token
+    type ids, when the tokenizer gives any, likewise (``int8`` when they fit, and not stored at all when
+    every one is 0, as for single texts).
 
     Args:
         tokenizer: a Hugging Face tokenizer.
         texts, text_pairs: as in :class:`TextClassificationData`.
         max_length: truncation length in tokens (>= 8).
+        chunk_rows: rows per tokenizer call (>= 1); the result does not depend on it.
+
+    Attributes:
+        ids: ``(sum of lengths,)`` int32 token ids, row after row.
+        offsets: ``(N + 1,)`` int64 start of each row in ``ids`` (and its end).
+        lengths: ``(N,)`` int64 tokens per row.
+        pad_id: the tokenizer's pad token id (0 when it has none).
+        has_token_type_ids: whether the tokenizer gives token type ids (then ``batch`` returns them).
+
+    Raises:
+        ValueError: if ``chunk_rows`` < 1, or ``text_pairs`` has another length than ``texts``.
     """
 
-    def __init__(self, tokenizer: Any, texts: Sequence[str], text_pairs: Sequence[str] | None, max_length: int):
-        enc = tokenizer(
-            list(texts),
-            list(text_pairs) if text_pairs is not None else None,
-            truncation=True,
-            max_length=max_length,
-            return_attention_mask=False,
-        )
-        self.input_ids: list[list[int]] = enc["input_ids"]
-        self.token_type_ids: list[list[int]] | None = enc.get("token_type_ids")
+    def __init__(self, tokenizer: Any, texts: Sequence[str], text_pairs: Sequence[str] | None, max_length: int,
+                 *, chunk_rows: int = CHUNK_ROWS):
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows={chunk_rows!r}: give at least 1 row per tokenizer call")
+        if text_pairs is not None and len(text_pairs) != len(texts):
+            raise ValueError(f"text_pairs has {len(text_pairs)} entries but texts has {len(texts)}: give one per text")
+        n = len(texts)
+        # one array grown in place (realloc) per column, not chunk arrays concatenated at the end: freed
+        # chunk arrays would stay behind as heap slack about the size of the result
+        ids, types = _Growable(np.int32), None
+        self.lengths = np.zeros(n, dtype=np.int64)
+        self.has_token_type_ids = False
+        for start in range(0, n, chunk_rows):
+            end = min(n, start + chunk_rows)
+            enc = tokenizer(list(texts[start:end]), list(text_pairs[start:end]) if text_pairs is not None else None,
+                            truncation=True, max_length=max_length, return_attention_mask=False)
+            self.lengths[start:end] = np.fromiter(map(len, enc["input_ids"]), dtype=np.int64, count=end - start)
+            total = int(self.lengths[start:end].sum())
+            ids.append(_flat(enc["input_ids"], total, np.int32))
+            if enc.get("token_type_ids") is not None:
+                self.has_token_type_ids = True
+                chunk = _flat(enc["token_type_ids"], total, np.int32)
+                if types is None and chunk.any():  # the first non-zero type id: the rows before were all 0
+                    types = _Growable(np.int8)
+                    types.append(np.zeros(ids.size - total, dtype=np.int8))
+                if types is not None:
+                    types.append(chunk)
+            del enc
+        self.offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(self.lengths, out=self.offsets[1:])
+        self.ids = ids.finish()
+        # all-zero type ids (single texts) are not stored: batch() gives the zeros
+        self._type_ids = types.finish() if types is not None else None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.lengths = np.array([len(x) for x in self.input_ids])
 
     def __len__(self) -> int:
-        return len(self.input_ids)
+        return len(self.lengths)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the token arrays (ids, offsets, lengths and stored type ids)."""
+        stored = self._type_ids.nbytes if self._type_ids is not None else 0
+        return int(self.ids.nbytes + self.offsets.nbytes + self.lengths.nbytes + stored)
 
     def batch(self, indices: Sequence[int], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        """Padded tensors ``input_ids``, ``attention_mask`` (and ``token_type_ids``), each ``(B, T)``."""
-        rows = [self.input_ids[i] for i in indices]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, r in enumerate(rows):
-            ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[j, : len(r)] = 1
-        out = {"input_ids": ids, "attention_mask": mask}
-        if self.token_type_ids is not None:
-            tt = torch.zeros((len(rows), width), dtype=torch.long)
-            for j, i in enumerate(indices):
-                tt[j, : len(self.token_type_ids[i])] = torch.tensor(self.token_type_ids[i], dtype=torch.long)
-            out["token_type_ids"] = tt
+        """Padded int64 tensors ``input_ids`` (pad = ``pad_id``), ``attention_mask`` (1 = token, 0 = pad) and,
+        when the tokenizer gives them, ``token_type_ids`` (0 on pads), each ``(B, T)`` with T the longest of the
+        B rows ``indices``; rows are right-padded, in the order given.
+
+        Raises:
+            ValueError: if ``indices`` is empty.
+            IndexError: on an index outside [-N, N).
+        """
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size == 0:
+            raise ValueError("batch() needs at least one row index")
+        lengths, starts = self.lengths[idx], self.offsets[idx]
+        width = int(lengths.max())
+        mask = np.arange(width)[None, :] < lengths[:, None]
+        source = (starts[:, None] + np.arange(width)[None, :])[mask]
+        ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
+        ids[mask] = self.ids[source]
+        out = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask.astype(np.int64))}
+        if self.has_token_type_ids:
+            types = np.zeros((len(idx), width), dtype=np.int64)
+            if self._type_ids is not None:
+                types[mask] = self._type_ids[source]
+            out["token_type_ids"] = torch.from_numpy(types)
         return {k: v.to(device) for k, v in out.items()}
 
     def length_sorted_batches(self, batch_size: int) -> list[np.ndarray]:
         """Index batches of rows sorted by length, for no-grad passes (less padding)."""
         order = np.argsort(self.lengths, kind="stable")
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _flat(rows: list[list[int]], total: int, dtype: type) -> np.ndarray:
+    """The ``(total,)`` concatenation of a chunk's token lists as ``dtype``."""
+    return np.fromiter(itertools.chain.from_iterable(rows), dtype=dtype, count=total)
+
+
+class _Growable:
+    """A 1-D array appended to in place: its buffer grows by realloc (half again each time), so a large one is
+    remapped rather than copied, and :meth:`finish` shrinks it to size. Values that do not fit the dtype
+    widen it to int32."""
+
+    def __init__(self, dtype: type) -> None:
+        self.data, self.size = np.zeros(0, dtype=dtype), 0
+
+    def append(self, values: np.ndarray) -> None:
+        """Append ``values`` (1-D integers)."""
+        limits = np.iinfo(self.data.dtype)
+        if values.size and (values.min() < limits.min or values.max() > limits.max):
+            self.data = self.data.astype(np.int32)
+        need = self.size + values.size
+        if need > self.data.size:
+            self.data.resize(max(need, self.data.size * 3 // 2, 1 << 16), refcheck=False)
+        self.data[self.size:need] = values
+        self.size = need
+
+    def finish(self) -> np.ndarray:
+        """The appended values, ``(size,)``; the buffer is the result (no copy)."""
+        self.data.resize(self.size, refcheck=False)
+        return self.data

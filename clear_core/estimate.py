@@ -119,23 +119,27 @@ class NoiseEstimator:
         if (held_logits is None) != (self.held_given is None) or (
                 held_logits is not None and held_logits.shape[0] != len(self.held_given)):
             raise ValueError("give held_logits for exactly the held-out rows the estimator was built with")
-        logits = logits.astype(np.float64)
-        losses = cross_entropy_rows(logits, self.given)
+        # the softmax and the losses are computed in float64 and kept in float32; the mixture is fit to the
+        # float32 values kept, so a run resumed from its state_dict reproduces the uninterrupted one
+        logits64 = logits.astype(np.float64)
+        losses = cross_entropy_rows(logits64, self.given).astype(np.float32)
         smooth = self.loss_ema > 0 and self._smoothed is not None
-        self._smoothed = self.loss_ema * self._smoothed + (1 - self.loss_ema) * losses if smooth else losses
+        self._smoothed = (self.loss_ema * self._smoothed + (1 - self.loss_ema) * losses).astype(np.float32) \
+            if smooth else losses
         p, self.fits = p_clean_by_class(self._smoothed, groups=self.given if self.per_class else None, seed=self.seed)
-        probs = softmax(logits)
+        probs = softmax(logits64).astype(np.float32)
+        del logits64
         self.epochs.append(epoch)
-        self.loss_history.append(losses.astype(np.float32))
+        self.loss_history.append(losses)
         self.p_clean_history.append(p.astype(np.float32))
-        self.confidence_history.append(probs[np.arange(len(self.given)), self.given].astype(np.float32))
+        self.confidence_history.append(probs[np.arange(len(self.given)), self.given])
         if epoch > 0:  # a pass before any training step (warmup_epochs=0) says nothing about the labels
             self.summed += 1
             self.prob_sum = probs if self.prob_sum is None else self.prob_sum + probs
             if held_logits is not None:
-                held = softmax(held_logits.astype(np.float64))
+                held = softmax(held_logits.astype(np.float64)).astype(np.float32)
                 self.held_prob_sum = held if self.held_prob_sum is None else self.held_prob_sum + held
-        self.teacher = logits.astype(np.float32)
+        self.teacher = np.asarray(logits, dtype=np.float32)
         return p
 
     def learning_check(self, held_logits: np.ndarray | None = None) -> Reliability:
@@ -221,11 +225,19 @@ class NoiseEstimator:
         state["fits"] = {k: v.to_dict() for k, v in self.fits.items()}
         return state
 
+    _FLOAT32 = ("prob_sum", "held_prob_sum", "teacher", "_smoothed")
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`."""
+        """Restore from :meth:`state_dict`; arrays of a state written before they were kept in float32
+        (float64 ``prob_sum``, ``_smoothed`` ...) are cast to float32 as they load."""
         for name in self._STATE:
             setattr(self, name, state.get(name))
+        for name in self._FLOAT32:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, np.asarray(value, dtype=np.float32))
         self.fits = {int(k): MixtureFit(**{f: (math.nan if v is None else v) for f, v in fit.items()})
                      for k, fit in (state.get("fits") or {}).items()}
-        for name in ("epochs", "loss_history", "p_clean_history", "confidence_history"):
-            setattr(self, name, list(getattr(self, name) or []))
+        self.epochs = list(self.epochs or [])
+        for name in ("loss_history", "p_clean_history", "confidence_history"):
+            setattr(self, name, [np.asarray(x, dtype=np.float32) for x in getattr(self, name) or []])

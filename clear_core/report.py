@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -73,13 +73,13 @@ class NoiseReport:
         """
         n = len(estimate.predicted)
         positions = np.asarray(positions)
-        if sorted(positions.tolist()) != list(range(n)):
+        if positions.shape != (n,) or not np.array_equal(np.sort(positions), np.arange(n)):
             raise ValueError(f"positions must be a permutation of 0..{n - 1}")
         order = np.argsort(positions)  # estimate row of each caller row
         check, train_rows = estimate.check, len(estimate.p_clean)
         p_hist = np.full((estimate.p_clean_history.shape[0], n), np.nan, dtype=np.float32)
         p_hist[:, :train_rows] = estimate.p_clean_history
-        split = np.array(["train"] * train_rows + ["validation"] * (n - train_rows))
+        split = np.array(["train", "validation"], dtype=object)[(np.arange(n) >= train_rows).astype(np.int64)]
         given_all = estimate.given
         return cls(
             label_names=list(label_names), given=given_all[order], predicted=estimate.predicted[order],
@@ -103,25 +103,68 @@ class NoiseReport:
     def __len__(self) -> int:
         return len(self.given)
 
+    def columns(self) -> dict[str, Any]:
+        """The report's public fields (those of :meth:`to_records`) as N-long columns in row order, without a
+        dict per row (one chunk of :meth:`column_chunks`).
+
+        Returns:
+            ``row_index`` ``(N,)`` int64; ``id`` N ids or None; ``given_label``, ``predicted_label``,
+            ``suggested_label`` ``(N,)`` object arrays of class names (shared strings); ``suggested_confidence``,
+            ``label_quality``, ``flag_threshold`` ``(N,)`` float64; ``p_clean`` ``(N,)`` float64, NaN for held-out
+            rows; ``p_clean_history`` the ``(E', N)`` float32 history, NaN columns for held-out rows (their
+            record's history is ``[]``); ``flagged`` ``(N,)`` bool; ``flag_reason``, ``split`` N strings;
+            ``rank`` ``(N,)`` int64.
+        """
+        return next(self.column_chunks(max(1, len(self))))
+
+    def column_chunks(self, chunk_rows: int) -> Iterator[dict[str, Any]]:
+        """The columns of :meth:`columns`, ``chunk_rows`` rows at a time in row order (the last chunk may be
+        shorter), so that a writer holds one chunk's copies at a time; ranks are computed once.
+
+        Raises:
+            ValueError: if ``chunk_rows`` < 1.
+        """
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows={chunk_rows!r}: give at least 1")
+        names = np.empty(len(self.label_names), dtype=object)
+        names[:] = self.label_names
+        ranks = self.rank
+        for start in range(0, max(1, len(self)), chunk_rows):  # an empty report gives one empty chunk
+            cut = slice(start, min(len(self), start + chunk_rows))
+            yield {
+                "row_index": np.arange(cut.start, cut.stop, dtype=np.int64),
+                "id": self.ids[cut] if self.ids is not None else None,
+                "given_label": names[self.given[cut]], "predicted_label": names[self.predicted[cut]],
+                "suggested_label": names[self.suggested[cut]],
+                "suggested_confidence": np.asarray(self.suggested_confidence[cut], dtype=np.float64),
+                "p_clean": np.asarray(self.p_clean[cut], dtype=np.float64),
+                "p_clean_history": self.p_clean_history[:, cut],
+                "label_quality": np.asarray(self.label_quality[cut], dtype=np.float64),
+                "flagged": np.asarray(self.flagged[cut], dtype=bool),
+                "flag_threshold": np.asarray(self.flag_threshold[cut], dtype=np.float64),
+                "flag_reason": self.flag_reason[cut], "split": self.split[cut], "rank": ranks[cut],
+            }
+
     def to_records(self) -> list[dict[str, Any]]:
         """One dict per row (row order) with the report's public fields (see module docstring)."""
-        names, ranks = self.label_names, self.rank
+        c = self.columns()
+        history = c["p_clean_history"].T.astype(np.float64).tolist()
         return [
             {
                 "row_index": i,
                 "id": self.ids[i] if self.ids is not None else None,
-                "given_label": names[self.given[i]],
-                "predicted_label": names[self.predicted[i]],
-                "suggested_label": names[self.suggested[i]],
-                "suggested_confidence": float(self.suggested_confidence[i]),
-                "p_clean": None if np.isnan(self.p_clean[i]) else float(self.p_clean[i]),
-                "p_clean_history": [] if np.isnan(self.p_clean[i]) else [float(x) for x in self.p_clean_history[:, i]],
-                "label_quality": float(self.label_quality[i]),
-                "flagged": bool(self.flagged[i]),
-                "flag_threshold": float(self.flag_threshold[i]),
+                "given_label": c["given_label"][i],
+                "predicted_label": c["predicted_label"][i],
+                "suggested_label": c["suggested_label"][i],
+                "suggested_confidence": float(c["suggested_confidence"][i]),
+                "p_clean": None if np.isnan(c["p_clean"][i]) else float(c["p_clean"][i]),
+                "p_clean_history": [] if np.isnan(c["p_clean"][i]) else history[i],
+                "label_quality": float(c["label_quality"][i]),
+                "flagged": bool(c["flagged"][i]),
+                "flag_threshold": float(c["flag_threshold"][i]),
                 "flag_reason": self.flag_reason[i],
                 "split": self.split[i],
-                "rank": int(ranks[i]),
+                "rank": int(c["rank"][i]),
             }
             for i in range(len(self))
         ]

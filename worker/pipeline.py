@@ -31,7 +31,7 @@ from app.storage import ArtifactStore
 from worker.checkpoints import CheckpointSync, delete_checkpoints, restore
 from worker.lease import Lease, worker_identity
 from worker.progress import JobProgress, json_safe
-from worker.results import package_adapter, write_noise_rows
+from worker.results import package_adapter, write_noise_report
 from worker.scratch import attempt_folder
 from worker.shutdown import StopAtCheckpoint, WorkerStopping, stop_requested
 
@@ -52,32 +52,64 @@ class JobInputs:
     model_path: Path | None
 
 
-def _rows(session: Session, dataset_id: str) -> list[DatasetRow]:
-    query = select(DatasetRow).where(DatasetRow.dataset_id == dataset_id).order_by(DatasetRow.row_index)
-    return list(session.scalars(query))
+LOAD_CHUNK_ROWS = 20_000  # rows fetched per round trip when a job's rows stream in
 
 
-def _as_data(rows: list[DatasetRow], *, gold_as_labels: bool = False) -> TextClassificationData:
-    has_pair, has_gold = rows[0].text_pair is not None, rows[0].gold_label is not None
-    labels = [r.gold_label if gold_as_labels and has_gold else r.label for r in rows]
+@dataclass
+class _Columns:
+    """A dataset's rows as columns, in row order (None where a row has no value)."""
+
+    row_index: list[int]
+    row_id: list[str | None]
+    text: list[str]
+    text_pair: list[str | None]
+    label: list[str]
+    gold_label: list[str | None]
+
+
+def _rows(session: Session, dataset_id: str, *, chunk_rows: int = LOAD_CHUNK_ROWS) -> _Columns:
+    """The dataset's rows streamed in chunks of ``chunk_rows`` (a server-side cursor on Postgres), only the
+    columns a job needs, straight into column lists: no ORM object or row tuple is kept per row, and each
+    distinct label is one shared string."""
+    names = tuple(_Columns.__dataclass_fields__)
+    query = (select(*(getattr(DatasetRow, name) for name in names)).where(DatasetRow.dataset_id == dataset_id)
+             .order_by(DatasetRow.row_index).execution_options(yield_per=chunk_rows))
+    columns = _Columns(*([] for _ in names))
+    parts = [getattr(columns, name) for name in names]
+    shared: dict[str, str] = {}  # labels repeat: one string object per distinct label, not one per row
+    label_parts = {id(columns.label), id(columns.gold_label)}
+    for chunk in session.execute(query).partitions():
+        for part, values in zip(parts, zip(*chunk)):
+            part.extend(map(shared.setdefault, values, values) if id(part) in label_parts else values)
+    return columns
+
+
+def _as_data(rows: _Columns, *, gold_as_labels: bool = False) -> TextClassificationData:
+    """The rows as ``clear_core`` data; the first row decides which optional columns the dataset has.
+
+    Raises:
+        ValueError: no rows (``TextClassificationData``'s message), or a row missing a column the first has.
+    """
+    first = (lambda column: column[0] if column else None)
+    has_pair, has_gold = first(rows.text_pair) is not None, first(rows.gold_label) is not None
     return TextClassificationData(
-        texts=[r.text for r in rows], labels=labels, text_pairs=[r.text_pair for r in rows] if has_pair else None,
-        ids=[r.row_id for r in rows] if rows[0].row_id is not None else None,
-        gold_labels=[r.gold_label for r in rows] if has_gold and not gold_as_labels else None)
+        texts=rows.text, labels=rows.gold_label if gold_as_labels and has_gold else rows.label,
+        text_pairs=rows.text_pair if has_pair else None, ids=rows.row_id if first(rows.row_id) is not None else None,
+        gold_labels=rows.gold_label if has_gold and not gold_as_labels else None)
 
 
 def load_inputs(session: Session, job: Job, settings: Settings) -> JobInputs:
     """The job's rows (``clear_core`` holds out the stratified ``validation_fraction`` of them and scores them
-    out-of-sample, so every row gets a report row), the validation dataset's rows and the resolved configs."""
+    out-of-sample, so every row gets a report row), the validation dataset's rows and the resolved configs.
+    Rows stream from the database in chunks (:func:`_rows`)."""
     training = TrainingConfig.from_dict(dict(job.training_config, **({"device": settings.worker_device}
                                                                      if settings.worker_device else {})))
-    rows, held = _rows(session, job.dataset_id), []
-    if job.validation_dataset_id:
-        held = _rows(session, job.validation_dataset_id)
+    rows = _rows(session, job.dataset_id)
+    held = _rows(session, job.validation_dataset_id) if job.validation_dataset_id else None
     model_path = settings.base_model_path(job.base_model)
     # held-out rows are scored against their ground truth where the upload gave one
-    return JobInputs(data=_as_data(rows), row_indices=[r.row_index for r in rows],
-                     eval_data=_as_data(held, gold_as_labels=True) if held else None,
+    return JobInputs(data=_as_data(rows), row_indices=rows.row_index,
+                     eval_data=_as_data(held, gold_as_labels=True) if held is not None and held.text else None,
                      label_names=list(session.get(Dataset, job.dataset_id).label_names),
                      clear=ClearConfig.from_dict(job.clear_config), training=training, model_path=model_path)
 
@@ -167,9 +199,9 @@ class Attempt:
             key = package_adapter(result, self.id, inputs, tmp, self.store, tenant_id=self.job.tenant_id)
             metrics = json_safe(dict(result.metrics, wall_time_s=result.wall_time_s,
                                      warnings=[w["message"] for w in result.warnings]))
-            records, summary = result.report.to_records(), result.report.summary()
+            report, summary = result.report, result.report.summary()
         del result
-        done = retry_transient(lambda: self._succeed(records, inputs.row_indices, metrics, summary, key))
+        done = retry_transient(lambda: self._succeed(report, inputs.row_indices, metrics, summary, key))
         if not done:
             return self._lost()
         delete_checkpoints(self.store, self.id)
@@ -201,11 +233,11 @@ class Attempt:
         # the ``resumed`` event is JobProgress's, once the trainer has restored the checkpoint
         return restore(self.store, self.job.checkpoint_uri, self.job.checkpoint_step, directory)
 
-    def _succeed(self, records, row_indices, metrics, summary, key) -> bool:
+    def _succeed(self, report, row_indices, metrics, summary, key) -> bool:
         if not self.lease.flush():  # the buffered events and checkpoint records first, in order
             return False
         with self.factory() as session:
-            write_noise_rows(session, self.id, records, row_indices)
+            write_noise_report(session, self.id, report, row_indices)
             return transition(session, self.id, ("running", "cancelling"), "succeeded", on_attempt=self.number,
                               progress=1.0, metrics=metrics, report_summary=summary, adapter_uri=key,
                               finished_at=utcnow(), lease_owner=None, message="adapter and noise report stored")

@@ -34,6 +34,7 @@ from worker.shutdown import WorkerStopping, stop_requested
 logger = logging.getLogger(__name__)
 CHUNK_ROWS = 512  # rows per progress write and cancel check
 INSERT_BATCH = 5000
+LOAD_CHUNK_ROWS = 20_000  # dataset rows fetched per round trip
 FLAG_RULE, QUALITY = "prune_by_noise_rate", "self_confidence"  # the noise report's defaults (ClearConfig)
 
 
@@ -70,17 +71,18 @@ def load_prediction_inputs(session: Session, run: Job, store, tmp: Path) -> Pred
     Raises:
         ValueError: the uploaded input is no longer in the artifact store.
     """
-    if run.dataset_id and not (run.training_config or {}).get("labelled", True):
-        query = (select(DatasetRow.row_index, DatasetRow.row_id, DatasetRow.text, DatasetRow.text_pair)
-                 .where(DatasetRow.dataset_id == run.dataset_id).order_by(DatasetRow.row_index))
-        rows = session.execute(query).all()
-        return _from_rows(*zip(*rows), [None] * len(rows)) if rows else PredictionInputs([], [], [], None, None)
     if run.dataset_id:
-        query = (select(DatasetRow.row_index, DatasetRow.row_id, DatasetRow.text, DatasetRow.text_pair,
-                        DatasetRow.label).where(DatasetRow.dataset_id == run.dataset_id)
-                 .order_by(DatasetRow.row_index))
-        rows = session.execute(query).all()
-        return _from_rows(*zip(*rows)) if rows else PredictionInputs([], [], [], None, None)
+        labelled = (run.training_config or {}).get("labelled", True)
+        columns = [DatasetRow.row_index, DatasetRow.row_id, DatasetRow.text, DatasetRow.text_pair, DatasetRow.label]
+        query = (select(*columns[:5 if labelled else 4]).where(DatasetRow.dataset_id == run.dataset_id)
+                 .order_by(DatasetRow.row_index).execution_options(yield_per=LOAD_CHUNK_ROWS))
+        parts: list[list] = [[] for _ in range(5 if labelled else 4)]
+        for chunk in session.execute(query).partitions():  # streamed: no row tuple kept per row
+            for part, values in zip(parts, zip(*chunk)):
+                part.extend(values)
+        if not parts[0]:
+            return PredictionInputs([], [], [], None, None)
+        return _from_rows(*parts, *([] if labelled else [[None] * len(parts[0])]))
     if not run.input_uri or not store.exists(run.input_uri):
         raise ValueError(f"the uploaded input of prediction run {run.id} is gone from the artifact store: upload the "
                          "file again in a new prediction")
