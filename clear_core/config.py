@@ -34,6 +34,7 @@ DEFAULT_DISTILL_WEIGHT = 0.0
 # Upper bounds that catch typos and abuse (1e308 epochs) before a job is queued.
 CLEAR_LIMITS = {
     "warmup_epochs": 1000, "distill_weight": 100.0, "distill_ramp_epochs": 1000, "temperature": 100.0,
+    "pass_every_epochs": 1000,
     "lora_r": 1024, "lora_alpha": 1e4, "adapter_size": 4096, "num_virtual_tokens": 512,
 }
 TRAINING_LIMITS = {
@@ -131,6 +132,13 @@ class ClearConfig:
         metadata={"help": "Epochs over which lambda ramps linearly from 0 after warm-up (0 = full weight at once)."},
     )
     temperature: float = field(default=1.0, metadata={"help": "T > 0 of the soft-target CE."})
+    pass_every_epochs: int = field(
+        default=1,
+        metadata={"help": "k >= 1: the no-grad pass that re-estimates p_clean runs at the start of every k-th routed "
+                  "epoch (the first after warm-up, then k later, ...); the epochs between route with the last "
+                  "pass's p_clean and teacher. 1 = every epoch (the paper's schedule); the final pass for the "
+                  "report always runs."},
+    )
     loss_ema: float = field(
         default=0.0,
         metadata={"help": "Momentum in [0, 1) of an EMA over epochs of each row's loss before the GMM (0 = off)."},
@@ -201,6 +209,8 @@ class ClearConfig:
             raise ValueError(f"warmup_epochs={self.warmup_epochs!r} must be an integer >= 0")
         if self.distill_weight < 0:
             raise ValueError(f"distill_weight={self.distill_weight!r} must be >= 0")
+        if self.pass_every_epochs < 1:
+            raise ValueError(f"pass_every_epochs={self.pass_every_epochs!r} must be an integer >= 1")
         if self.distill_ramp_epochs < 0:
             raise ValueError(f"distill_ramp_epochs={self.distill_ramp_epochs!r} must be >= 0")
         if self.temperature <= 0:

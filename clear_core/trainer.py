@@ -2,8 +2,9 @@
 
 A fraction of the rows (``TrainingConfig.validation_fraction``, stratified by given label) is
 held out of training and scored out-of-sample. Per epoch e: during the W warm-up epochs plain
-CE with gates ~ Bernoulli(c). From epoch W on, a no-grad pass (dropout off, model back in train
-mode afterwards) feeds the :class:`~clear_core.estimate.NoiseEstimator`, which turns each row's
+CE with gates ~ Bernoulli(c). From epoch W on (every ``ClearConfig.pass_every_epochs``-th epoch; the epochs
+between route with the last pass's estimate), a no-grad pass (dropout off, LoRA / BitFit deltas folded
+into the weights, model back in train mode afterwards) feeds the :class:`~clear_core.estimate.NoiseEstimator`, which turns each row's
 loss into p_clean (``clear_core.p_clean``); the :class:`~clear_core.routing.Router` draws
 g(i, l) ~ Bernoulli(c * p_clean(i)) and training minimises
 CE(given) + lambda * T^2 * CE(softmax(teacher / T), softmax(logits / T)) with the pass's logits
@@ -266,7 +267,8 @@ class _Trainer:
     def _run_epoch(self) -> None:
         e = self.state.epoch
         # Plain PEFT uses no p_clean while training: only the final pass runs for its report.
-        needs_pass = self.clear.routed and self._post_warmup(e)
+        needs_pass = (self.clear.routed and self._post_warmup(e)
+                      and (e - self.clear.warmup_epochs) % self.clear.pass_every_epochs == 0)
         if needs_pass and (not self.estimator.epochs or self.estimator.epochs[-1] != e):
             _, held = self._clean_pass(e)
             if self.estimator.summed == 1:  # the first pass after training began: has warm-up taught anything?

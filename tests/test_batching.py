@@ -4,7 +4,8 @@ Checks: bucketed batches cover every row once, carry less padding than random on
 are a pure function of the seed; a bucketed run resumed from a mid-epoch checkpoint ends exactly where an
 uninterrupted one does; bucketing off keeps the historical random order; reused pass batches give the same
 logits as fresh ones; a pass with LoRA / BitFit merged gives the unmerged logits and leaves every weight
-bit-identical afterwards (also when the pass fails).
+bit-identical afterwards (also when the pass fails); pass_every_epochs=k runs the in-training pass every k-th
+routed epoch only.
 """
 
 from __future__ import annotations
@@ -156,3 +157,16 @@ def test_no_merge_with_per_row_gates(tiny_model_dir):
     model = _build(tiny_model_dir, "lora", True)
     with torch.no_grad(), merged_deltas(model.model, None) as count:
         assert count == 0
+
+
+def test_pass_cadence_skips_the_passes_between(tiny_model_dir):
+    data = _toy(80)
+    every = train(data, clear=ClearConfig(method="lora", warmup_epochs=1),
+                  training=TrainingConfig(epochs=5, batch_size=8, max_length=32), model_path=tiny_model_dir)
+    second = train(data, clear=ClearConfig(method="lora", warmup_epochs=1, pass_every_epochs=2),
+                   training=TrainingConfig(epochs=5, batch_size=8, max_length=32), model_path=tiny_model_dir)
+    assert every.dynamics.epochs == [1, 2, 3, 4, 5]
+    assert second.dynamics.epochs == [1, 3, 5]  # passes before epochs 2 and 4 (0-based 1, 3) and the final one
+    assert len(second.report.label_quality) == len(data)
+    with pytest.raises(ValueError, match="pass_every_epochs"):
+        ClearConfig(pass_every_epochs=0)
