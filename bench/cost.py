@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lengths", default=None, help="training suite: max_length values of the components, "
                    "comma-separated")
     p.add_argument("--pass-batch-size", type=int, default=None, help="training suite: rows per pass batch")
+    p.add_argument("--demo-variants", default=None,
+                   help="training suite: which of before, 'after fp32', after to train (default all), comma-separated")
     p.add_argument("--cadence-epochs", type=int, default=None,
                    help="training suite: epochs of one longer run measuring how far p_clean moves (0 = skip)")
     return p
@@ -274,7 +276,8 @@ def main_training(args) -> dict[str, Any]:
     from bench.cost_training import run_suite
 
     args.seeds = [int(s) for s in csv_list(args.seeds)] if args.seeds else []
-    args.lengths = [int(s) for s in csv_list(args.lengths)]
+    args.lengths = [int(s) for s in csv_list(args.lengths)] if args.lengths else []
+    args.demo_variants = csv_list(args.demo_variants) if args.demo_variants else None
     env = environment()
     with tempfile.TemporaryDirectory(prefix="cost-training-") as folder:
         data = args.data
@@ -284,9 +287,14 @@ def main_training(args) -> dict[str, Any]:
             data = folder
         splits = load_splits(data, train_rows=args.train_rows, test_rows=args.test_rows,
                              heldout_frac=args.heldout_frac, data_seed=args.data_seed)
-    payload = run_suite(args, splits, env, lambda msg: print(msg, flush=True))
-    payload["environment"]["load_average_at_end"] = load_average()
-    payload.update({"mode": "quick" if args.quick else "full", "settings": vars(args), "data": splits.source})
+    def finish(payload: dict[str, Any]) -> dict[str, Any]:
+        payload["environment"]["load_average_at_end"] = load_average()
+        payload.update({"mode": "quick" if args.quick else "full", "settings": vars(args), "data": splits.source})
+        return payload
+
+    payload = run_suite(args, splits, env, lambda msg: print(msg, flush=True),
+                        save=lambda p: write_results(finish(p), script="cost_training", quick=args.quick, out=args.out))
+    finish(payload)
     print(f"\n## Training cost ({payload['mode']}; {env['torch_threads']} threads)\n")
     for name, table in payload["tables"].items():
         print(f"### {name}\n\n{table}\n")

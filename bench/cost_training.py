@@ -41,7 +41,7 @@ from clear_core.model import cpu_has_native_bf16
 DEMO = dict(epochs=2, warmup_epochs=1, batch_size=16, max_length=48, learning_rate=2e-3)
 # today's code path: random batches, unmerged passes padded anew each time, fp32 on the CPU
 BEFORE = dict(length_bucketing=False, merge_for_pass=False, pass_cache_tokens=0, precision="fp32")
-VARIANTS = {"before": BEFORE, "after, fp32": dict(precision="fp32"), "after": {}}
+VARIANTS = {"before": BEFORE, "after fp32": dict(precision="fp32"), "after": {}}
 
 
 def _model(routed: bool, names: list[str], max_length: int, model_path) -> tuple[ClearModel, torch.optim.Optimizer]:
@@ -182,17 +182,21 @@ def demo_run(train_data, test_data, gold_noisy: np.ndarray, *, seed: int, varian
             "marks": clock.marks, "p_clean_mean_abs_change": moves, "p_clean_half_flips": flips}
 
 
-def demo(seeds: list[int], train_data, test_data, gold_noisy, model_path, log) -> list[dict[str, Any]]:
+def demo(seeds: list[int], train_data, test_data, gold_noisy, model_path, log, *, runs: list | None = None,
+         after_each=None, variants: list[str] | None = None) -> list[dict[str, Any]]:
     """Every variant of the demo's job per seed (before, after with fp32, after with the defaults), the order
-    reversed every other seed."""
-    runs = []
+    reversed every other seed; each run is appended to ``runs`` and ``after_each()`` called."""
+    runs = [] if runs is None else runs
+    names = [v for v in VARIANTS if v in (variants or VARIANTS)]
     for i, seed in enumerate(seeds):
-        for variant in (list(VARIANTS) if i % 2 == 0 else list(VARIANTS)[::-1]):
+        for variant in (names if i % 2 == 0 else names[::-1]):
             run = demo_run(train_data, test_data, gold_noisy, seed=seed, variant=variant, model_path=model_path,
                            epochs=DEMO["epochs"])
             runs.append(run)
             log(f"demo seed {seed} {variant}: {run['train_wall_s']:.1f} s, accuracy {run['test_accuracy']:.3f}, "
                 f"precision {run['precision']:.3f}, recall {run['recall']:.3f}")
+            if after_each is not None:
+                after_each()
     return runs
 
 
@@ -235,31 +239,46 @@ def tables(parts: list[dict], runs: list[dict], cadence: dict | None) -> dict[st
     return out
 
 
-def run_suite(args, splits, env, log) -> dict[str, Any]:
-    """Both parts (see the module docstring); returns the JSON payload."""
+def run_suite(args, splits, env, log, save=None) -> dict[str, Any]:
+    """Both parts (see the module docstring); returns the JSON payload. ``save(payload)``, if given, is called
+    after every component and every demo run with what has been measured so far (a long run that is cut
+    short keeps its finished parts)."""
     start = time.perf_counter()
+    parts: list[dict] = []
+    runs: list[dict] = []
+    cadence: dict | None = None
+
+    def payload() -> dict[str, Any]:
+        return {"script": "cost_training", "components": parts, "demo_runs": runs, "cadence_run": cadence,
+                "tables": tables(parts, runs, cadence), "environment": env,
+                "wall_time_s": time.perf_counter() - start}
+
+    def checkpoint() -> None:
+        if save is not None:
+            save(payload())
+
     pool = splits.pool.reset_index(drop=True)
     names = list(splits.label_names)
     rows = args.rows if args.rows else len(pool)
     sub = pool.iloc[:rows]
     texts, y = sub["text"].tolist(), sub["label"].astype(int).to_numpy()
-    parts = []
     for length in args.lengths:
         log(f"components at max_length {length} ...")
         parts.append(components(texts, y, names, max_length=length, batch_size=DEMO["batch_size"], steps=args.steps,
                                 repeats=args.repeats, pass_batch_size=args.pass_batch_size, model_path=args.model))
         log(f"  ratios {parts[-1]['ratios']}")
+        checkpoint()
     train_data = TextClassificationData(pool["text"].tolist(), pool["label"].astype(str).tolist(),
                                         gold_labels=pool["gt"].astype(str).tolist())
     test = splits.test
     test_data = TextClassificationData(test["text"].tolist(), test["gt"].astype(str).tolist())  # scored on true labels
     gold_noisy = (pool["label"].astype(int) != pool["gt"].astype(int)).to_numpy()
-    runs = demo(args.seeds, train_data, test_data, gold_noisy, args.model, log) if args.seeds else []
-    cadence = None
+    if args.seeds:
+        demo(args.seeds, train_data, test_data, gold_noisy, args.model, log, runs=runs, after_each=checkpoint,
+             variants=args.demo_variants)
     if args.cadence_epochs:
         log(f"cadence run: {args.cadence_epochs} epochs ...")
         cadence = demo_run(train_data, test_data, gold_noisy, seed=args.seeds[0] if args.seeds else 0,
                            variant="after", model_path=args.model, epochs=args.cadence_epochs)
-    return {"script": "cost_training", "components": parts, "demo_runs": runs, "cadence_run": cadence,
-            "tables": tables(parts, runs, cadence), "environment": env, "wall_time_s": time.perf_counter() - start}
+    return payload()
 
