@@ -215,14 +215,16 @@ def jobs_events(client: Client, args: argparse.Namespace) -> int:
         if args.json:
             print(event.model_dump_json())
         else:
-            print(f"{event.created_at:%H:%M:%S} #{event.id} {_event_line(event.type, event.model_dump())}")
+            number = event.seq if event.seq is not None else event.id  # the job's own 1, 2, 3 ... (no gaps)
+            print(f"{event.created_at:%H:%M:%S} #{number} {_event_line(event.type, event.model_dump())}")
     if not args.follow:
         return 0
     for item in client.jobs.stream(args.id, last_event_id=last):
         if args.json:
             print(json.dumps({"event": item.event, "id": item.id, "data": item.data}), flush=True)
         elif item.id is not None:
-            print(f"#{item.id} {_event_line(item.event, item.data)}", flush=True)
+            number = (item.data or {}).get("seq", item.id)
+            print(f"#{number} {_event_line(item.event, item.data)}", flush=True)
         elif item.event == "end":
             print(f"job ended {item.data.get('status')}", flush=True)
     return 0

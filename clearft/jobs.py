@@ -203,9 +203,10 @@ class JobsAPI:
         buffer = io.BytesIO()
         self.client.download(f"/v1/jobs/{job_id}/noise-report.jsonl", buffer, **_query(filters))
         lines = buffer.getvalue().decode().splitlines()
-        summary = json.loads(lines[0])["summary"] if lines else {}
-        frame = pd.DataFrame([json.loads(line) for line in lines[1:]])
-        frame.attrs["summary"] = summary
+        head = json.loads(lines[0]) if lines else {}
+        # the head line names the columns (servers since issue 13): a filter matching no row keeps them
+        frame = pd.DataFrame([json.loads(line) for line in lines[1:]], columns=head.get("columns"))
+        frame.attrs["summary"] = head.get("summary", {})
         return frame
 
     def report_stats(self, job_id: str, *, bins: int = 20) -> dict[str, Any]:

@@ -119,9 +119,11 @@ class Job(_Model):
 class Event(_Model):
     """One entry of a job's event log: ``state``, ``epoch`` (metrics in ``data``), ``message``, or ``warning``
     (the model does not seem to learn: ``message`` gives the cause and what to try, ``data`` the ``stage``,
-    ``after_warmup`` or ``end``, and the ``reliability`` evidence)."""
+    ``after_warmup`` or ``end``, and the ``reliability`` evidence). ``id`` is global (a cursor), ``seq`` the
+    job's own number."""
 
     id: int
+    seq: int | None = None  # the job's own event number, 1, 2, 3 ... (servers since issue 13)
     job_id: str
     type: str
     message: str | None = None

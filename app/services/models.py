@@ -59,6 +59,14 @@ def _disk_path(settings: Settings) -> Path:
     return Path(settings.data_dir) / "model-catalogue.json"
 
 
+TRANSIENT = "_transient"  # marks an answer of a failed inspection (never kept in memory or on disk)
+
+
+def _failed_inspection(entry: dict[str, Any]) -> bool:
+    """An answer of an inspection that failed (also as written by servers before they marked it)."""
+    return bool(entry.get(TRANSIENT)) or str(entry.get("error", "")).startswith("the server could not inspect")
+
+
 def _read_disk(settings: Settings) -> dict[str, dict[str, Any]]:
     try:
         data = json.loads(_disk_path(settings).read_text())
@@ -88,29 +96,39 @@ def _describe(folders: list[Path]) -> dict[str, dict[str, Any]]:
         return json.loads(done.stdout.strip().splitlines()[-1])
     except (subprocess.TimeoutExpired, ValueError, IndexError, OSError) as exc:
         log.error("cannot describe the base models %s: %s", [str(f) for f in folders], exc)
-        return {str(f): {"error": f"the server could not inspect this model ({type(exc).__name__})"}
+        # the inspection failed, not the folder (a crash, a kill, the timeout on a loaded machine): never kept,
+        # the next request inspects again
+        return {str(f): {"error": f"the server could not inspect this model ({type(exc).__name__}); it is "
+                                  "inspected again on the next request", TRANSIENT: True}
                 for f in folders}
 
 
 def _entries(settings: Settings, names: list[str]) -> dict[str, dict[str, Any]]:
     """``{name: description}`` of the named models: kept ones as they are, the rest described (one subprocess
-    for all of them) and kept."""
+    for all of them) and kept, except when the inspection itself failed (``TRANSIENT``): that answer is
+    given once and the next call inspects again."""
     folders = {name: model_folder(name, settings) for name in names}
     keys = {name: _fingerprint(folder) for name, folder in folders.items()}
+    failed: dict[str, dict[str, Any]] = {}
     with _lock:
         missing = [n for n in names if keys[n] not in _memory]
         if missing:
             disk = _read_disk(settings)
             for name in missing:
-                if keys[name] in disk:
+                if keys[name] in disk and not _failed_inspection(disk[keys[name]]):
                     _memory[keys[name]] = disk[keys[name]]
             todo = [n for n in names if keys[n] not in _memory]
             if todo:
                 described = _describe([folders[n] for n in todo])
                 for name in todo:
-                    _memory[keys[name]] = described.get(str(folders[name]), {"error": "not described"})
-                _write_disk(settings, {**disk, **{keys[n]: _memory[keys[n]] for n in names}})
-        return {name: _memory[keys[name]] for name in names}
+                    entry = described.get(str(folders[name]), {"error": "not described"})
+                    if entry.get(TRANSIENT):
+                        failed[name] = {k: v for k, v in entry.items() if k != TRANSIENT}
+                    else:
+                        _memory[keys[name]] = entry
+                kept = {keys[n]: _memory[keys[n]] for n in names if keys[n] in _memory}
+                _write_disk(settings, {**{k: v for k, v in disk.items() if not _failed_inspection(v)}, **kept})
+        return {name: failed[name] if name in failed else _memory[keys[name]] for name in names}
 
 
 def catalogue(settings: Settings) -> list[dict[str, Any]]:

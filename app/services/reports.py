@@ -114,7 +114,8 @@ def csv_lines(rows: Iterator[dict[str, Any]]) -> Iterator[str]:
 
 
 def jsonl_lines(summary: dict[str, Any], rows: Iterator[dict[str, Any]]) -> Iterator[str]:
-    """The report as JSON lines: first ``{"summary": {...}}``, then one object per row."""
-    yield json.dumps({"summary": summary}) + "\n"
+    """The report as JSON lines: first ``{"summary": {...}, "columns": [...]}`` (the row fields, in order, so
+    a filter that matches no row still says what a row holds), then one object per row."""
+    yield json.dumps({"summary": summary, "columns": list(REPORT_FIELDS)}) + "\n"
     for row in rows:
         yield json.dumps(row) + "\n"

@@ -38,6 +38,8 @@ def test_a_finished_job_reads_back_as_dataframes(live_service, finished_job):
         assert len(flagged) == summary["flagged"] and flagged["flagged"].all()
         validation = job.noise_report(split="validation")
         assert len(validation) == 12 and (validation["split"] == "validation").all()
+        none = job.noise_report(decided=True)  # no review decision yet, so no row: the columns are still there
+        assert len(none) == 0 and list(none.columns) == list(report.columns) and none.attrs["summary"] == summary
         epochs = job.epochs()
         assert epochs["epoch"].tolist() == [1, 2, 3] and epochs["validation_agreement"].notna().all()
         assert epochs["last_pass_p_clean_mean"].notna().tolist() == [False, True, True]  # one warm-up epoch

@@ -104,3 +104,27 @@ def test_a_changed_model_folder_is_described_again(decoder_settings, monkeypatch
     changed = {m["id"]: m for m in catalogue_module.catalogue(decoder_settings)}
     assert len(calls) == 2 and [str(f) for f in calls[1]] == [str(decoder_settings.model_dir / "not-a-model")]
     assert changed["not-a-model"]["architecture"] == "qwen2" and "bitfit" in changed["not-a-model"]["methods"]
+
+
+def test_a_failed_inspection_is_not_kept(decoder_settings, monkeypatch):
+    """An inspection killed or timed out (not a property of the folder) answers an error once; the next
+    call inspects again, and nothing of it is left in memory or in the catalogue file (helper-18's find:
+    a killed first inspection made the default model unusable until the file was deleted by hand)."""
+    import subprocess
+
+    real_run = subprocess.run
+    calls = []
+
+    def killed_once(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise subprocess.TimeoutExpired(args[0], 1.0)
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(catalogue_module.subprocess, "run", killed_once)
+    catalogue_module._memory.clear()
+    first = {m["id"]: m for m in catalogue_module.catalogue(decoder_settings)}
+    assert all("could not inspect" in m["error"] for m in first.values())
+    assert "could not inspect" not in catalogue_module._disk_path(decoder_settings).read_text()
+    again = {m["id"]: m for m in catalogue_module.catalogue(decoder_settings)}
+    assert len(calls) == 2 and "error" not in again["tiny-llama"], again

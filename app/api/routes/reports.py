@@ -80,7 +80,8 @@ def noise_report_jsonl(request: Request, principal: PrincipalDep, session: Sessi
                        given_label: LabelQuery = None, predicted_label: LabelQuery = None,
                        split: SplitQuery = None, decided: DecidedQuery = None, suggested_label: LabelQuery = None,
                        q: TextQuery = None) -> StreamingResponse:
-    """The whole report as JSON lines, streamed: a ``{"summary": ...}`` line, then one line per row."""
+    """The whole report as JSON lines, streamed: a ``{"summary": ..., "columns": [...]}`` line, then one line per
+    row."""
     filters = _filters(flagged, given_label, predicted_label, split, decided, suggested_label, q)
     return _stream(request, session, principal.tenant_id, job_id, "jsonl", filters)
 
