@@ -107,7 +107,8 @@ class ClearConfig:
     Raises:
         ValueError: on an unknown method, inference mode, report score or relabel mode, a value
             out of its range (the message quotes the value and the accepted range), or
-            ``relabel`` other than ``"off"`` on an unrouted run (plain PEFT, full fine-tuning).
+            ``relabel`` other than ``"off"``, or ``pass_every_epochs`` other than 1, on an unrouted run (plain
+            PEFT, full fine-tuning).
     """
 
     method: str = field(default="lora", metadata={"help": "PEFT method: lora, adapter, prefix, bitfit or full."})
@@ -231,6 +232,9 @@ class ClearConfig:
         if self.method == "full" and self.routed:
             # Full fine-tuning has no PEFT delta to gate: it is a baseline only.
             self.routed = False
+        if self.pass_every_epochs != 1 and not self.routed:
+            raise ValueError(f"pass_every_epochs={self.pass_every_epochs!r} needs routed=true: an unrouted run makes "
+                             "no per-epoch pass (only the final one for its report); leave it at 1 or set routed=true")
         if self.relabel != "off" and not self.routed:
             # the relabel set comes from CleaR's per-epoch passes, which only a routed run makes
             raise ValueError(

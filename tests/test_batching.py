@@ -170,3 +170,5 @@ def test_pass_cadence_skips_the_passes_between(tiny_model_dir):
     assert len(second.report.label_quality) == len(data)
     with pytest.raises(ValueError, match="pass_every_epochs"):
         ClearConfig(pass_every_epochs=0)
+    with pytest.raises(ValueError, match="needs routed=true"):
+        ClearConfig(pass_every_epochs=2, routed=False)
