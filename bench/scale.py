@@ -39,7 +39,6 @@ import contextlib
 import gc
 import multiprocessing
 import os
-import secrets
 import sys
 import tempfile
 import time
@@ -51,11 +50,11 @@ if __package__ in (None, ""):
 
 import numpy as np
 
+from bench.postgres import drop_database
+from bench.postgres import create_database as _create_database
 from bench.output import markdown_table, write_results
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PG_ADMIN = os.environ.get("CLEAR_BENCH_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
-PG_URL = os.environ.get("CLEAR_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
 QUICK = {"rows": 20_000}
 QUICK_LISTS = {"rows": 100_000}  # --compare-lists --quick: five tokenizer chunks, enough to tell them apart
 FULL = {"rows": 1_000_000}
@@ -155,30 +154,7 @@ class Meter:
 
 def create_database() -> tuple[str, str]:
     """A fresh database migrated to head with the app's Alembic scripts: ``(name, SQLAlchemy URL)``."""
-    import psycopg
-    from alembic import command
-    from alembic.config import Config
-
-    name = f"clear_bench_scale_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = PG_URL.format(name=name)
-    config = Config(str(REPO_ROOT / "alembic.ini"))
-    config.set_main_option("sqlalchemy.url", url)
-    config.attributes["configure_logger"] = False
-    command.upgrade(config, "head")
-    return name, url
-
-
-def drop_database(name: str, url: str) -> None:
-    """Drop a database made by :func:`create_database`."""
-    import psycopg
-
-    from app.db import get_engine
-
-    get_engine(url).dispose()
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return _create_database("clear_bench_scale_")
 
 
 def _psycopg_dsn(url: str) -> str:

@@ -26,10 +26,8 @@ import argparse
 import os
 import platform
 import re
-import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,10 +40,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.output import markdown_table, write_results
+from bench.postgres import drop_database, free_port
+from bench.postgres import create_database as _create_database
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PG_ADMIN = os.environ.get("CLEAR_BENCH_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
-PG_URL = os.environ.get("CLEAR_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
 REDIS_URL = os.environ.get("CLEAR_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 WRK = os.environ.get("CLEAR_BENCH_WRK", "/usr/bin/wrk")
 BENCH_RATE_LIMIT = "100000000/minute"
@@ -85,39 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def create_database() -> tuple[str, str]:
     """A new Postgres database migrated to head with Alembic; returns ``(name, SQLAlchemy URL)``."""
-    import psycopg
-    from alembic import command
-    from alembic.config import Config
-
-    name = f"clear_bench_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = PG_URL.format(name=name)
-    config = Config(str(REPO_ROOT / "alembic.ini"))
-    config.set_main_option("sqlalchemy.url", url)
-    config.attributes["configure_logger"] = False
-    command.upgrade(config, "head")
-    return name, url
-
-
-def drop_database(name: str, url: str) -> None:
-    """Drop the benchmark's database (this process's pooled connections closed first)."""
-    import psycopg
-
-    from app.db import get_engine
-
-    get_engine(url).dispose()
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return _create_database("clear_bench_")
 
 
 def seed(url: str, *, jobs: int, events: int) -> dict[str, Any]:

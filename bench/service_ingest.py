@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,8 +30,8 @@ import numpy as np
 
 from bench.common import REPO_ROOT, environment
 from bench.output import markdown_table, write_results
+from bench.postgres import create_database, drop_database, free_port, migrate_database
 
-PG_ADMIN = os.environ.get("CLEAR_BENCH_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 CLASSES = ("world", "sports", "business", "sci_tech")
 
 
@@ -57,34 +55,18 @@ def generate_csv(path: Path, rows: int, *, seed: int) -> int:
     return path.stat().st_size
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Database:
     """A fresh Postgres database, migrated, with an API key and the ``\\copy`` target table."""
 
     def __init__(self) -> None:
-        import psycopg
-
-        self.name = f"clear_bench_{secrets.token_hex(4)}"
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{self.name}"')
-        self.url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{self.name}"
+        self.name, self.url = create_database("clear_bench_", migrate=False)
         self.dsn = f"host=127.0.0.1 port=5432 user=postgres dbname={self.name}"
 
     def prepare(self) -> str:
         """Migrate, create the copy target; returns a key of tenant ``bench`` with every scope."""
         import psycopg
-        from alembic import command
-        from alembic.config import Config
 
-        config = Config(str(REPO_ROOT / "alembic.ini"))
-        config.set_main_option("sqlalchemy.url", self.url)
-        config.attributes["configure_logger"] = False
-        command.upgrade(config, "head")
+        migrate_database(self.url)
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             conn.execute("CREATE TABLE copy_target (text text, label text)")
         from app.db import session_factory
@@ -103,19 +85,14 @@ class Database:
 
     def drop(self) -> None:
         """Drop the database (closing this process's pooled connections first)."""
-        import psycopg
-        from app.db import get_engine
-
-        get_engine(self.url).dispose()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        drop_database(self.name, self.url)
 
 
 def start_api(db: Database, data_dir: Path, max_bytes: int, log: Path) -> tuple[subprocess.Popen, str]:
     """``uvicorn app.main:app`` (one worker) on ``db``; returns the process and its base URL once healthy."""
     import httpx
 
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLEAR_")}
     env.update(CLEAR_DATABASE_URL=db.url, CLEAR_DATA_DIR=str(data_dir), CLEAR_MAX_UPLOAD_BYTES=str(max_bytes),
                CLEAR_MAX_UNCOMPRESSED_BYTES=str(4 * max_bytes), CLEAR_LOG_LEVEL="WARNING",

@@ -7,6 +7,8 @@ import json
 
 import psycopg
 
+from bench.postgres import PG_ADMIN
+
 
 def test_scale_measures_every_stage_and_the_copy_baseline(tmp_path, capsys):
     from bench import scale
@@ -20,7 +22,7 @@ def test_scale_measures_every_stage_and_the_copy_baseline(tmp_path, capsys):
     assert 45 <= payload["stages"][1]["tokens"] / 700 <= 55  # about 50 tokens a row
     printed = capsys.readouterr().out
     assert "| stage |" in printed and "report write / plain COPY" in printed
-    with psycopg.connect(scale.PG_ADMIN) as conn:  # its database is gone
+    with psycopg.connect(PG_ADMIN) as conn:  # its database is gone
         left = conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (payload["database"],)).fetchone()
     assert payload["database"].startswith("clear_bench_scale_") and left[0] == 0
 

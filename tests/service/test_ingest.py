@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ from app.services.validation import WHITESPACE, RowValidator
 from tests.service.conftest import table_counts
 from tests.service.helpers import upload
 from tests.service.malformed_inputs import STRICT, cases
+from tests.service.outages import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CASES = cases()
@@ -188,12 +188,6 @@ def test_start_up_cleanup_keeps_a_live_process_folder_and_removes_a_dead_ones(tm
     assert not mine.exists() and not list(root.iterdir())
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _start_api(settings, port: int, log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLEAR_")}
     env.update(CLEAR_DATABASE_URL=settings.database_url, CLEAR_DATA_DIR=str(settings.data_dir),
@@ -216,7 +210,7 @@ def _start_api(settings, port: int, log: Path) -> subprocess.Popen:
 
 
 def test_an_api_killed_during_an_upload_leaves_no_spool_once_restarted(settings, api_key, tmp_path):
-    port, log = _free_port(), tmp_path / "api.log"
+    port, log = free_port(), tmp_path / "api.log"
     body = b"text,label\n" + b"".join(b"some words of a longer text, row %d,%s\n" % (i, b"ab"[i % 2:i % 2 + 1])
                                       for i in range(400_000))
     proc = _start_api(settings, port, log)
