@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+import threading
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from clear_core import TrainerCallback
 
 from tests.conftest import toy_texts
 
@@ -83,3 +86,19 @@ def all_decisions(client, job_id: str, *, limit: int | None = None, **params) ->
         cursor = body["next_cursor"]
         if cursor is None:
             return out, body["count"]
+
+
+class StepGate(TrainerCallback):
+    """A trainer callback that holds training at the end of step ``at`` until ``release`` is set (to act between
+    two steps: kill a worker, stop the database); ``reached`` is set when it holds. Fails the step if not
+    released within ``wait_s`` seconds."""
+
+    def __init__(self, at: int, *, wait_s: float = 60.0) -> None:
+        self.at, self.wait_s = at, wait_s
+        self.reached, self.release = threading.Event(), threading.Event()
+
+    def on_step_end(self, state, control) -> None:
+        """Hold at step ``at``."""
+        if state.global_step == self.at:
+            self.reached.set()
+            assert self.release.wait(self.wait_s)

@@ -18,8 +18,7 @@ from app.db import session_factory
 from app.faults import TransientJobError
 from app.models import Job, NoiseRow, utcnow
 from app.services.leases import reap
-from clear_core import TrainerCallback
-from tests.service.helpers import create_job, report_arrays, toy_frame, upload_frame
+from tests.service.helpers import StepGate, create_job, report_arrays, toy_frame, upload_frame
 from worker.pipeline import execute_job
 from worker.results import write_noise_rows
 
@@ -89,25 +88,13 @@ def test_the_reaper_fails_jobs_past_their_hard_limit_and_resends_lost_messages(c
     assert any(f"redispatched job {lost_message}" in r.getMessage() for r in caplog.records)  # logged, each
 
 
-class _Gate(TrainerCallback):
-    """Holds training at the end of step ``at`` until released (to act between two steps)."""
-
-    def __init__(self, at: int) -> None:
-        self.at, self.reached, self.release = at, threading.Event(), threading.Event()
-
-    def on_step_end(self, state, control) -> None:
-        if state.global_step == self.at:
-            self.reached.set()
-            assert self.release.wait(60)
-
-
 @pytest.fixture
 def gate(monkeypatch):
-    """Adds a ``_Gate`` to the callbacks of the next ``train`` the pipeline calls."""
+    """Adds a ``StepGate`` to the callbacks of the next ``train`` the pipeline calls."""
     holder = {}
 
-    def use(at: int) -> _Gate:
-        holder["gate"] = _Gate(at)
+    def use(at: int) -> StepGate:
+        holder["gate"] = StepGate(at)
         real = pipeline.train
         monkeypatch.setattr(pipeline, "train", lambda *a, callbacks, **k: real(
             *a, callbacks=[*callbacks, holder["gate"]], **k))

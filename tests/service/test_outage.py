@@ -20,7 +20,7 @@ from app.models import Job, JobEvent, utcnow
 from app.services.leases import PendingEvent, as_utc, claim, reap, renew
 from app.storage import ArtifactStore
 from clear_core import TrainerCallback
-from tests.service.helpers import create_job, toy_frame, upload_frame
+from tests.service.helpers import StepGate, create_job, toy_frame, upload_frame
 from tests.service.outages import TcpProxy
 from tests.service.workers import wait_for
 from worker.checkpoints import checkpoint_key
@@ -160,18 +160,6 @@ def test_the_jobs_progress_never_moves_back(client, settings, dataset):
     assert (job.progress, job.epoch, job.global_step, job.loss) == (10 / 15, 2, 10, 0.4)
 
 
-class _Gate(TrainerCallback):
-    """Holds training at the end of step ``at`` until released."""
-
-    def __init__(self, at: int) -> None:
-        self.at, self.reached, self.release = at, threading.Event(), threading.Event()
-
-    def on_step_end(self, state, control) -> None:
-        if state.global_step == self.at:
-            self.reached.set()
-            assert self.release.wait(120)
-
-
 @pytest.fixture
 def extra_callbacks(monkeypatch):
     """Callbacks added, after the pipeline's own, to every ``train`` the pipeline calls."""
@@ -197,7 +185,7 @@ def _assert_whole_log(events) -> None:
 def test_a_30_s_postgres_outage_mid_epoch_loses_no_event_and_no_checkpoint_record(client, settings, dataset, proxy,
                                                                                     extra_callbacks):
     job_id = create_job(client, dataset["id"], FAST)
-    down, back = _Gate(at=7), _Gate(at=13)  # the outage: from inside epoch 2 to inside epoch 3
+    down, back = StepGate(7, wait_s=120), StepGate(13, wait_s=120)  # the outage: inside epoch 2 to inside 3
     extra_callbacks += [down, back]
     thread, outcome = _run_in_thread(job_id, proxy.settings)
     try:
@@ -255,7 +243,7 @@ class _Watch(TrainerCallback):
 def test_a_resumed_attempt_does_not_move_progress_back_and_says_where_it_resumed(client, settings, dataset,
                                                                                  extra_callbacks):
     job_id = create_job(client, dataset["id"], FAST)
-    held = _Gate(at=9)  # inside epoch 2, after the step-8 checkpoint
+    held = StepGate(9, wait_s=120)  # inside epoch 2, after the step-8 checkpoint
     extra_callbacks.append(held)
     thread, outcome = _run_in_thread(job_id, settings.model_copy(update={"heartbeat_interval_s": 600}),
                                      progress_interval_s=0)
