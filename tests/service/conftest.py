@@ -118,3 +118,24 @@ def table_counts(url: str) -> dict[str, int]:
     """Rows in every service table."""
     with get_engine(url).connect() as conn:
         return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in TABLES}
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A private redis-server (the one on 6379 is shared with other users of this machine)."""
+    from tests.service.outages import RedisServer
+
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def api(settings, redis_server, auth):
+    """An API client whose jobs go to the private Redis."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    with TestClient(create_app(settings.model_copy(update={"broker_url": redis_server.url})), headers=auth) as client:
+        yield client

@@ -21,7 +21,7 @@ from app.models import Job, NoiseRow, utcnow
 from app.queue import CeleryEnqueuer
 from tests.service.conftest import TENANT_A, create_key
 from tests.service.helpers import report_arrays, toy_frame, upload_frame
-from tests.service.outages import RedisServer, free_port
+from tests.service.outages import free_port
 from tests.service.workers import ROOT, kill_worker, start_worker, stop_worker, wait_for, worker_env
 from worker.pipeline import execute_job
 
@@ -29,21 +29,6 @@ pytestmark = pytest.mark.chaos
 STEPS_PER_EPOCH = 10  # 160 rows, batch 16
 JOB = {"base_model": "tiny-bert", "clear": {"warmup_epochs": 1},
        "training": {"epochs": 8, "batch_size": 16, "max_length": 32, "checkpoint_every_steps": 3, "seed": 5}}
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    """A private redis-server (the one on 6379 is shared with other users of this machine)."""
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def api(settings, redis_server, auth):
-    """An API client whose jobs go to the private Redis."""
-    with TestClient(create_app(settings.model_copy(update={"broker_url": redis_server.url})), headers=auth) as client:
-        yield client
 
 
 def _submit(api, dataset_id: str) -> str:

@@ -28,7 +28,7 @@ from app.services.leases import reap
 from clear_core import TrainerCallback
 from tests.service.conftest import TENANT_A, create_key
 from tests.service.helpers import create_job, report_arrays, toy_frame, upload_frame
-from tests.service.outages import RedisServer, free_port
+from tests.service.outages import free_port
 from tests.service.workers import ROOT, stop_worker, wait_for, worker_env
 from worker import shutdown
 from worker.pipeline import execute_job
@@ -264,21 +264,6 @@ def test_attempts_handed_back_by_stopping_workers_do_not_count_against_max_attem
 
 
 # ---- real Celery workers, Postgres and a private Redis -------------------------------------------------------
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    """A private redis-server (the one on 6379 is shared with other users of this machine)."""
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def api(settings, redis_server, auth):
-    """An API client whose jobs go to the private Redis."""
-    with TestClient(create_app(settings.model_copy(update={"broker_url": redis_server.url})), headers=auth) as client:
-        yield client
 
 
 def _submit(api, dataset_id: str) -> str:
