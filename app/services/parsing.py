@@ -143,9 +143,9 @@ def _csv_error_rows(message: str) -> list[dict] | None:
     # pandas' C parser counts records, the header first: "line N" is 1-based, "row N" 0-based
     if match := _C_ERROR_LINE.search(message):
         line = int(match.group(1))
-        return [{"row": line - 2, "line": line, "code": "parse_error"}]
+        return [{"row": line - 2, "line": line, "code": "parse_error", "column": None, "message": message.strip()}]
     if match := _C_ERROR_ROW.search(message):
-        return [{"row": int(match.group(1)) - 1, "code": "parse_error"}]
+        return [{"row": int(match.group(1)) - 1, "code": "parse_error", "column": None, "message": message.strip()}]
     return None
 
 
@@ -176,10 +176,12 @@ def _jsonl_record(raw: bytes, line_no: int, row: int, path: Path, max_uncompress
                                {"row": row, "line": line_no}) from None
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"line {line_no} is not valid JSON: {exc.msg}", param="file", code="parse_error",
-                           details=[{"row": row, "line": line_no, "code": "parse_error"}]) from exc
+                           details=[{"row": row, "line": line_no, "code": "parse_error", "column": None,
+                                     "message": f"not valid JSON: {exc.msg} (column {exc.colno})"}]) from exc
     if not isinstance(record, dict):
         raise InvalidInput(f"line {line_no} is not a JSON object", param="file", code="parse_error",
-                           details=[{"row": row, "line": line_no, "code": "parse_error"}])
+                           details=[{"row": row, "line": line_no, "code": "parse_error", "column": None,
+                                     "message": f"a JSON {type(record).__name__}, not an object"}])
     if "\\u" in text:  # an escaped lone surrogate ("\ud800") is valid JSON but not text: nothing can store it
         try:
             json.dumps(record, ensure_ascii=False).encode("utf-8")

@@ -200,7 +200,7 @@ class RowValidator:
     codes: set[str] = field(default_factory=set)
     histogram: dict[str, int] = field(default_factory=dict)
     seen_columns: set[str] = field(default_factory=set)
-    ids: set[str] = field(default_factory=set)
+    ids: dict[str, int] = field(default_factory=dict)  # id -> the 0-based row that first used it
 
     def _select(self, frame: pd.DataFrame | pa.Table) -> Rows:
         names = frame.column_names if isinstance(frame, pa.Table) else [str(c) for c in frame.columns]
@@ -240,14 +240,20 @@ class RowValidator:
                 rows.cells[role] = blank_to_null(_strings(column, rows.length))
         return bad_label
 
-    def _flag(self, rows: Rows, mask: np.ndarray, code: str, role: str, message: str) -> None:
+    def _flag(self, rows: Rows, mask: np.ndarray, code: str, role: str, message: str, detail=None) -> None:
+        """Count the rows of ``mask`` (``(rows.length,)`` bool) as ``code`` errors and list the first ones
+        (up to ``max_errors`` in all) as ``{"row", "code", "column", "message"}``, ``row`` 0-based among the
+        file's data rows; ``detail(i)``, if given, adds or overrides keys for the chunk's row ``i``."""
         hits = np.flatnonzero(mask)
         self.error_count += len(hits)
         if len(hits):
             self.codes.add(code)
         room = max(0, self.max_errors - len(self.errors))
-        self.errors += [{"row": rows.start + int(i), "code": code, "column": self.mapping.get(role),
-                         "message": message} for i in hits[:room]]
+        for i in hits[:room]:
+            error = {"row": rows.start + int(i), "code": code, "column": self.mapping.get(role), "message": message}
+            if detail is not None:
+                error.update(detail(int(i)))
+            self.errors.append(error)
 
     def add(self, frame: pd.DataFrame | pa.Table) -> pa.Table | None:
         """Validate a chunk; returns its rows ready to store (an Arrow table of ``row_index`` int64 and
@@ -331,12 +337,22 @@ class RowValidator:
         distinct = encoded.dictionary.to_pylist()
         index = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
         present = np.flatnonzero(index >= 0)
+        codes, first_at = np.unique(index[present], return_index=True)
         first = np.zeros(rows.length, dtype=bool)
-        first[present[np.unique(index[present], return_index=True)[1]]] = True
+        first[present[first_at]] = True
         earlier = _take_mask(np.array([v in self.ids for v in distinct], dtype=bool), encoded.indices)
         duplicate = (index >= 0) & (~first | earlier)
-        self._flag(rows, duplicate, "duplicate_id", "id", "id already used by an earlier row")
-        self.ids.update(distinct)
+        # each distinct id's first row: an earlier chunk's, else its first row in this chunk
+        first_row = np.full(len(distinct), -1, dtype=np.int64)
+        first_row[codes] = rows.start + present[first_at]
+        for code, value in enumerate(distinct):
+            if value in self.ids:
+                first_row[code] = self.ids[value]
+            else:
+                self.ids[value] = int(first_row[code])
+        self._flag(rows, duplicate, "duplicate_id", "id", "id already used by an earlier row",
+                   detail=lambda i: {"message": f"id {distinct[index[i]]!r} already used by row "
+                                                f"{int(first_row[index[i]])}", "first_row": int(first_row[index[i]])})
 
     def finish(self) -> tuple[list[str], dict[str, int]]:
         """``(label_names, histogram)`` of a valid file.

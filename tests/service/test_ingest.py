@@ -280,3 +280,19 @@ def test_dataset_rows_still_need_their_dataset_and_go_with_it(settings, tmp_path
     assert counts == {"ds_kept": 3}
     if dialect == "sqlite":
         engine.dispose()
+
+
+def test_a_duplicate_id_names_the_row_that_first_used_it(tmp_path):
+    # r1 first at row 1 (first chunk), again at row 2 (same chunk) and row 5 (a later chunk); r4 at rows 4 and 6
+    ids = ["r0", "r1", "r1", "r3", "r4", "r1", "r4", "r7"]
+    path = tmp_path / "ids.csv"
+    path.write_text("id,text,label\n" + "".join(f"{i},text {n},{'ab'[n % 2]}\n" for n, i in enumerate(ids)))
+    mapping = {"text": "text", "text_pair": None, "label": "label", "id": "id", "gold_label": None}
+    for chunks in (iter_tables(path, "csv", max_uncompressed=1 << 20, chunk_rows=4),
+                   iter_chunks(path, "csv", max_uncompressed=1 << 20, chunk_rows=4)):
+        validator = RowValidator(mapping, None, 1, 100, 50)
+        for chunk in chunks:
+            validator.add(chunk)
+        found = [(e["row"], e["first_row"], e["message"]) for e in validator.errors if e["code"] == "duplicate_id"]
+        assert found == [(2, 1, "id 'r1' already used by row 1"), (5, 1, "id 'r1' already used by row 1"),
+                         (6, 4, "id 'r4' already used by row 4")]
