@@ -37,6 +37,9 @@ LABEL_MAX = ID_MAX = 200  # the database columns' width
 # the characters Python's str.isspace() accepts (what str.strip() removes); tests check it against Python
 WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
               "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+# the bytes a whitespace character's UTF-8 encoding can start with (a cell starting with another is not blank)
+_WHITESPACE_LEAD = np.zeros(256, dtype=bool)
+_WHITESPACE_LEAD[[ch.encode()[0] for ch in WHITESPACE]] = True
 _BLANK = "^[" + "".join(f"\\x{{{ord(ch):x}}}" for ch in WHITESPACE) + "]*$"  # RE2: empty or only whitespace
 _FLOAT = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+|nan|inf(inity)?)$", re.IGNORECASE)
 
@@ -154,8 +157,21 @@ def blank_to_null(values: pa.Array) -> pa.Array:
     becomes null; other cells are kept as they are."""
     if values.null_count == len(values):
         return values
-    blank = pc.fill_null(pc.match_substring_regex(values, _BLANK), False)
-    return pc.if_else(blank, pa.scalar(None, pa.string()), values) if pc.any(blank).as_py() else values
+    # only a cell that is empty or starts with a byte that can begin a whitespace character is tested with
+    # the regex (over every cell of a text column it cost more than the rest of the column's checks)
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int32)[values.offset:values.offset + len(values) + 1]
+    data = values.buffers()[2]
+    bytes_ = np.frombuffer(data, dtype=np.uint8) if data is not None and data.size else np.zeros(0, np.uint8)
+    starts, ends = offsets[:-1], offsets[1:]
+    nonempty = ends > starts
+    maybe = ~nonempty
+    maybe[nonempty] = _WHITESPACE_LEAD[bytes_[starts[nonempty]]]
+    candidates = np.flatnonzero(maybe)
+    if not len(candidates):
+        return values
+    blank = np.zeros(len(values), dtype=bool)
+    blank[candidates] = _as_mask(pc.match_substring_regex(values.take(pa.array(candidates)), _BLANK))
+    return pc.if_else(pa.array(blank), pa.scalar(None, pa.string()), values) if blank.any() else values
 
 
 def python_strip(values: pa.Array) -> pa.Array:

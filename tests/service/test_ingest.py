@@ -296,3 +296,34 @@ def test_a_duplicate_id_names_the_row_that_first_used_it(tmp_path):
         found = [(e["row"], e["first_row"], e["message"]) for e in validator.errors if e["code"] == "duplicate_id"]
         assert found == [(2, 1, "id 'r1' already used by row 1"), (5, 1, "id 'r1' already used by row 1"),
                          (6, 4, "id 'r4' already used by row 4")]
+
+
+def test_an_upload_is_written_once_into_the_scratch_folder_and_removed_after(client, settings, monkeypatch):
+    import hashlib
+
+    from app.api import multipart
+
+    seen = []
+    original = multipart.ScratchFile.append
+
+    def append(self, data):  # where the received pieces go while the body arrives
+        seen.append((self.path.parent.parent, self.size))
+        return original(self, data)
+
+    def no_copy(*_args, **_kwargs):
+        raise AssertionError("the upload was copied again after it arrived")
+
+    monkeypatch.setattr(multipart.ScratchFile, "append", append)
+    monkeypatch.setattr(multipart, "spool", no_copy)
+    content = _frame(3000).to_csv(index=False).encode()
+    response = upload(client, content, "data.csv", id_column="id", gold_label_column="gold")
+    assert response.status_code == 201, response.text
+    assert response.json()["sha256"] == hashlib.sha256(content).hexdigest()
+    assert response.json()["size_bytes"] == len(content)
+    assert seen and {root for root, _ in seen} == {settings.scratch("uploads")}
+    assert _spooled(settings) == []
+    # refused before the route reads it (unknown key): parsed, then removed all the same
+    bad = client.post("/v1/datasets", files={"file": ("data.csv", content)},
+                      headers={"Authorization": "Bearer clear_sk_" + "x" * 40})
+    assert bad.status_code == 401
+    assert _spooled(settings) == []

@@ -8,14 +8,15 @@ from fastapi import APIRouter, File, Form, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import PrincipalDep
+from app.api.multipart import ScratchUploadRoute, stored_upload
 from app.api.deps import CursorQuery, IdempotencyKeyHeader, LimitQuery, SessionDep, SettingsDep
 from app.errors import PayloadTooLarge
 from app.schemas import DatasetPublic, DatasetsPublic, ErrorResponse
 from app.services import datasets as service
 from app.services.quotas import upload_too_large
-from app.services.uploads import process_folder, spool
+from app.services.uploads import process_folder
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"],
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], route_class=ScratchUploadRoute,
                    responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
 Column = Annotated[str | None, Form(max_length=200)]
 
@@ -41,14 +42,14 @@ async def upload_dataset(
 ) -> DatasetPublic:
     """Upload a labelled dataset; every row is validated before it is stored (all rows or none).
 
-    The file is copied to a temporary file under the scratch folder (413 past the size limit), removed
-    whatever the outcome, and parsed in chunks, so it is never held in memory whole; its name is only a
+    The file is written to a temporary file under the scratch folder while the body arrives (413 past the
+    size limit; ``app.api.multipart``), removed whatever the outcome, and parsed in chunks, so it is never held in memory whole; its name is only a
     label, never a path. On Postgres the rows are stored with COPY in the upload's transaction. Over the tenant's upload or
     stored-rows quota: 429 naming the quota.
     """
     quotas = principal.quotas
     try:
-        stored = await spool(file, quotas.upload_bytes, process_folder(settings.scratch("uploads")))
+        stored = await stored_upload(file, quotas.upload_bytes, process_folder(settings.scratch("uploads")))
     except PayloadTooLarge:
         if quotas.upload_bytes < settings.max_upload_bytes:
             raise upload_too_large(quotas) from None

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from app.api.auth import PrincipalDep
+from app.api.multipart import ScratchUploadRoute, stored_upload
 from app.api.deps import CursorQuery, EnqueueDep, IdempotencyKeyHeader, LimitQuery, SessionDep, SettingsDep, StoreDep
 from app.errors import InvalidInput, PayloadTooLarge
 from app.schemas import ErrorResponse
@@ -22,9 +23,9 @@ from app.schemas_predictions import (PredictionCreate, PredictionPublic, Predict
 from app.services import predictions as service
 from app.services.datasets import Limits
 from app.services.quotas import upload_too_large
-from app.services.uploads import process_folder, spool
+from app.services.uploads import process_folder
 
-router = APIRouter(tags=["predictions"], responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
+router = APIRouter(tags=["predictions"], route_class=ScratchUploadRoute, responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
 FlaggedQuery = Annotated[bool | None, Query(description="Only rows the label check flagged (true) or not (false).")]
 LabelQuery = Annotated[str | None, Query(max_length=200)]
 FORM_FIELDS = {"format", "text_column", "text_pair_column", "label_column", "id_column", "batch_size", "label_check"}
@@ -93,6 +94,7 @@ def _batch_size(raw: str | None) -> int | None:
 
 
 async def _from_upload(request: Request, principal, session, settings, store, enqueue, job_id: str):
+    # the form's file lives until the form is closed (ScratchFile): everything that reads it stays in the block
     async with request.form(max_files=1, max_fields=len(FORM_FIELDS) + 1) as form:
         unknown = sorted(set(form.keys()) - FORM_FIELDS - {"file"})
         if unknown:
@@ -106,27 +108,28 @@ async def _from_upload(request: Request, principal, session, settings, store, en
         fields = {name: _form_text(form, name) for name in FORM_FIELDS}
         quotas = principal.quotas
         try:
-            stored = await spool(upload_file, quotas.upload_bytes, process_folder(settings.scratch("uploads")))
+            stored = await stored_upload(upload_file, quotas.upload_bytes,
+                                         process_folder(settings.scratch("uploads")))
         except PayloadTooLarge:
             if quotas.upload_bytes < settings.max_upload_bytes:
                 raise upload_too_large(quotas) from None
             raise
-    try:
-        check = _flag(fields["label_check"], "label_check")
-        mapping = {"text": fields["text_column"] or "text", "text_pair": fields["text_pair_column"],
-                   "label": fields["label_column"] if check else None, "id": fields["id_column"]}
-        upload = service.PredictionUpload(file=stored, filename=upload_file.filename, format=fields["format"],
-                                          mapping=mapping,
-                                          label_explicit=fields["label_column"] is not None or not check)
-        limits = Limits(min_rows_per_class=0, max_rows=settings.max_rows, max_errors=settings.max_errors_listed,
-                        max_text_chars=settings.max_text_chars,
-                        max_uncompressed_bytes=settings.max_uncompressed_bytes)
-        size = _batch_size(fields["batch_size"])
-        return await run_in_threadpool(lambda: service.create_from_upload(
-            session, store, job_id, upload, limits, tenant_id=principal.tenant_id, settings=settings,
-            enqueue=enqueue, quotas=quotas, batch_size=size))
-    finally:
-        stored.path.unlink(missing_ok=True)
+        try:
+            check = _flag(fields["label_check"], "label_check")
+            mapping = {"text": fields["text_column"] or "text", "text_pair": fields["text_pair_column"],
+                       "label": fields["label_column"] if check else None, "id": fields["id_column"]}
+            upload = service.PredictionUpload(file=stored, filename=upload_file.filename, format=fields["format"],
+                                              mapping=mapping,
+                                              label_explicit=fields["label_column"] is not None or not check)
+            limits = Limits(min_rows_per_class=0, max_rows=settings.max_rows, max_errors=settings.max_errors_listed,
+                            max_text_chars=settings.max_text_chars,
+                            max_uncompressed_bytes=settings.max_uncompressed_bytes)
+            size = _batch_size(fields["batch_size"])
+            return await run_in_threadpool(lambda: service.create_from_upload(
+                session, store, job_id, upload, limits, tenant_id=principal.tenant_id, settings=settings,
+                enqueue=enqueue, quotas=quotas, batch_size=size))
+        finally:
+            stored.path.unlink(missing_ok=True)
 
 
 @router.post("/v1/jobs/{job_id}/predictions", status_code=201, response_model=PredictionPublic,

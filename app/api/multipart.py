@@ -1,0 +1,181 @@
+"""Multipart uploads written straight to the service's scratch folder as the body arrives.
+
+Starlette parses a multipart body into a ``SpooledTemporaryFile`` per file part, one thread-pool hop per
+received piece, and the route then copied that file again into the scratch folder to hash it and check
+its size (``app.services.uploads.spool``): every upload went through the disk twice. The routes that take
+a file (``/v1/datasets``, a prediction run's upload) use :class:`ScratchUploadRoute` instead: its request
+parses the body with :class:`ScratchMultiPartParser`, whose file parts are written, hashed and counted
+directly into a :class:`ScratchFile` under ``<Settings.scratch("uploads")>/<this process's folder>/``
+while the body streams in. The route takes the result with :func:`stored_upload` (no copy).
+
+Form fields, limits and errors are Starlette's own (this is its parser with the file sink replaced); the
+body's overall size is capped while it arrives by ``app.api.limits.BodyLimit``, and the file's size is
+checked against the caller's quota by :func:`stored_upload`. A scratch file is removed when its
+``UploadFile`` is closed (FastAPI closes it after the response; Starlette on a parse error), and a killed
+process's files go with its folder at the next start-up (``app.services.uploads.remove_stale``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from fastapi import Request
+from fastapi.routing import APIRoute
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from app.errors import PayloadTooLarge
+from app.services.uploads import StoredUpload, process_folder, spool
+
+try:
+    from python_multipart.multipart import parse_options_header
+except ImportError:  # pragma: no cover - older python-multipart
+    from multipart.multipart import parse_options_header
+
+
+class ScratchFile:
+    """The file behind a spooled ``UploadFile``: a private temporary file in ``directory``, appended to as the
+    body arrives, with its running size (bytes) and sha256. ``close()`` closes and deletes it (idempotent)."""
+
+    def __init__(self, directory: Path) -> None:
+        fd, name = tempfile.mkstemp(prefix="upload-", dir=directory)
+        self.path = Path(name)
+        self.name = name
+        self.size = 0
+        self._digest = hashlib.sha256()
+        self._fh = os.fdopen(fd, "w+b")
+
+    def append(self, data: bytes) -> None:
+        """Write ``data`` at the end, counting and hashing it (called in the event loop: a write to the page
+        cache of one received piece, ~64 KiB)."""
+        self.size += len(data)
+        self._digest.update(data)
+        self._fh.write(data)
+
+    @property
+    def sha256(self) -> str:
+        """Hex sha256 of what was appended so far."""
+        return self._digest.hexdigest()
+
+    # the file protocol ``UploadFile`` uses (in its thread pool)
+    def write(self, data: bytes) -> int:
+        """Append (as ``append``); returns the bytes written."""
+        self.append(data)
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        """Read from the current position."""
+        return self._fh.read(size)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        """Move the position (buffered writes are flushed first)."""
+        self._fh.flush()
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        """The current position."""
+        return self._fh.tell()
+
+    def flush(self) -> None:
+        """Flush buffered writes to the file."""
+        self._fh.flush()
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` was called."""
+        return self._fh.closed
+
+    def close(self) -> None:
+        """Close and delete the file; a second call does nothing."""
+        try:
+            self._fh.close()
+        finally:
+            self.path.unlink(missing_ok=True)
+
+
+class ScratchMultiPartParser(MultiPartParser):
+    """Starlette's multipart parser whose file parts go to :class:`ScratchFile` s in ``directory``, written in
+    the callback as each piece arrives (no thread-pool hop per piece, no second copy)."""
+
+    def __init__(self, *args, directory: Path, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.directory = directory
+
+    def on_headers_finished(self) -> None:
+        """As Starlette's, but a file part's ``UploadFile`` is backed by a ``ScratchFile``."""
+        super().on_headers_finished()
+        part = self._current_part
+        if part.file is not None:
+            spooled = self._files_to_close_on_error.pop()  # the SpooledTemporaryFile Starlette made: unused
+            spooled.close()
+            scratch = ScratchFile(self.directory)
+            self._files_to_close_on_error.append(scratch)
+            part.file.file = scratch
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        """A file part's bytes are appended to its scratch file at once; a field's kept as Starlette does."""
+        part = self._current_part
+        if part.file is None:
+            super().on_part_data(data, start, end)
+            return
+        part.file.file.append(data[start:end])
+        part.file.size = part.file.file.size
+
+
+class ScratchFormRequest(Request):
+    """A request whose multipart body is parsed by :class:`ScratchMultiPartParser` into this process's
+    scratch folder; other bodies as Starlette parses them."""
+
+    async def _get_form(self, *, max_files: int | float = 1000, max_fields: int | float = 1000,
+                        max_part_size: int = 1024 * 1024) -> FormData:
+        content_type, _ = parse_options_header(self.headers.get("Content-Type"))
+        if self._form is not None or content_type != b"multipart/form-data":
+            return await super()._get_form(max_files=max_files, max_fields=max_fields, max_part_size=max_part_size)
+        directory = process_folder(self.app.state.settings.scratch("uploads"))
+        stream = self.stream()
+        try:
+            parser = ScratchMultiPartParser(self.headers, stream, max_files=max_files, max_fields=max_fields,
+                                            max_part_size=max_part_size, directory=directory)
+            self._form = await parser.parse()
+        except MultiPartException as exc:
+            raise HTTPException(status_code=400, detail=exc.message) from exc
+        finally:
+            await stream.aclose()
+        return self._form
+
+
+class ScratchUploadRoute(APIRoute):
+    """An ``APIRoute`` whose handler sees a :class:`ScratchFormRequest` (FastAPI's documented way to give a
+    route its own ``Request`` class); give it to an ``APIRouter`` as ``route_class``."""
+
+    def get_route_handler(self):
+        """The route's handler, called with the request re-wrapped as a ``ScratchFormRequest``."""
+        handler = super().get_route_handler()
+
+        async def scratch_handler(request: Request):
+            return await handler(ScratchFormRequest(request.scope, request.receive))
+
+        return scratch_handler
+
+
+async def stored_upload(upload: UploadFile, limit: int, directory: Path) -> StoredUpload:
+    """The spooled file of ``upload`` as a :class:`StoredUpload` (path, size, sha256): its ``ScratchFile``
+    when :class:`ScratchFormRequest` parsed it (nothing copied), else a copy into ``directory``
+    (``app.services.uploads.spool``). The file stays the upload's: it is deleted when the upload is closed.
+
+    Raises:
+        PayloadTooLarge: the file is larger than ``limit`` bytes (nothing is kept).
+    """
+    scratch = upload.file
+    if not isinstance(scratch, ScratchFile):
+        return await spool(upload, limit, directory)
+    if scratch.size > limit:
+        scratch.close()
+        raise PayloadTooLarge(f"the file is larger than the limit of {limit} bytes: split it or sample it",
+                              param="file")
+    scratch.flush()
+    return StoredUpload(scratch.path, scratch.size, scratch.sha256)
