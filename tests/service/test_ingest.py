@@ -278,6 +278,28 @@ def test_dataset_rows_still_need_their_dataset_and_go_with_it(settings, tmp_path
         conn.execute(text("DELETE FROM datasets WHERE id = 'ds_gone'"))
         counts = dict(conn.execute(text("SELECT dataset_id, count(*) FROM dataset_rows GROUP BY dataset_id")).all())
     assert counts == {"ds_kept": 3}
+    # a dataset checked once in a transaction is not trusted after that transaction deletes it ...
+    with pytest.raises(IntegrityError):
+        with engine.begin() as conn:
+            conn.execute(text(_dataset_sql("ds_brief")))
+            conn.execute(text(row.format("ds_brief", 0)))
+            conn.execute(text("DELETE FROM datasets WHERE id = 'ds_brief'"))
+            conn.execute(text(row.format("ds_brief", 1)))
+    # ... nor after the savepoint that checked it (and created it) is rolled back
+    with pytest.raises(IntegrityError):
+        with engine.begin() as conn:
+            nested = conn.begin_nested()
+            conn.execute(text(_dataset_sql("ds_undone")))
+            conn.execute(text(row.format("ds_undone", 0)))
+            nested.rollback()
+            conn.execute(text(row.format("ds_undone", 1)))
+    with engine.begin() as conn:  # rows of two datasets interleaved: each checked, all stored
+        conn.execute(text(_dataset_sql("ds_other")))
+        for i in range(3, 6):
+            conn.execute(text(row.format("ds_kept", i)))
+            conn.execute(text(row.format("ds_other", i)))
+        counts = dict(conn.execute(text("SELECT dataset_id, count(*) FROM dataset_rows GROUP BY dataset_id")).all())
+    assert counts == {"ds_kept": 6, "ds_other": 3}
     if dialect == "sqlite":
         engine.dispose()
 
