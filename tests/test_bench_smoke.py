@@ -116,3 +116,16 @@ def test_robustness_keeps_finished_runs_and_runs_one_arm(bench_data, tiny_model_
     payload = json.loads(out.read_text())
     assert [(r["noise"], r["arm"]) for r in payload["runs"]] == [("sym40", "routed"), ("real", "routed")]
     assert payload["runs_planned"] == 2 and "| --- |" in payload["tables"]["results"]
+
+
+def test_pass_batch_size_times_each_size_with_the_same_logits(bench_data, tiny_model_dir, tmp_path, capsys):
+    from bench import pass_batch_size
+
+    out = tmp_path / "pass.json"
+    assert pass_batch_size.main(["--data", str(bench_data / "train.csv"), "--model", str(tiny_model_dir),
+                                 "--rows", "40", "--lengths", "16", "--batch-sizes", "8,32", "--repeats", "2",
+                                 "--threads", "1", "--out", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    result = payload["results"]["16"]
+    assert set(result["seconds"]) == {"8", "32"} and all(len(v) == 2 for v in result["seconds"].values())
+    assert result["fastest"] in (8, 32) and _is_table(capsys.readouterr().out)
