@@ -284,7 +284,7 @@ class TrainingConfig:
     eval_batch_size: int | None = field(
         default=None,
         metadata={"help": "Batch size of the no-grad passes (p_clean, evaluation), >= 1; None = per device: "
-                  "128 on CPU, 512 on CUDA."},
+                  "64 on CPU, 512 on CUDA."},
     )
     max_length: int = field(default=128, metadata={"help": "Tokens per row after truncation, >= 8."})
     seed: int = field(default=0, metadata={"help": "Seed of data order, gates, dropout and head init."})

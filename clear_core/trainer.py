@@ -43,6 +43,8 @@ from .relabel import Relabeller
 from .report import NoiseReport
 from .routing import Router
 
+CPU_PASS_BATCH_SIZE = 64  # rows per batch of the no-grad passes on a CPU (TrainingConfig.eval_batch_size=None)
+
 
 @dataclass
 class TrainResult:
@@ -152,7 +154,9 @@ class _Trainer:
         self.device = pick_device(training.device)
         cuda = self.device.type == "cuda"
         self.autocast = cuda and training.precision in ("auto", "bf16")
-        self.eval_batch_size = training.eval_batch_size or (512 if cuda else 128)
+        # per device: on a CPU, batches of 64 ran the pass 10-19 % faster than 128 (bench/pass_batch_size.py,
+        # BENCHMARKS.md section 8.1); a GPU wants large batches
+        self.eval_batch_size = training.eval_batch_size or (512 if cuda else CPU_PASS_BATCH_SIZE)
         torch.manual_seed(training.seed)
         bf16_weights = cuda and training.precision == "bf16"
         self.model = ClearModel.build(model_path, clear, self.names, training.max_length,
