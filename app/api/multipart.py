@@ -39,22 +39,51 @@ except ImportError:  # pragma: no cover - older python-multipart
 
 class ScratchFile:
     """The file behind a spooled ``UploadFile``: a private temporary file in ``directory``, appended to as the
-    body arrives, with its running size (bytes) and sha256. ``close()`` closes and deletes it (idempotent)."""
+    body arrives, with its running size (bytes) and sha256. ``close()`` closes and deletes it (idempotent).
+
+    The file on disk is made at the first byte (an empty part opens nothing), and its descriptor is closed
+    when its part ends (``finish``) and reopened only when it is read, so a body of many file parts holds
+    at most one open descriptor while it is parsed."""
 
     def __init__(self, directory: Path) -> None:
-        fd, name = tempfile.mkstemp(prefix="upload-", dir=directory)
-        self.path = Path(name)
-        self.name = name
+        self.directory = directory
+        self._path: Path | None = None
         self.size = 0
         self._digest = hashlib.sha256()
-        self._fh = os.fdopen(fd, "w+b")
+        self._fh = None
+        self._pos = 0
+        self._closed = False
+
+    @property
+    def path(self) -> Path:
+        """Where the file is (made empty if nothing was written yet)."""
+        if self._path is None:
+            fd, name = tempfile.mkstemp(prefix="upload-", dir=self.directory)
+            os.close(fd)
+            self._path = Path(name)
+        return self._path
+
+    @property
+    def name(self) -> str:
+        """The file's path as a string."""
+        return str(self.path)
 
     def append(self, data: bytes) -> None:
         """Write ``data`` at the end, counting and hashing it (called in the event loop: a write to the page
         cache of one received piece, ~64 KiB)."""
+        if self._closed:
+            raise ValueError("the upload's file is closed")
+        if self._fh is None:
+            self._fh = open(self.path, "ab")
         self.size += len(data)
         self._digest.update(data)
         self._fh.write(data)
+
+    def finish(self) -> None:
+        """The part ended: flush and close the descriptor (the file stays, to be read later)."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
     @property
     def sha256(self) -> str:
@@ -67,39 +96,62 @@ class ScratchFile:
         self.append(data)
         return len(data)
 
+    def _reader(self):
+        if self._closed:
+            raise ValueError("the upload's file is closed")
+        self.finish()
+        self._fh = open(self.path, "rb")
+        self._fh.seek(self._pos)
+        return self._fh
+
     def read(self, size: int = -1) -> bytes:
         """Read from the current position."""
-        return self._fh.read(size)
+        fh = self._fh if self._fh is not None and self._fh.mode == "rb" else self._reader()
+        data = fh.read(size)
+        self._pos = fh.tell()
+        return data
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        """Move the position (buffered writes are flushed first)."""
-        self._fh.flush()
-        return self._fh.seek(offset, whence)
+        """Move the position (opens nothing: the next read does)."""
+        if whence == os.SEEK_SET:
+            self._pos = offset
+        elif whence == os.SEEK_CUR:
+            self._pos += offset
+        else:
+            self._pos = self.size + offset
+        if self._fh is not None and self._fh.mode == "rb":
+            self._fh.seek(self._pos)
+        return self._pos
 
     def tell(self) -> int:
         """The current position."""
-        return self._fh.tell()
+        return self._pos
 
     def flush(self) -> None:
         """Flush buffered writes to the file."""
-        self._fh.flush()
+        if self._fh is not None:
+            self._fh.flush()
 
     @property
     def closed(self) -> bool:
         """Whether ``close`` was called."""
-        return self._fh.closed
+        return self._closed
 
     def close(self) -> None:
         """Close and delete the file; a second call does nothing."""
+        self._closed = True
         try:
-            self._fh.close()
+            self.finish()
         finally:
-            self.path.unlink(missing_ok=True)
+            if self._path is not None:
+                self._path.unlink(missing_ok=True)
 
 
 class ScratchMultiPartParser(MultiPartParser):
     """Starlette's multipart parser whose file parts go to :class:`ScratchFile` s in ``directory``, written in
-    the callback as each piece arrives (no thread-pool hop per piece, no second copy)."""
+    the callback as each piece arrives (no thread-pool hop per piece, no second copy). A file part the body
+    ends inside (no closing boundary: python-multipart's ``finalize`` does not complain) is not in the form,
+    and its file is deleted here, as is every file when parsing fails."""
 
     def __init__(self, *args, directory: Path, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -124,6 +176,22 @@ class ScratchMultiPartParser(MultiPartParser):
             return
         part.file.file.append(data[start:end])
         part.file.size = part.file.file.size
+
+    def on_part_end(self) -> None:
+        """As Starlette's; a file part's descriptor is closed (its file stays until the form is closed)."""
+        super().on_part_end()
+        if self._current_part.file is not None:
+            self._current_part.file.file.finish()
+
+    async def parse(self) -> FormData:
+        """Starlette's parse; then the files of parts that never ended are deleted (they are not in the form,
+        so closing the form would not reach them)."""
+        form = await super().parse()
+        kept = {id(value.file) for _, value in form.multi_items() if isinstance(value, UploadFile)}
+        for scratch in self._files_to_close_on_error:
+            if id(scratch) not in kept:
+                scratch.close()
+        return form
 
 
 class ScratchFormRequest(Request):
@@ -177,5 +245,5 @@ async def stored_upload(upload: UploadFile, limit: int, directory: Path) -> Stor
         scratch.close()
         raise PayloadTooLarge(f"the file is larger than the limit of {limit} bytes: split it or sample it",
                               param="file")
-    scratch.flush()
+    scratch.finish()
     return StoredUpload(scratch.path, scratch.size, scratch.sha256)
