@@ -44,7 +44,9 @@ BEFORE = dict(length_bucketing=False, merge_for_pass=False, pass_cache_tokens=0,
 VARIANTS = {"before": BEFORE, "after fp32": dict(precision="fp32"), "after": {}}
 
 
-def _model(routed: bool, names: list[str], max_length: int, model_path) -> tuple[ClearModel, torch.optim.Optimizer]:
+def lora_model(routed: bool, names: list[str], max_length: int, model_path) -> tuple[ClearModel, torch.optim.Optimizer]:
+    """A LoRA ``ClearModel`` (seed 0) with a small random delta on its trained parameters (so a merged pass has
+    a delta to fold), in training mode, and an AdamW over those parameters."""
     torch.manual_seed(0)
     model = ClearModel.build(model_path, ClearConfig(method="lora", routed=routed), names, max_length)
     with torch.no_grad():  # a trained-looking adapter, so the merged pass has a delta to fold
@@ -59,8 +61,8 @@ def _model(routed: bool, names: list[str], max_length: int, model_path) -> tuple
 def components(texts: list[str], y: np.ndarray, names: list[str], *, max_length: int, batch_size: int,
                steps: int, repeats: int, pass_batch_size: int, model_path) -> dict[str, Any]:
     """Median times of an epoch of steps (random / bucketed, routed / unrouted) and of the pass variants."""
-    routed, routed_opt = _model(True, names, max_length, model_path)
-    plain, plain_opt = _model(False, names, max_length, model_path)
+    routed, routed_opt = lora_model(True, names, max_length, model_path)
+    plain, plain_opt = lora_model(False, names, max_length, model_path)
     tokens = TokenizedTexts(routed.tokenizer, texts, None, max_length)
     n = len(texts)
     orders = {"random": random_batches(n, batch_size, seed=1), "bucketed": bucketed_batches(tokens.lengths,

@@ -26,7 +26,7 @@ import torch
 
 from bench.common import environment, load_average
 from bench.output import markdown_table, write_results
-from clear_core import ClearConfig, ClearModel
+from bench.cost_training import lora_model
 from clear_core.batching import PassBatches
 from clear_core.data import TokenizedTexts
 from clear_core.model import cpu_has_native_bf16
@@ -53,12 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 def time_sizes(texts: list[str], names: list[str], *, max_length: int, sizes: list[int], repeats: int,
                autocast: bool, model_path) -> dict[int, list[float]]:
     """Seconds of each timed pass per batch size, for a LoRA model with a non-zero (random) delta."""
-    torch.manual_seed(0)
-    model = ClearModel.build(model_path, ClearConfig(method="lora", routed=True), names, max_length)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.01)
+    model, _ = lora_model(True, names, max_length, model_path)  # the same seeded, trained-looking LoRA
     tokens = TokenizedTexts(model.tokenizer, texts, None, max_length)
     batches = {bs: PassBatches(tokens, bs, max_cached_tokens=10**9) for bs in sizes}
     reference = None

@@ -1,12 +1,13 @@
 """Multipart uploads written straight to the service's scratch folder as the body arrives.
 
 Starlette parses a multipart body into a ``SpooledTemporaryFile`` per file part, one thread-pool hop per
-received piece, and the route then copied that file again into the scratch folder to hash it and check
-its size (``app.services.uploads.spool``): every upload went through the disk twice. The routes that take
-a file (``/v1/datasets``, a prediction run's upload) use :class:`ScratchUploadRoute` instead: its request
-parses the body with :class:`ScratchMultiPartParser`, whose file parts are written, hashed and counted
-directly into a :class:`ScratchFile` under ``<Settings.scratch("uploads")>/<this process's folder>/``
-while the body streams in. The route takes the result with :func:`stored_upload` (no copy).
+received piece, and the routes then copied that file again into the scratch folder to hash it and check
+its size: every upload went through the disk twice. The routes that take a file (``/v1/datasets``, a
+prediction run's upload) use :class:`ScratchUploadRoute` instead: its request parses the body with
+:class:`ScratchMultiPartParser`, whose file parts are written, hashed and counted directly into a
+:class:`ScratchFile` under ``<Settings.scratch("uploads")>/<this process's folder>/``
+while the body streams in. The route takes the result with :func:`stored_upload` (no copy). A route that
+takes a file must use this route class.
 
 Form fields, limits and errors are Starlette's own (this is its parser with the file sink replaced); the
 body's overall size is capped while it arrives by ``app.api.limits.BodyLimit``, and the file's size is
@@ -29,7 +30,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from app.errors import PayloadTooLarge
-from app.services.uploads import StoredUpload, process_folder, spool
+from app.services.uploads import StoredUpload, process_folder
 
 try:
     from python_multipart.multipart import parse_options_header
@@ -63,11 +64,6 @@ class ScratchFile:
             self._path = Path(name)
         return self._path
 
-    @property
-    def name(self) -> str:
-        """The file's path as a string."""
-        return str(self.path)
-
     def append(self, data: bytes) -> None:
         """Write ``data`` at the end, counting and hashing it (called in the event loop: a write to the page
         cache of one received piece, ~64 KiB)."""
@@ -90,12 +86,7 @@ class ScratchFile:
         """Hex sha256 of what was appended so far."""
         return self._digest.hexdigest()
 
-    # the file protocol ``UploadFile`` uses (in its thread pool)
-    def write(self, data: bytes) -> int:
-        """Append (as ``append``); returns the bytes written."""
-        self.append(data)
-        return len(data)
-
+    # the file protocol ``UploadFile`` uses to read (in its thread pool); writes go through ``append``
     def _reader(self):
         if self._closed:
             raise ValueError("the upload's file is closed")
@@ -126,11 +117,6 @@ class ScratchFile:
     def tell(self) -> int:
         """The current position."""
         return self._pos
-
-    def flush(self) -> None:
-        """Flush buffered writes to the file."""
-        if self._fh is not None:
-            self._fh.flush()
 
     @property
     def closed(self) -> bool:
@@ -230,17 +216,17 @@ class ScratchUploadRoute(APIRoute):
         return scratch_handler
 
 
-async def stored_upload(upload: UploadFile, limit: int, directory: Path) -> StoredUpload:
-    """The spooled file of ``upload`` as a :class:`StoredUpload` (path, size, sha256): its ``ScratchFile``
-    when :class:`ScratchFormRequest` parsed it (nothing copied), else a copy into ``directory``
-    (``app.services.uploads.spool``). The file stays the upload's: it is deleted when the upload is closed.
+def stored_upload(upload: UploadFile, limit: int) -> StoredUpload:
+    """The spooled file of ``upload`` (parsed by :class:`ScratchFormRequest`) as a :class:`StoredUpload` (path,
+    size, sha256), nothing copied. The file stays the upload's: it is deleted when the upload is closed.
 
     Raises:
         PayloadTooLarge: the file is larger than ``limit`` bytes (nothing is kept).
+        TypeError: the upload was not parsed by a ``ScratchUploadRoute`` (a route without that route class).
     """
     scratch = upload.file
     if not isinstance(scratch, ScratchFile):
-        return await spool(upload, limit, directory)
+        raise TypeError(f"the upload's file is a {type(scratch).__name__}: the route must use ScratchUploadRoute")
     if scratch.size > limit:
         scratch.close()
         raise PayloadTooLarge(f"the file is larger than the limit of {limit} bytes: split it or sample it",

@@ -1,5 +1,5 @@
-"""Uploaded files on their way in: copied in 1 MiB pieces to a private temporary file with a size cap
-(hashing as they go), sniffed by their first bytes, and read back through a decompression cap.
+"""Uploaded files on their way in: where they are spooled (written as the body arrives by
+``app.api.multipart``), sniffed by their first bytes, and read back through a decompression cap.
 
 The caller's file name is only ever a label (the dataset's display name, a hint of the format);
 it never becomes part of a path.
@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import fcntl
 import gzip
-import hashlib
 import io
 import os
 import re
 import secrets
 import shutil
-import tempfile
 import threading
 import unicodedata
 import zlib
@@ -39,32 +37,11 @@ GZIP_MAGIC, ZIP_MAGIC = b"\x1f\x8b", b"PK\x03\x04"
 
 @dataclass
 class StoredUpload:
-    """An upload spooled to ``path`` (a temporary file the caller deletes), its size and sha256."""
+    """An upload spooled to ``path`` (a temporary file, deleted with its upload), its size and sha256."""
 
     path: Path
     size: int
     sha256: str
-
-
-async def spool(upload, limit: int, directory: str | Path | None = None) -> StoredUpload:
-    """Copy an async-readable upload (``await upload.read(n)``) to a temporary file in ``directory``
-    (default the system's temporary folder; the API passes ``process_folder(settings.scratch("uploads"))``),
-    refusing (413) as soon as it passes ``limit`` bytes; the temporary file is removed on any error."""
-    digest, size = hashlib.sha256(), 0
-    fd, name = tempfile.mkstemp(prefix="upload-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            while chunk := await upload.read(CHUNK):
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"the file is larger than the limit of {limit} bytes: split it or "
-                                          "sample it", param="file")
-                digest.update(chunk)
-                out.write(chunk)
-    except BaseException:
-        os.unlink(name)
-        raise
-    return StoredUpload(Path(name), size, digest.hexdigest())
 
 
 _LOCK = ".lock"

@@ -356,16 +356,14 @@ class RowValidator:
         codes, first_at = np.unique(index[present], return_index=True)
         first = np.zeros(rows.length, dtype=bool)
         first[present[first_at]] = True
-        earlier = _take_mask(np.array([v in self.ids for v in distinct], dtype=bool), encoded.indices)
-        duplicate = (index >= 0) & (~first | earlier)
+        known = np.array([v in self.ids for v in distinct], dtype=bool)  # ids of an earlier chunk
+        duplicate = (index >= 0) & (~first | _take_mask(known, encoded.indices))
         # each distinct id's first row: an earlier chunk's, else its first row in this chunk
         first_row = np.full(len(distinct), -1, dtype=np.int64)
         first_row[codes] = rows.start + present[first_at]
-        for code, value in enumerate(distinct):
-            if value in self.ids:
-                first_row[code] = self.ids[value]
-            else:
-                self.ids[value] = int(first_row[code])
+        for code in np.flatnonzero(known):
+            first_row[code] = self.ids[distinct[code]]
+        self.ids.update((distinct[code], int(first_row[code])) for code in np.flatnonzero(~known))
         self._flag(rows, duplicate, "duplicate_id", "id", "id already used by an earlier row",
                    detail=lambda i: {"message": f"id {distinct[index[i]]!r} already used by row "
                                                 f"{int(first_row[index[i]])}", "first_row": int(first_row[index[i]])})

@@ -324,25 +324,28 @@ def test_an_upload_is_written_once_into_the_scratch_folder_and_removed_after(cli
     import hashlib
 
     from app.api import multipart
+    from app.services import datasets
 
-    seen = []
-    original = multipart.ScratchFile.append
+    seen, parsed = [], []
+    original, create = multipart.ScratchFile.append, datasets.create_dataset
 
     def append(self, data):  # where the received pieces go while the body arrives
-        seen.append((self.path.parent.parent, self.size))
+        seen.append((self.path.parent.parent, self.path))
         return original(self, data)
 
-    def no_copy(*_args, **_kwargs):
-        raise AssertionError("the upload was copied again after it arrived")
+    def create_dataset(session, upload, *args, **kwargs):  # the file the rows are parsed from
+        parsed.append(upload.file.path)
+        return create(session, upload, *args, **kwargs)
 
     monkeypatch.setattr(multipart.ScratchFile, "append", append)
-    monkeypatch.setattr(multipart, "spool", no_copy)
+    monkeypatch.setattr(datasets, "create_dataset", create_dataset)
     content = _frame(3000).to_csv(index=False).encode()
     response = upload(client, content, "data.csv", id_column="id", gold_label_column="gold")
     assert response.status_code == 201, response.text
     assert response.json()["sha256"] == hashlib.sha256(content).hexdigest()
     assert response.json()["size_bytes"] == len(content)
     assert seen and {root for root, _ in seen} == {settings.scratch("uploads")}
+    assert parsed == [seen[0][1]] and {path for _, path in seen} == set(parsed)  # parsed where it arrived: no copy
     assert _spooled(settings) == []
     # refused before the route reads it (unknown key): parsed, then removed all the same
     bad = client.post("/v1/datasets", files={"file": ("data.csv", content)},

@@ -14,7 +14,6 @@ from app.errors import PayloadTooLarge
 from app.schemas import DatasetPublic, DatasetsPublic, ErrorResponse
 from app.services import datasets as service
 from app.services.quotas import upload_too_large
-from app.services.uploads import process_folder
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], route_class=ScratchUploadRoute,
                    responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
@@ -43,13 +42,13 @@ async def upload_dataset(
     """Upload a labelled dataset; every row is validated before it is stored (all rows or none).
 
     The file is written to a temporary file under the scratch folder while the body arrives (413 past the
-    size limit; ``app.api.multipart``), removed whatever the outcome, and parsed in chunks, so it is never held in memory whole; its name is only a
-    label, never a path. On Postgres the rows are stored with COPY in the upload's transaction. Over the tenant's upload or
-    stored-rows quota: 429 naming the quota.
+    size limit; ``app.api.multipart``), removed whatever the outcome, and parsed in chunks, so it is never
+    held in memory whole; its name is only a label, never a path. On Postgres the rows are stored with COPY
+    in the upload's transaction. Over the tenant's upload or stored-rows quota: 429 naming the quota.
     """
     quotas = principal.quotas
     try:
-        stored = await stored_upload(file, quotas.upload_bytes, process_folder(settings.scratch("uploads")))
+        stored = stored_upload(file, quotas.upload_bytes)
     except PayloadTooLarge:
         if quotas.upload_bytes < settings.max_upload_bytes:
             raise upload_too_large(quotas) from None

@@ -23,9 +23,9 @@ from app.schemas_predictions import (PredictionCreate, PredictionPublic, Predict
 from app.services import predictions as service
 from app.services.datasets import Limits
 from app.services.quotas import upload_too_large
-from app.services.uploads import process_folder
 
-router = APIRouter(tags=["predictions"], route_class=ScratchUploadRoute, responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
+router = APIRouter(tags=["predictions"], route_class=ScratchUploadRoute,
+                   responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
 FlaggedQuery = Annotated[bool | None, Query(description="Only rows the label check flagged (true) or not (false).")]
 LabelQuery = Annotated[str | None, Query(max_length=200)]
 FORM_FIELDS = {"format", "text_column", "text_pair_column", "label_column", "id_column", "batch_size", "label_check"}
@@ -108,8 +108,7 @@ async def _from_upload(request: Request, principal, session, settings, store, en
         fields = {name: _form_text(form, name) for name in FORM_FIELDS}
         quotas = principal.quotas
         try:
-            stored = await stored_upload(upload_file, quotas.upload_bytes,
-                                         process_folder(settings.scratch("uploads")))
+            stored = stored_upload(upload_file, quotas.upload_bytes)
         except PayloadTooLarge:
             if quotas.upload_bytes < settings.max_upload_bytes:
                 raise upload_too_large(quotas) from None
