@@ -29,11 +29,16 @@ from app.errors import Overloaded
 @dataclass(frozen=True)
 class PoolOptions:
     """SQLAlchemy ``QueuePool`` sizes: ``size`` connections kept open, ``overflow`` more opened when they are
-    all in use, ``timeout_s`` the longest a checkout waits (then ``sqlalchemy.exc.TimeoutError``)."""
+    all in use, ``timeout_s`` the longest a checkout waits (then ``sqlalchemy.exc.TimeoutError``). ``pre_ping``:
+    test each connection with a round trip when it is checked out (``pool_pre_ping``), so that one the database
+    dropped is replaced unseen; without it (the API's choice: the ping was a sixth of a job read's cost), the
+    first statement on a dropped connection raises a ``DBAPIError`` with ``connection_invalidated`` set and the
+    pool replaces every connection older than it ("optimistic" disconnect handling in SQLAlchemy's terms)."""
 
     size: int = 5
     overflow: int = 10
     timeout_s: float = 30.0
+    pre_ping: bool = True
 
 
 DEFAULT_POOL = PoolOptions()
@@ -62,7 +67,7 @@ def get_engine(url: str, pool: PoolOptions = DEFAULT_POOL) -> Engine:
                                **({} if in_memory else sizes))
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, **sizes)
+    return create_engine(url, pool_pre_ping=pool.pre_ping, **sizes)
 
 
 def session_factory(url: str, pool: PoolOptions = DEFAULT_POOL) -> sessionmaker[Session]:

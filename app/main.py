@@ -69,7 +69,9 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
                   docs_url=None, redoc_url=None,  # /docs comes from routes.docs, with vendored assets
                   lifespan=lifespan)
     app.state.settings = settings
-    pool = PoolOptions(settings.db_pool_size, settings.db_max_overflow, settings.db_pool_timeout_s)
+    # no ping per checkout: the hot reads retry once on a dropped connection (app.api.reads), the rest answer 503
+    # database_unavailable once after a database restart (the pool then replaces every older connection)
+    pool = PoolOptions(settings.db_pool_size, settings.db_max_overflow, settings.db_pool_timeout_s, pre_ping=False)
     app.state.session_factory = session_factory(settings.database_url, pool)
     app.state.read_session_factory = read_session_factory(settings.database_url, pool)  # GET/HEAD requests
     app.state.session_gate = SessionGate(settings.db_pool_size, settings.db_pool_timeout_s)
@@ -80,6 +82,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
     install_error_handlers(app)
     # Every API route needs a key (the routes also read it for their tenant); ops decides per route
     # (health checks open, /metrics admin); the dashboard sends a signed-out visitor to its login form.
+    app.include_router(jobs.reads)  # GET a job, the jobs, a job's events: they authenticate in their one call
     for module in (datasets, jobs, stream, reports, report_stats, predictions, models):
         app.include_router(module.router, dependencies=[Depends(authenticate)])
     for module in (decisions, versions, deletion):  # the review loop: decisions, versions and exports, deletes

@@ -30,6 +30,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
@@ -190,6 +191,22 @@ def authenticate_admin(request: Request,
                        session: SessionDep) -> Principal:
     """Like ``authenticate`` but the key needs the ``admin`` scope (cross-tenant views such as /metrics)."""
     return check(request, resolve(request, _key_of(request, credentials), session), "admin")
+
+
+def header_credentials(request: Request) -> HTTPAuthorizationCredentials | None:
+    """What ``bearer`` (FastAPI's ``HTTPBearer(auto_error=False)``) makes of the request's ``Authorization`` header,
+    by the same rule, without a dependency: the scheme ``Bearer`` (any case) and a non-empty token, else None."""
+    scheme, token = get_authorization_scheme_param(request.headers.get("authorization"))
+    if not (scheme and token) or scheme.lower() != "bearer":
+        return None
+    return HTTPAuthorizationCredentials(scheme=scheme, credentials=token)
+
+
+def authenticate_in(request: Request, session: Session) -> Principal:
+    """``authenticate`` called directly, in ``session``, for routes that do their whole work in one thread-pool call
+    (``app.api.reads``); the same key sources, checks and errors (401, 403, 429)."""
+    return check(request, resolve(request, _key_of(request, header_credentials(request)), session),
+                 required_scope(request))
 
 
 PrincipalDep = Annotated[Principal, Depends(authenticate)]

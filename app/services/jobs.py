@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, select
+from sqlalchemy import and_, bindparam, delete, exists, func, select
 from sqlalchemy.orm import Bundle, Session, aliased
 
 from app.errors import Conflict, InvalidInput, NotFound, Unavailable
@@ -177,6 +177,11 @@ def cancel_job(session: Session, job_id: str, *, tenant_id: str) -> Job:
     return job
 
 
+# built once (a statement built per call costs more than its round trip): the job, and its source's bundle
+JOB_WITH_SOURCE = (select(Job, _source_columns(SOURCE_JOB)).outerjoin(SOURCE_JOB, _comparable(SOURCE_JOB))
+                   .where(Job.id == bindparam("job_id"), Job.tenant_id == bindparam("tenant_id"), Job.kind == "train"))
+
+
 def get_job_with_source(session: Session, job_id: str, *, tenant_id: str) -> tuple[Job, Any | None]:
     """The tenant's training job (as ``get_job``) and, in the same statement, the ``(id, status, metrics,
     report_summary)`` of the job it retrained from when both succeeded (what ``app.services.retrain.comparison``
@@ -185,12 +190,20 @@ def get_job_with_source(session: Session, job_id: str, *, tenant_id: str) -> tup
     Raises:
         NotFound: unknown job, another tenant's, or a prediction run.
     """
-    source = SOURCE_JOB
-    row = session.execute(select(Job, _source_columns(source)).outerjoin(source, _comparable(source))
-                          .where(Job.id == job_id, Job.tenant_id == tenant_id, Job.kind == "train")).first()
+    row = session.execute(JOB_WITH_SOURCE, {"job_id": job_id, "tenant_id": tenant_id}).first()
     if row is None:
         raise NotFound(f"no job with id {job_id!r}", param="job_id")
     return row[0], row[1] if row[1].id is not None else None
+
+
+# built once, as JOB_WITH_SOURCE: a job's event count, and a page of its events after an id with that count
+_MY_EVENTS = (JobEvent.job_id == bindparam("job_id"), JobEvent.tenant_id == bindparam("tenant_id"))
+EVENT_COUNT = select(func.count()).select_from(JobEvent).where(*_MY_EVENTS)
+EVENTS_PAGE = (select(JobEvent, EVENT_COUNT.scalar_subquery().label("total"))
+               .where(*_MY_EVENTS, JobEvent.id > bindparam("after"),
+                      exists().where(Job.id == bindparam("job_id"), Job.tenant_id == bindparam("tenant_id"),
+                                     Job.kind == "train"))
+               .order_by(JobEvent.id).limit(bindparam("limit")))
 
 
 def list_events(session: Session, job_id: str, *, tenant_id: str, limit: int, cursor: str | None) -> Page:
@@ -210,17 +223,13 @@ def list_events(session: Session, job_id: str, *, tenant_id: str, limit: int, cu
     except InvalidInput:
         get_job(session, job_id, tenant_id=tenant_id)  # an unknown job is a 404 whatever the cursor
         raise
-    mine = (JobEvent.job_id == job_id, JobEvent.tenant_id == tenant_id)
-    total = select(func.count()).select_from(JobEvent).where(*mine)
-    training_job = exists().where(Job.id == job_id, Job.tenant_id == tenant_id, Job.kind == "train")
-    query = (select(JobEvent, total.scalar_subquery().label("total"))
-             .where(*mine, JobEvent.id > after, training_job).order_by(JobEvent.id))
-    rows = session.execute(query.limit(limit + 1)).all()
+    params = {"job_id": job_id, "tenant_id": tenant_id}
+    rows = session.execute(EVENTS_PAGE, {**params, "after": after, "limit": limit + 1}).all()
     if rows:
         count = int(rows[0][1])
     else:
         get_job(session, job_id, tenant_id=tenant_id)
-        count = int(session.scalar(total) or 0)
+        count = int(session.scalar(EVENT_COUNT, params) or 0)
     items = [row[0] for row in rows]
     more = len(items) > limit
     items = items[:limit]

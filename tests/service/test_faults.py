@@ -43,6 +43,29 @@ def test_postgres_down_is_503_with_retry_after_and_recovers(settings, auth):
         proxy.stop()
 
 
+def test_after_the_database_drops_every_connection_reads_answer_at_once(settings, auth):
+    """The API's pool does not ping each checkout: when the database drops its connections (a restart, cut here by
+    the proxy), the next job read fails on its dead connection, is run again on a new one and answers 200; the
+    failure makes the pool replace every older connection, so the other routes answer 200 as well."""
+    url = make_url(settings.database_url)
+    proxy = TcpProxy((url.host, url.port or 5432)).start()
+    via_proxy = settings.model_copy(update={"database_url": url.set(port=proxy.port).render_as_string(False)})
+    try:
+        with TestClient(create_app(via_proxy, enqueue=lambda _id: None), headers=auth) as client:
+            dataset = upload_frame(client, toy_frame(30))
+            job = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "base_model": "tiny-bert"}).json()
+            assert client.get(f"/v1/jobs/{job['id']}").status_code == 200
+            proxy.stop()
+            proxy.start()  # every pooled connection is dead; the database takes new ones
+            for path in (f"/v1/jobs/{job['id']}", "/v1/jobs", f"/v1/jobs/{job['id']}/events",
+                         f"/v1/datasets/{dataset['id']}"):
+                response = client.get(path)
+                assert response.status_code == 200, (path, response.text)
+            assert client.get(f"/v1/jobs/{job['id']}").json()["id"] == job["id"]
+    finally:
+        proxy.stop()
+
+
 def test_redis_down_is_503_on_submit_and_recovers(settings, tmp_path, auth):
     redis = RedisServer(tmp_path / "redis").start()
     try:
