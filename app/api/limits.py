@@ -31,8 +31,9 @@ class BodyLimit:
         self.cap = max_bytes + MULTIPART_SLACK
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Pass the request through with a counting ``receive`` and a guarding ``send``."""
-        if scope["type"] != "http":
+        """Pass the request through with a counting ``receive`` and a guarding ``send`` (GET and HEAD as they
+        are: no route of this API reads their body, and uvicorn stops reading a body nobody reads)."""
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
         state = {"received": 0, "over": False, "started": False}

@@ -196,7 +196,9 @@ class GzipReader(CappedReader):
         try:
             return super().readinto(buffer)
         except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-            raise not_gzip(f"{exc} (after {self.count} decompressed bytes)") from exc
+            # the count is of reads that completed: the failing read's own bytes are lost with it
+            where = f" (after {self.count} bytes decompressed without error)" if self.count else ""
+            raise not_gzip(f"{exc}{where}") from exc
 
 
 def not_gzip(reason: str) -> InvalidInput:

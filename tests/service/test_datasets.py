@@ -56,6 +56,17 @@ def _error(response, status=422):
     return response.json()["error"]
 
 
+def test_two_file_parts_are_refused_and_nothing_is_stored(client, settings):
+    first = toy_frame(30).to_csv(index=False).encode()
+    second = toy_frame(40).to_csv(index=False).encode()
+    response = client.post("/v1/datasets", files=[("file", ("a.csv", first, "text/csv")),
+                                                  ("file", ("b.csv", second, "text/csv"))])
+    error = _error(response)
+    assert error["param"] == "file" and "2 parts named 'file'" in error["message"]
+    assert table_counts(settings.database_url)["dataset_rows"] == 0
+    assert client.get("/v1/datasets").json()["count"] == 0
+
+
 def _bad(frame_or_bytes, filename="data.csv", **form):
     content = frame_or_bytes if isinstance(frame_or_bytes, bytes) else frame_or_bytes.to_csv(index=False).encode()
     return content, filename, form
