@@ -9,6 +9,7 @@ transient fault that gives the run back to the queue. Its files live in an attem
 
 from __future__ import annotations
 
+import json
 import logging
 import tarfile
 from collections import Counter
@@ -33,7 +34,8 @@ from worker.shutdown import WorkerStopping, stop_requested
 
 logger = logging.getLogger(__name__)
 CHUNK_ROWS = 512  # rows per progress write and cancel check
-INSERT_BATCH = 5000
+INSERT_BATCH = 5000  # rows per bulk insert (SQLite)
+COPY_CHUNK_ROWS = 50_000  # rows rendered to CSV per COPY write (Postgres): bounds the text held at once
 LOAD_CHUNK_ROWS = 20_000  # dataset rows fetched per round trip
 FLAG_RULE, QUALITY = "prune_by_noise_rate", "self_confidence"  # the noise report's defaults (ClearConfig)
 
@@ -124,13 +126,62 @@ def summarise(labels: list[str], probs: np.ndarray, given: list[str] | None, che
     return summary
 
 
-def withhold_if_unreliable(summary: dict[str, Any], records: list[dict], model_summary: dict[str, Any] | None,
+@dataclass
+class PredictionColumns:
+    """A run's ``prediction_rows`` in columns, N rows in row order (no dict per row: a million rows stay arrays and
+    the lists of texts the inputs already hold). The label-check columns are None for a run without labels.
+
+    Attributes:
+        row_index: ``(N,)`` int64, the rows' indices in the input.
+        row_id, text, text_pair: the inputs' lists (``text_pair`` None when no row has one).
+        labels: the model's K class names; ``predicted`` ``(N,)`` int64 indices into them.
+        probabilities: ``(N, K)`` float, each row summing to 1, in ``labels`` order.
+        given_label: the N given labels, or None.
+        flagged: ``(N,)`` bool; ``suggested`` ``(N,)`` int64 (class index); ``suggested_confidence`` and
+            ``label_quality`` ``(N,)`` float in [0, 1]; ``flag_reason`` N strings.
+    """
+
+    row_index: np.ndarray
+    row_id: list[str | None]
+    text: list[str]
+    text_pair: list[str | None] | None
+    labels: list[str]
+    predicted: np.ndarray
+    probabilities: np.ndarray
+    given_label: list[str] | None = None
+    flagged: np.ndarray | None = None
+    suggested: np.ndarray | None = None
+    suggested_confidence: np.ndarray | None = None
+    label_quality: np.ndarray | None = None
+    flag_reason: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.row_index)
+
+
+def prediction_columns(inputs: PredictionInputs, labels: list[str], probs: np.ndarray, check) -> PredictionColumns:
+    """The columns of a run's rows from its inputs, the model's ``(N, K)`` probabilities and, for labelled rows, the
+    label check (``clear_core.confident.check_labels``; None without labels)."""
+    columns = PredictionColumns(np.asarray(inputs.row_indices, dtype=np.int64), inputs.row_ids, inputs.texts,
+                                inputs.text_pairs, list(labels), probs.argmax(axis=1).astype(np.int64), probs)
+    if check is not None:
+        columns.given_label = inputs.labels
+        columns.flagged = np.asarray(check.flagged, dtype=bool).copy()
+        columns.suggested = np.asarray(check.suggested, dtype=np.int64)
+        columns.suggested_confidence = np.asarray(check.suggested_confidence, dtype=np.float64)
+        columns.label_quality = np.asarray(check.label_quality, dtype=np.float64)
+        columns.flag_reason = list(check.reasons)
+    return columns
+
+
+def withhold_if_unreliable(summary: dict[str, Any], columns: PredictionColumns, model_summary: dict[str, Any] | None,
                            model_clear: dict[str, Any] | None) -> bool:
     """Carry the trained model's own reliability verdict into a labelled run, and withhold its flags when that
     verdict was "not reliable" (as the model's noise report withheld its own; ``clear.flag_when_unreliable``
     of the job keeps them): a model that did not learn would flag rows at random. ``summary`` gets
     ``model_reliability`` and ``flags_withheld``; withheld rows keep their suggestion and label_quality but are
-    not flagged, and their ``flag_reason`` says why. Returns whether the flags were withheld."""
+    not flagged, and their ``flag_reason`` says why (``columns`` is changed in place). Returns whether the flags
+    were withheld."""
     reliability = (model_summary or {}).get("reliability") or {}
     summary["model_reliability"] = {"verdict": reliability.get("verdict"), "reasons": reliability.get("reasons", [])}
     withheld = reliability.get("verdict") == "not reliable" and not (model_clear or {}).get("flag_when_unreliable")
@@ -142,52 +193,89 @@ def withhold_if_unreliable(summary: dict[str, Any], records: list[dict], model_s
     summary["flagged_per_class"] = {name: 0 for name in summary["flagged_per_class"]}
     why = ("not flagged: the model's own noise report was not reliable ("
            + "; ".join(reliability.get("reasons") or ["see the job's report"]) + "), so its label check is not either")
-    for record in records:
-        if record["flagged"]:
-            record["flagged"] = False
-        record["flag_reason"] = why
+    columns.flagged[:] = False
+    columns.flag_reason = [why] * len(columns)
     return True
 
 
-def row_records(run: Job, inputs: PredictionInputs, labels: list[str], probs: np.ndarray, check) -> list[dict]:
-    """The ``prediction_rows`` of a run, in row order."""
-    predicted = probs.argmax(axis=1)
-    records = []
-    for i, row_index in enumerate(inputs.row_indices):
-        record = {"run_id": run.id, "row_index": int(row_index), "tenant_id": run.tenant_id,
-                  "row_id": inputs.row_ids[i], "text": inputs.texts[i],
-                  "text_pair": inputs.text_pairs[i] if inputs.text_pairs is not None else None,
-                  "given_label": None, "predicted_label": labels[int(predicted[i])],
-                  "probabilities": [float(p) for p in probs[i]], "flagged": None, "suggested_label": None,
-                  "suggested_confidence": None, "label_quality": None, "flag_reason": None}
-        if check is not None:
-            record.update(given_label=inputs.labels[i], flagged=bool(check.flagged[i]),
-                          suggested_label=labels[int(check.suggested[i])],
-                          suggested_confidence=float(check.suggested_confidence[i]),
-                          label_quality=float(check.label_quality[i]), flag_reason=check.reasons[i])
-        records.append(record)
-    return records
+# prediction_rows in COPY order (run_id and tenant_id are the run's)
+ROW_COLUMNS = ("row_index", "row_id", "text", "text_pair", "given_label", "predicted_label", "probabilities",
+               "flagged", "suggested_label", "suggested_confidence", "label_quality", "flag_reason")
 
 
-def write_rows(session: Session, run_id: str, attempt: int, records: list[dict], summary: dict) -> bool:
+def _chunk(columns: PredictionColumns, start: int, end: int) -> dict[str, Any]:
+    """Rows ``start:end`` as Python values per column, as the ORM would store them (the probabilities as the
+    floats of a JSON list; label-check columns None for an unlabelled run)."""
+    cut, n = slice(start, end), end - start
+    names = columns.labels
+    labelled = columns.given_label is not None
+    return {
+        "row_index": columns.row_index[cut].tolist(), "row_id": columns.row_id[cut], "text": columns.text[cut],
+        "text_pair": columns.text_pair[cut] if columns.text_pair is not None else [None] * n,
+        "given_label": columns.given_label[cut] if labelled else [None] * n,
+        "predicted_label": [names[k] for k in columns.predicted[cut].tolist()],
+        "probabilities": columns.probabilities[cut].astype(np.float64).tolist(),
+        "flagged": columns.flagged[cut].tolist() if labelled else [None] * n,
+        "suggested_label": [names[k] for k in columns.suggested[cut].tolist()] if labelled else [None] * n,
+        "suggested_confidence": columns.suggested_confidence[cut].tolist() if labelled else [None] * n,
+        "label_quality": columns.label_quality[cut].tolist() if labelled else [None] * n,
+        "flag_reason": columns.flag_reason[cut] if labelled else [None] * n,
+    }
+
+
+def _copy(session: Session, run_id: str, tenant_id: str, columns: PredictionColumns) -> None:
+    """COPY the rows in CSV (pyarrow renders each chunk of ``COPY_CHUNK_ROWS``) on the session's connection, so they
+    commit or roll back with it."""
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
+    names = ", ".join(("run_id", "tenant_id") + ROW_COLUMNS)
+    sql = f"COPY {PredictionRow.__tablename__} ({names}) FROM STDIN WITH (FORMAT csv)"
+    options = pa_csv.WriteOptions(include_header=False, quoting_style="needed")
+    types = {"row_index": pa.int64(), "flagged": pa.bool_(), "suggested_confidence": pa.float64(),
+             "label_quality": pa.float64()}
+    raw = session.connection().connection.driver_connection
+    with raw.cursor() as cursor, cursor.copy(sql) as copy:
+        for start in range(0, len(columns), COPY_CHUNK_ROWS):
+            chunk = _chunk(columns, start, min(len(columns), start + COPY_CHUNK_ROWS))
+            chunk["probabilities"] = [json.dumps(p) for p in chunk["probabilities"]]  # what the JSON column stores
+            size = len(chunk["row_index"])
+            table = pa.table({"run_id": pa.repeat(run_id, size), "tenant_id": pa.repeat(tenant_id, size),
+                              **{name: pa.array(chunk[name], types.get(name, pa.string())) for name in ROW_COLUMNS}})
+            sink = pa.BufferOutputStream()
+            pa_csv.write_csv(table, sink, options)
+            copy.write(memoryview(sink.getvalue()))
+
+
+def _insert(session: Session, run_id: str, tenant_id: str, columns: PredictionColumns) -> None:
+    """Bulk inserts of ``INSERT_BATCH`` rows (SQLite), their parameter dicts built one batch at a time."""
+    for start in range(0, len(columns), INSERT_BATCH):
+        chunk = _chunk(columns, start, min(len(columns), start + INSERT_BATCH))
+        records = [{"run_id": run_id, "tenant_id": tenant_id, **dict(zip(ROW_COLUMNS, values))}
+                   for values in zip(*(chunk[name] for name in ROW_COLUMNS))]
+        session.execute(insert(PredictionRow), records)
+
+
+def write_rows(session: Session, run_id: str, attempt: int, columns: PredictionColumns, summary: dict) -> bool:
     """In one transaction: lock the run while ``attempt`` holds it, delete any rows an earlier attempt wrote,
-    insert ``records`` in batches, and move the run to ``succeeded``; all or nothing. Returns False (nothing
-    written) when the attempt no longer holds the run."""
-    held = session.execute(select(Job.id).where(Job.id == run_id, Job.attempt == attempt, Job.status.in_(ACTIVE))
-                           .with_for_update()).first()
+    write ``columns`` (``COPY ... FROM STDIN`` on Postgres, bulk inserts on SQLite, a chunk at a time), and move
+    the run to ``succeeded``; all or nothing (a row the database refuses rolls every row back and raises).
+    Returns False (nothing written) when the attempt no longer holds the run."""
+    held = session.execute(select(Job.tenant_id).where(Job.id == run_id, Job.attempt == attempt,
+                                                       Job.status.in_(ACTIVE)).with_for_update()).first()
     if held is None:
         session.rollback()
         return False
     try:
         session.execute(delete(PredictionRow).where(PredictionRow.run_id == run_id))
-        for start in range(0, len(records), INSERT_BATCH):
-            session.execute(insert(PredictionRow), records[start:start + INSERT_BATCH])
+        write = _copy if session.get_bind().dialect.name == "postgresql" else _insert
+        write(session, run_id, held.tenant_id, columns)
     except BaseException:
         session.rollback()
         raise
     return transition(session, run_id, ACTIVE, "succeeded", on_attempt=attempt, progress=1.0,
                       report_summary=summary, finished_at=utcnow(), lease_owner=None,
-                      message=f"{len(records)} rows predicted", event_data={"rows": len(records)})
+                      message=f"{len(columns)} rows predicted", event_data={"rows": len(columns)})
 
 
 class PredictionAttempt(Attempt):
@@ -223,13 +311,13 @@ class PredictionAttempt(Attempt):
             check = check_labels(np.array([index[y] for y in inputs.labels], dtype=np.int64), probs, labels,
                                  filter_by=FLAG_RULE, quality=QUALITY)
         summary = summarise(labels, probs, inputs.labels, check)
-        records = row_records(run, inputs, labels, probs, check)
+        columns = prediction_columns(inputs, labels, probs, check)
         if check is not None:
-            withhold_if_unreliable(summary, records, model_summary, model_clear)
+            withhold_if_unreliable(summary, columns, model_summary, model_clear)
 
         def store_rows() -> bool:
             with self.factory() as session:
-                return write_rows(session, self.id, self.number, records, summary)
+                return write_rows(session, self.id, self.number, columns, summary)
 
         if not retry_transient(store_rows):
             return self._lost()

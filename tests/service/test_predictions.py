@@ -31,7 +31,7 @@ from tests.service.conftest import REDIS_URL, create_key
 from tests.service.helpers import create_job, to_bytes, toy_frame, upload_frame
 from tests.service.workers import ROOT, kill_worker, start_worker, stop_worker, wait_for, worker_env
 from worker.pipeline import execute_job
-from worker.predict import write_rows
+from worker.predict import PredictionColumns, write_rows
 
 # plain LoRA that learns the toy task on the tiny BERT (accuracy 1.0 on three seeds), so the label check can work
 TRAINING = {"epochs": 8, "batch_size": 8, "max_length": 16, "learning_rate": 3e-2}
@@ -267,19 +267,28 @@ def test_rows_are_written_all_or_nothing_and_only_by_the_holder(client, settings
     with _factory(settings)() as session:
         session.execute(update(Job).where(Job.id == run_id).values(status="running", attempt=1))
         session.commit()
-    good = {"run_id": run_id, "tenant_id": "tenant-a", "text": "t", "predicted_label": "0", "probabilities": [1.0]}
-    records = [dict(good, row_index=i) for i in range(12)] + [dict(good, row_index=12, text=None)]
-    predict_module.INSERT_BATCH, saved = 5, predict_module.INSERT_BATCH
+    def columns(n: int, texts: list) -> PredictionColumns:
+        return PredictionColumns(np.arange(n), [f"id-{i}" for i in range(n)], texts, None, ["0", "1"],
+                                 np.zeros(n, np.int64), np.tile([0.75, 0.25], (n, 1)))
+
+    bad = columns(13, ["t"] * 12 + [None])  # the last row breaks NOT NULL, in the third chunk of 5
+    saved = predict_module.INSERT_BATCH, predict_module.COPY_CHUNK_ROWS
+    predict_module.INSERT_BATCH = predict_module.COPY_CHUNK_ROWS = 5
     try:
         with _factory(settings)() as session, pytest.raises(Exception):
-            write_rows(session, run_id, 1, records, {"rows": 13})
+            write_rows(session, run_id, 1, bad, {"rows": 13})
     finally:
-        predict_module.INSERT_BATCH = saved
+        predict_module.INSERT_BATCH, predict_module.COPY_CHUNK_ROWS = saved
     assert _rows(settings, run_id) == [] and client.get(f"/v1/predictions/{run_id}").json()["status"] == "running"
+    good = columns(3, ["t", "a, \"quoted\"\nline", ""])
     with _factory(settings)() as session:
-        assert not write_rows(session, run_id, 2, records[:3], {"rows": 3})  # not this attempt's run
-        assert write_rows(session, run_id, 1, records[:3], {"rows": 3})
-    assert len(_rows(settings, run_id)) == 3 and client.get(f"/v1/predictions/{run_id}").json()["status"] == "succeeded"
+        assert not write_rows(session, run_id, 2, good, {"rows": 3})  # not this attempt's run
+        assert write_rows(session, run_id, 1, good, {"rows": 3})
+    rows = _rows(settings, run_id)
+    assert [(r.row_index, r.row_id, r.text, r.predicted_label, r.probabilities, r.flagged) for r in rows] == [
+        (0, "id-0", "t", "0", [0.75, 0.25], None), (1, "id-1", "a, \"quoted\"\nline", "0", [0.75, 0.25], None),
+        (2, "id-2", "", "0", [0.75, 0.25], None)]
+    assert client.get(f"/v1/predictions/{run_id}").json()["status"] == "succeeded"
 
 
 def test_deleting_a_jobs_runs_refuses_while_one_is_active(client, settings):
