@@ -11,6 +11,8 @@ then go through the worker's own code, stage by stage, in one process:
     estimate   NoiseEstimator.update + finish (confident learning on the pass's softmax)
     report     NoiseReport.from_estimate
     write      worker.results.write_noise_report (COPY in columns) + commit
+    label check    clear_core.confident.check_labels on the pass's softmax (a labelled prediction run's check)
+    predict write  worker.predict.prediction_columns + write_rows (a prediction run's rows, COPY in columns)
 
 Memory: before each stage the kernel's peak-RSS mark is reset (``/proc/self/clear_refs`` "5"); a stage's
 peak is ``VmHWM`` after it, and both it and the RSS still held after the stage are given beyond the
@@ -19,7 +21,8 @@ mark cannot be reset the peak is the process's peak so far, and the JSON says so
 
 The report write is timed against a plain ``COPY ... FROM STDIN`` of the same rows (exported in Postgres'
 own text format to a file first, so the COPY renders nothing) into a table of the same shape: the same
-columns, primary key, indexes and foreign keys (``LIKE noise_rows INCLUDING ALL`` plus its two FKs).
+columns, primary key, indexes and foreign keys (``LIKE noise_rows INCLUDING ALL`` plus its two FKs); the
+prediction rows' write likewise against a COPY into a table shaped as ``prediction_rows``.
 
 ``--pass-rows`` (default: all rows) limits the model pass to the first rows, for a machine too slow for a
 million-row pass; the other rows then take the pass's logits cyclically and the table says how many rows the
@@ -61,7 +64,8 @@ FULL = {"rows": 1_000_000}
 VOCAB_WORDS, MIN_WORDS, MAX_WORDS = 500, 24, 72  # 24-72 words + [CLS] and [SEP]: 50 tokens a row on average
 LABELS = ["alpha", "beta", "gamma", "delta"]
 GEN_CHUNK = 50_000
-TENANT, DATASET, JOB = "bench-scale", "ds_bench_scale", "job_bench_scale"
+PREDICTION_STAGES = ("label check", "predict write")  # a prediction run's, after the training stages
+TENANT, DATASET, JOB, RUN = "bench-scale", "ds_bench_scale", "job_bench_scale", "pred_bench_scale"
 
 
 def vocabulary() -> list[str]:
@@ -177,6 +181,10 @@ def populate(url: str, rows: int, seed: int) -> float:
         session.flush()
         session.add(Job(id=JOB, tenant_id=TENANT, dataset_id=DATASET, base_model="tiny-bert", method="lora",
                         routed=True, clear_config={}, training_config={}, status="running"))
+        session.flush()
+        session.add(Job(id=RUN, tenant_id=TENANT, dataset_id=DATASET, kind="predict", model_job_id=JOB,
+                        base_model="tiny-bert", method="lora", routed=True, clear_config={}, training_config={},
+                        status="running", attempt=1))
         session.commit()
     start = time.perf_counter()
     with psycopg.connect(_psycopg_dsn(url)) as conn, conn.cursor() as cursor:
@@ -188,29 +196,30 @@ def populate(url: str, rows: int, seed: int) -> float:
     return time.perf_counter() - start
 
 
-def copy_baseline(url: str, job_id: str) -> dict[str, Any]:
-    """Export the job's noise rows in Postgres' text format to a file, then time a plain COPY of that file into
-    a same-shaped table (columns, keys, indexes, foreign keys); the table is dropped after."""
+def copy_baseline(url: str, table: str = "noise_rows", key: str = "job_id", value: str = JOB) -> dict[str, Any]:
+    """Export the rows of ``table`` whose ``key`` is ``value`` in Postgres' text format to a file, then time a plain
+    COPY of that file into a same-shaped table (columns, keys, indexes, foreign keys); the table is dropped after."""
     import psycopg
 
+    foreign = {"noise_rows": "ADD FOREIGN KEY (job_id) REFERENCES jobs (id)",
+               "prediction_rows": "ADD FOREIGN KEY (run_id) REFERENCES jobs (id) ON DELETE CASCADE"}[table]
     with tempfile.TemporaryFile() as spool, psycopg.connect(_psycopg_dsn(url)) as conn:
         with conn.cursor() as cursor:
-            with cursor.copy(f"COPY (SELECT * FROM noise_rows WHERE job_id = '{job_id}') TO STDOUT") as copy:
+            with cursor.copy(f"COPY (SELECT * FROM {table} WHERE {key} = '{value}') TO STDOUT") as copy:
                 for block in copy:
                     spool.write(block)
-            cursor.execute("CREATE TABLE noise_rows_copy (LIKE noise_rows INCLUDING ALL)")
-            cursor.execute("ALTER TABLE noise_rows_copy ADD FOREIGN KEY (job_id) REFERENCES jobs (id), "
-                           "ADD FOREIGN KEY (tenant_id) REFERENCES tenants (id)")
+            cursor.execute(f"CREATE TABLE {table}_copy (LIKE {table} INCLUDING ALL)")
+            cursor.execute(f"ALTER TABLE {table}_copy {foreign}, ADD FOREIGN KEY (tenant_id) REFERENCES tenants (id)")
             conn.commit()
             size = spool.tell()
             spool.seek(0)
             start = time.perf_counter()
-            with cursor.copy("COPY noise_rows_copy FROM STDIN") as copy:
+            with cursor.copy(f"COPY {table}_copy FROM STDIN") as copy:
                 while block := spool.read(1 << 20):
                     copy.write(block)
             conn.commit()
             seconds = time.perf_counter() - start
-            cursor.execute("DROP TABLE noise_rows_copy")
+            cursor.execute(f"DROP TABLE {table}_copy")
             conn.commit()
     return {"seconds": seconds, "bytes": size}
 
@@ -256,6 +265,8 @@ def run_pipeline(args: argparse.Namespace, url: str) -> dict[str, Any]:
     from clear_core.estimate import NoiseEstimator
     from clear_core.report import NoiseReport
     from worker.pipeline import _as_data, _rows
+    from clear_core.confident import check_labels
+    from worker.predict import FLAG_RULE, QUALITY, PredictionInputs, prediction_columns, write_rows
     from worker.results import write_noise_report
 
     torch.set_num_threads(args.threads)
@@ -296,12 +307,35 @@ def run_pipeline(args: argparse.Namespace, url: str) -> dict[str, Any]:
             session.commit()
         record["rows"] = len(report)
     write_seconds = meter.stages[-1]["seconds"]
-    del report, estimate, estimator, tokens, data, model
+    del report, estimate, estimator, tokens
     gc.collect()
-    baseline = copy_baseline(url, JOB)
+    probs = _softmax(logits)
+    with meter.stage("label check") as record:
+        check = check_labels(given, probs, LABELS, filter_by=FLAG_RULE, quality=QUALITY)
+        record["rows"] = len(given)
+    with meter.stage("predict write") as record:
+        inputs = PredictionInputs(row_indices, data.ids, data.texts, data.text_pairs, data.labels)
+        predicted = prediction_columns(inputs, LABELS, probs, check)
+        with factory() as session:
+            assert write_rows(session, RUN, 1, predicted, {"rows": len(predicted)})
+        record["rows"] = len(predicted)
+    predict_write_seconds = meter.stages[-1]["seconds"]
+    del predicted, inputs, check, probs, data, model
+    gc.collect()
+    baseline = copy_baseline(url)
+    predict_baseline = copy_baseline(url, "prediction_rows", "run_id", RUN)
     return {"baseline_rss_bytes": meter.baseline, "peak_reset": meter.peak_reset, "stages": meter.stages,
             "pass_rows": pass_rows, "write_seconds": write_seconds, "copy_seconds": baseline["seconds"],
-            "copy_bytes": baseline["bytes"], "write_over_copy": write_seconds / baseline["seconds"]}
+            "copy_bytes": baseline["bytes"], "write_over_copy": write_seconds / baseline["seconds"],
+            "predict_write_seconds": predict_write_seconds, "predict_copy_seconds": predict_baseline["seconds"],
+            "predict_copy_bytes": predict_baseline["bytes"],
+            "predict_write_over_copy": predict_write_seconds / predict_baseline["seconds"]}
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of ``(N, K)`` logits, float32 (as ``predict_proba`` returns probabilities)."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 # --- TokenizedTexts against lists -------------------------------------------------------------------------
@@ -475,14 +509,21 @@ def main(argv: list[str] | None = None) -> int:
         ["stage", "rows", "seconds", "peak RSS beyond model, GiB", "held after, beyond model, GiB"],
         [[s["stage"], s.get("rows", args.rows), s["seconds"], s["peak_beyond_model_bytes"] / gib,
           s["retained_beyond_model_bytes"] / gib] for s in stages])
-    peak = max(s["peak_beyond_model_bytes"] for s in stages)
+    training = [s for s in stages if s["stage"] not in PREDICTION_STAGES]  # a training job's stages
+    peak = max(s["peak_beyond_model_bytes"] for s in training)
+    predict_peak = max(s["peak_beyond_model_bytes"] for s in stages if s["stage"] in PREDICTION_STAGES)
     summary = markdown_table(
         ["what", "measured", "target", "met"],
-        [["worker peak RSS beyond the model, GiB", peak / gib, "≤ 1.5 GB (1.397 GiB)", peak <= 1.5e9],
+        [["worker peak RSS beyond the model, GiB (load to report write)", peak / gib, "≤ 1.5 GB (1.397 GiB)",
+          peak <= 1.5e9],
          ["report write / plain COPY of the same rows", result["write_over_copy"], "≤ 2",
           result["write_over_copy"] <= 2],
          ["report write, s", result["write_seconds"], None, None],
          ["plain COPY, s", result["copy_seconds"], None, None],
+         ["prediction run: peak RSS beyond the model, GiB (label check, rows write)", predict_peak / gib, None, None],
+         ["prediction rows write / plain COPY of the same rows", result["predict_write_over_copy"], None, None],
+         ["prediction rows write, s", result["predict_write_seconds"], None, None],
+         ["plain COPY of the prediction rows, s", result["predict_copy_seconds"], None, None],
          ["model baseline RSS, GiB", result["baseline_rss_bytes"] / gib, None, None]])
     print(f"\n{args.rows} rows, pass over {result['pass_rows']} rows, "
           f"peak mark reset per stage: {result['peak_reset']}\n")

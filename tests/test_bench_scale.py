@@ -16,12 +16,16 @@ def test_scale_measures_every_stage_and_the_copy_baseline(tmp_path, capsys):
     out = tmp_path / "scale.json"
     assert scale.main(["--rows", "700", "--pass-rows", "300", "--out", str(out)]) == 0
     payload = json.loads(out.read_text())
-    assert [s["stage"] for s in payload["stages"]] == ["load", "tokenise", "pass", "estimate", "report", "write"]
+    assert [s["stage"] for s in payload["stages"]] == ["load", "tokenise", "pass", "estimate", "report", "write",
+                                                       "label check", "predict write"]
+    assert payload["stages"][-1]["rows"] == 700 and payload["predict_copy_bytes"] > 0
+    assert payload["predict_copy_seconds"] > 0 and payload["predict_write_over_copy"] > 0
     assert payload["rows"] == 700 and payload["pass_rows"] == 300 and payload["stages"][0]["rows"] == 700
     assert payload["copy_seconds"] > 0 and payload["write_over_copy"] > 0 and payload["copy_bytes"] > 0
     assert 45 <= payload["stages"][1]["tokens"] / 700 <= 55  # about 50 tokens a row
     printed = capsys.readouterr().out
     assert "| stage |" in printed and "report write / plain COPY" in printed
+    assert "prediction rows write / plain COPY" in printed
     with psycopg.connect(PG_ADMIN) as conn:  # its database is gone
         left = conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (payload["database"],)).fetchone()
     assert payload["database"].startswith("clear_bench_scale_") and left[0] == 0
