@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(20_000, gt=0, description="Longest text (or text pair) cell, in characters.")
     max_uncompressed_bytes: int = Field(512 * 1024 * 1024, gt=0,
                                         description="Most bytes a gzip or Parquet upload may expand to (413 above).")
+    body_idle_timeout_s: float = Field(60.0, gt=0, description="Longest wait for the next piece of a request body "
+                                       "(408 after it, nothing kept): a client that stalls mid-upload frees its "
+                                       "connection and its spooled part.")
     # leases, retries, resume, time limits
     max_attempts: int = Field(3, ge=1, description="Attempts of a job whose worker died before it is failed.")
     heartbeat_interval_s: float = Field(10.0, gt=0, description="How often a running job's heartbeat is renewed.")

@@ -1,10 +1,12 @@
 """A request-body cap enforced while the body streams in: a body sent without ``Content-Length``
 (chunked) stops being read once it passes the limit and the request is answered 413, so a 1 GB
 stream costs the service the limit at most, never the whole stream (``UploadLimit`` in
-``app.main`` refuses declared oversize bodies before reading anything)."""
+``app.main`` refuses declared oversize bodies before reading anything). A body whose next piece does
+not come within ``body_idle_timeout_s`` is cut off the same way and answered 408."""
 
 from __future__ import annotations
 
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.handlers import envelope
@@ -21,14 +23,28 @@ def too_large(max_bytes: int):
     return response
 
 
-class BodyLimit:
-    """Count body bytes as they arrive; past ``max_bytes`` + slack, feed the app a disconnect and
-    answer 413 in place of whatever it answers."""
+def stalled(idle_s: float):
+    """The 408 response in the error envelope for a body that stopped arriving, with ``Connection: close``."""
+    response = envelope(408, "request_timeout", f"the request body stopped arriving: no data for {idle_s:g} s; "
+                        "nothing was stored, send the request again", "file")
+    response.headers["Connection"] = "close"
+    return response
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+
+class BodyLimit:
+    """Count body bytes as they arrive; past ``max_bytes`` + slack, or when no piece came for ``idle_s`` seconds,
+    feed the app a disconnect and answer 413 (or 408) in place of whatever it answers.
+
+    Args:
+        max_bytes: the upload limit (> 0); the cap is that plus ``MULTIPART_SLACK``.
+        idle_s: longest wait for the next piece of the body, in seconds (> 0).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, idle_s: float = 60.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.cap = max_bytes + MULTIPART_SLACK
+        self.idle_s = idle_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass the request through with a counting ``receive`` and a guarding ``send`` (GET and HEAD as they
@@ -36,12 +52,16 @@ class BodyLimit:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
-        state = {"received": 0, "over": False, "started": False}
+        state = {"received": 0, "over": False, "stalled": False, "started": False}
 
         async def counting_receive() -> Message:
-            if state["over"]:
+            if state["over"] or state["stalled"]:
                 return {"type": "http.disconnect"}
-            message = await receive()
+            with anyio.move_on_after(self.idle_s) as waited:
+                message = await receive()
+            if waited.cancelled_caught:
+                state["stalled"] = True
+                return {"type": "http.disconnect"}
             if message["type"] == "http.request":
                 state["received"] += len(message.get("body", b""))
                 if state["received"] > self.cap:
@@ -50,18 +70,22 @@ class BodyLimit:
             return message
 
         async def guarded_send(message: Message) -> None:
-            if state["over"]:
-                return  # the app's own answer to a cut-off body is replaced by the 413
+            if state["over"] or state["stalled"]:
+                return  # the app's own answer to a cut-off body is replaced by the 413 (408)
             state["started"] = state["started"] or message["type"] == "http.response.start"
             await send(message)
 
         try:
             await self.app(scope, counting_receive, guarded_send)
         except Exception:
-            if not state["over"]:
+            if not (state["over"] or state["stalled"]):
                 raise
-        if state["over"] and not state["started"]:
+        if state["started"]:
+            return
+        if state["over"]:
             await too_large(self.max_bytes)(scope, receive, send)
+        elif state["stalled"]:
+            await stalled(self.idle_s)(scope, receive, send)
 
 
 def install_request_guards(app, settings) -> None:
@@ -71,4 +95,4 @@ def install_request_guards(app, settings) -> None:
 
     app.add_middleware(Idempotency, factory=app.state.session_factory, limiter=app.state.rate_limiter,
                        retry_after_s=settings.retry_after_s)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes, idle_s=settings.body_idle_timeout_s)

@@ -373,6 +373,31 @@ def test_a_body_that_ends_inside_a_file_leaves_no_file(client, settings):
     assert table_counts(settings.database_url)["datasets"] == 0
 
 
+def test_an_upload_that_stalls_mid_file_is_408_and_leaves_no_file(settings, auth):
+    """A client that stops sending in the middle of the file: after body_idle_timeout_s the API answers 408 and
+    closes, the spooled part is removed and nothing is stored (it used to wait for the client for ever)."""
+    import socket
+
+    from tests.service.test_api_load import ServerThread
+
+    quick = settings.model_copy(update={"body_idle_timeout_s": 1.0})
+    body = _multipart([("name", None, b"stall"), ("file", "a.csv", b"text,label\n" + b"some row,a\n" * 2000)])
+    sent = body[:len(body) // 2]  # into the file's bytes, then nothing more
+    head = (f"POST /v1/datasets HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth['Authorization']}\r\n"
+            f"Content-Type: multipart/form-data; boundary=BOUND\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    with ServerThread(create_app(quick, enqueue=lambda _id: None)) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+            sock.sendall(head + sent)
+            started, answer = time.monotonic(), b""
+            while chunk := sock.recv(65536):  # the server answers, then closes
+                answer += chunk
+            waited = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+        assert b'"request_timeout"' in answer and 0.8 <= waited < 10
+        assert _spooled(settings) == []
+    assert table_counts(settings.database_url)["datasets"] == 0
+
+
 def test_many_file_parts_hold_one_descriptor_at_a_time(tmp_path):
     import asyncio
 
