@@ -112,6 +112,10 @@ def serve(settings: Settings, host: str, port: int, worker: bool = True, stop_ti
     try:
         while not stopping and all(p.poll() is None for p in procs):
             time.sleep(0.3)
+        for name, proc in zip(("the API", "the worker"), procs):
+            if not stopping and proc.poll() is not None:  # say which one ended, and how, before stopping the rest
+                print(f"{name} exited with status {proc.returncode} (its log is above): stopping the service",
+                      file=sys.stderr, flush=True)
     finally:
         if worker:
             print(f"stopping: a running job is checkpointed and queued again (waiting up to {stop_timeout:g} s; "

@@ -375,3 +375,19 @@ def test_serve_stopped_with_sigterm_requeues_its_running_job(model_dir, tmp_path
         if service.poll() is None:
             os.killpg(service.pid, signal.SIGKILL)
             service.wait(10)
+
+
+def test_serve_says_which_child_died_and_exits_1(tmp_path):
+    """The API cannot start (its port is taken): serve says so on stderr and exits 1, not silently."""
+    import socket
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEAR_", "CLEARFT_"))}
+    env.update(CLEAR_DATA_DIR=str(tmp_path / "var"), HF_HUB_OFFLINE="1", CLEARFT_STATE_DIR=str(tmp_path / "state"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--no-worker"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "the API exited with status" in done.stderr and "stopping the service" in done.stderr
