@@ -11,8 +11,10 @@ from datetime import datetime
 from typing import Any, Callable
 
 from clear_core import TrainerCallback, TrainerControl, TrainerState
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
-from app.models import utcnow
+from app.models import JobEvent, utcnow
 from worker.lease import Lease
 
 
@@ -43,6 +45,7 @@ class JobProgress(TrainerCallback):
         self.soft_deadline = soft_deadline
         self.stop_reason: str | None = None
         self._last = float("-inf")
+        self._announced: set[str] = set()  # warning stages the job's log already has
 
     def _progress(self, state: TrainerState, **fields: Any) -> dict[str, Any]:
         return dict(progress=state.progress, epoch=state.epoch, global_step=state.global_step,
@@ -67,6 +70,7 @@ class JobProgress(TrainerCallback):
         progress stays at the highest step reached until the attempt passes it)."""
         attempt = self.lease.attempt
         if state.global_step:
+            self._announced = self._announced_stages()
             self.lease.post("resumed", f"attempt {attempt} resumes from the checkpoint at step {state.global_step}",
                             {"attempt": attempt, "global_step": state.global_step, "epoch": state.epoch,
                              "max_steps": state.max_steps, "progress": state.progress})
@@ -86,8 +90,23 @@ class JobProgress(TrainerCallback):
         else:
             self._decide(self.lease.check(), control)
 
+    def _announced_stages(self) -> set[str]:
+        """The stages of the ``warning`` events the job already has (an earlier attempt may have posted one after
+        the checkpoint this attempt resumes from); empty if the database cannot be read now."""
+        try:
+            with self.lease.factory() as session:
+                data = session.scalars(select(JobEvent.data).where(JobEvent.job_id == self.lease.job_id,
+                                                                   JobEvent.type == "warning"))
+                return {(d or {}).get("stage") for d in data}
+        except SQLAlchemyError:
+            return set()  # the database is down: rather a warning twice than a wait
+
     def on_warning(self, state: TrainerState, control: TrainerControl, warning: dict[str, Any]) -> None:
-        """The model does not seem to learn: a ``warning`` event with the cause and what to try."""
+        """The model does not seem to learn: a ``warning`` event with the cause and what to try (once per stage and
+        job: a resumed attempt that redoes the stage posts nothing when an earlier attempt posted it)."""
+        if warning["stage"] in self._announced:
+            return
+        self._announced.add(warning["stage"])
         self.lease.post("warning", warning["message"], json_safe({"stage": warning["stage"],
                                                                   "reliability": warning["reliability"]}))
 

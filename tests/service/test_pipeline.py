@@ -139,3 +139,31 @@ def test_a_job_that_cannot_learn_warns_and_withholds_its_flags(client, settings)
     report = client.get(f"/v1/jobs/{job_id}/noise-report", params={"limit": 500}).json()
     assert report["count"] == 240 and not any(r["flagged"] for r in report["data"])
     assert all(0 <= r["label_quality"] <= 1 for r in report["data"])  # rows keep their scores
+
+
+def test_a_resumed_attempt_does_not_post_a_warning_the_job_already_has(client, settings):
+    """An attempt that resumes from a checkpoint older than an earlier attempt's warning redoes that stage: the job's
+    log keeps the one warning; a stage it has not warned about yet is posted."""
+    from types import SimpleNamespace
+
+    from app.db import session_factory
+    from app.services.transitions import add_event
+    from worker.progress import JobProgress
+
+    dataset = upload_frame(client, toy_frame(30))
+    job_id = _job(client, dataset["id"])
+    factory = session_factory(settings.database_url)
+    with factory() as session:
+        add_event(session, job_id, "warning", message="not learned after warm-up", data={"stage": "after_warmup"})
+        session.commit()
+    posted = []
+    lease = SimpleNamespace(factory=factory, job_id=job_id, attempt=2, renew=lambda **_fields: "running",
+                            post=lambda type_, message, data=None, **_kw: posted.append((type_, data)))
+    progress = JobProgress(lease)
+    state = SimpleNamespace(global_step=12, epoch=1, max_steps=40, progress=0.3, phase="warmup", loss=1.0,
+                            num_epochs=4)
+    control = SimpleNamespace(should_training_stop=False)
+    progress.on_train_begin(state, control)
+    for stage in ("after_warmup", "end", "end"):
+        progress.on_warning(state, control, {"stage": stage, "message": f"not learned ({stage})", "reliability": {}})
+    assert [t for t, _ in posted] == ["resumed", "warning"] and posted[1][1]["stage"] == "end"
