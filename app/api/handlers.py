@@ -117,7 +117,12 @@ def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
     return ".".join(parts) or None
 
 
-async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    from app.api.reads import authentication_error  # the routes that authenticate inside: the key comes first
+
+    refused = await authentication_error(request)
+    if refused is not None:
+        return await _service_error(request, refused)
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     param = _loc_to_param(tuple(first.get("loc", ())))

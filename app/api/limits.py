@@ -26,7 +26,7 @@ def too_large(max_bytes: int):
 def stalled(idle_s: float):
     """The 408 response in the error envelope for a body that stopped arriving, with ``Connection: close``."""
     response = envelope(408, "request_timeout", f"the request body stopped arriving: no data for {idle_s:g} s; "
-                        "nothing was stored, send the request again", "file")
+                        "nothing was stored, send the request again")
     response.headers["Connection"] = "close"
     return response
 

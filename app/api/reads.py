@@ -6,8 +6,10 @@ then the route's database work) and lets FastAPI validate and serialise the answ
 a busy process each crossing waits for the GIL behind the event loop and the other threads; measured with
 ``wrk -c64`` on ``GET /v1/jobs/{id}``, one crossing per request and a prebuilt JSON body is what moved it most.
 A read whose connection the database had dropped is run once more on a new one. The routes using
-``read_in_one_call`` declare their query parameters as usual (FastAPI validates them first, so
-a malformed parameter is a 422 even before the key is checked) and return the ``Response`` it builds.
+``read_in_one_call`` declare their query parameters as usual and are marked with ``authenticates_inside``;
+FastAPI validates those parameters before the route runs, so when they are malformed the app's 422 handler
+first authenticates the request (``authentication_error``): a missing, unknown or under-scoped key is still
+the 401/403 it is on every other route, and the refused request counts against the key's rate limit.
 """
 
 from __future__ import annotations
@@ -22,9 +24,48 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import authenticate_in
 from app.db import SessionGate
+from app.errors import Forbidden, Overloaded, TooManyRequests, Unauthorized
 
 # what the OpenAPI schema says of these routes, which have no ``authenticate`` dependency to say it for them
 SECURED = {"security": [{"ApiKey": []}]}
+ENDPOINT_MARK = "authenticates_inside"
+
+
+def authenticates_inside(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a route's endpoint as one that authenticates in its own call (``read_in_one_call``), so that a 422 for
+    its parameters is preceded by the key check (``authentication_error``). Returns ``endpoint``."""
+    setattr(endpoint, ENDPOINT_MARK, True)
+    return endpoint
+
+
+async def authentication_error(request: Request) -> Exception | None:
+    """For a request to a route marked ``authenticates_inside`` whose parameters FastAPI refused: the error its key
+    gets (``Unauthorized``, ``Forbidden``, ``TooManyRequests``), checked and counted against the rate limit as
+    ``authenticate`` does, or None when the key is good (the 422 stands), for any other route, or when the check
+    cannot be made now (busy or unreachable database: the 422 stands)."""
+    route = request.scope.get("route")
+    if not getattr(getattr(route, "endpoint", None), ENDPOINT_MARK, False):
+        return None
+    gate: SessionGate = request.app.state.session_gate
+    try:
+        await gate.acquire()
+    except Overloaded:
+        return None
+    try:
+        return await run_in_threadpool(_key_error, request)
+    finally:
+        gate.release()
+
+
+def _key_error(request: Request) -> Exception | None:
+    try:
+        with request.app.state.read_session_factory() as session:
+            authenticate_in(request, session)
+    except (Unauthorized, Forbidden, TooManyRequests) as exc:
+        return exc
+    except DBAPIError:
+        return None
+    return None
 
 
 def _answer(request: Request, build: Callable[..., BaseModel], args: tuple[Any, ...]) -> bytes:

@@ -87,6 +87,31 @@ def test_a_key_needs_the_scope_of_the_method(settings, app_client):
     assert app_client.get("/metrics", headers=reader).status_code == 403  # cross-tenant numbers: admin only
 
 
+BAD_PAGES = ["/v1/jobs?limit=abc", "/v1/jobs?limit=0", "/v1/jobs/job_1/events?limit=abc",
+             "/v1/datasets?limit=0"]
+
+
+def test_the_key_is_checked_before_the_parameters_on_every_route(settings, app_client, api_key):
+    """The job reads authenticate inside their one call, after FastAPI validated their parameters: a malformed
+    parameter must still not answer 422 to a caller without a good key (401/403, as on the other routes)."""
+    writer = {"Authorization": f"Bearer {create_key(settings.database_url, 'acme', 'write')}"}
+    for path in BAD_PAGES:
+        for headers, status in (({}, 401), ({"Authorization": "Bearer clr_00000000_" + "x" * 43}, 401),
+                                (writer, 403), ({"Authorization": f"Bearer {api_key}"}, 422)):
+            response = app_client.get(path, headers=headers)
+            assert response.status_code == status, (path, headers, response.text)
+        assert response.json()["error"]["param"] == "limit"
+
+
+def test_refused_parameters_count_against_the_rate_limit(settings):
+    limited = settings.model_copy(update={"rate_limit": "3/minute", "rate_limit_storage_url": "memory://"})
+    key = {"Authorization": f"Bearer {create_key(settings.database_url, 'acme', 'read')}"}
+    with TestClient(create_app(limited)) as client:
+        statuses = [client.get(path, headers=key).status_code for path in BAD_PAGES[:3]]
+        statuses.append(client.get("/v1/jobs?limit=1", headers=key).status_code)
+    assert statuses == [422, 422, 422, 429]
+
+
 def test_health_docs_and_static_files_need_no_key(app_client, auth):
     for path in ("/healthz", "/readyz", "/docs", "/openapi.json", "/ui/static/dashboard.css", "/ui/login"):
         assert app_client.get(path).status_code == 200, path

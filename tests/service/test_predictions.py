@@ -403,3 +403,14 @@ def test_a_model_whose_report_was_not_reliable_withholds_its_label_check_flags(c
     rows = client.get(f"/v1/predictions/{run['id']}/rows", params={"limit": 100}).json()["data"]
     assert not any(r["flagged"] for r in rows) and all("it learned nothing" in r["flag_reason"] for r in rows)
     assert all(r["suggested_label"] is not None for r in rows)  # the suggestions are still there to read
+
+
+def test_two_file_parts_are_a_422_naming_them_and_nothing_is_queued(client, settings):
+    job_id = _fake_succeeded_job(client, settings)
+    content = to_bytes(toy_frame(12), "csv")
+    response = client.post(f"/v1/jobs/{job_id}/predictions",
+                           files=[("file", ("a.csv", content)), ("file", ("b.csv", content))])
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["param"] == "file" and "2 parts named 'file'" in error["message"]
+    assert _runs(settings) == 0

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.api.auth import Principal, PrincipalDep
 from app.api.deps import CursorQuery, EnqueueDep, IdempotencyKeyHeader, LimitQuery, SessionDep, SettingsDep
-from app.api.reads import SECURED, read_in_one_call
+from app.api.reads import SECURED, authenticates_inside, read_in_one_call
 from app.schemas import ErrorResponse, EventPublic, EventsPublic, JobCreate, JobPublic, JobsPublic
 from app.services import jobs as service
 from app.services import retrain
@@ -79,6 +79,7 @@ reads = APIRouter(prefix="/v1/jobs", tags=["jobs"],
 
 
 @reads.get("", response_model=JobsPublic, openapi_extra=SECURED)
+@authenticates_inside
 async def list_jobs(request: Request, limit: LimitQuery = 50, cursor: CursorQuery = None,
                     status: Annotated[str | None, Query(description="Only jobs in this state.")] = None) -> Response:
     """The caller's tenant's jobs, newest first, optionally filtered by state; a retrain that succeeded (as did its
@@ -87,6 +88,7 @@ async def list_jobs(request: Request, limit: LimitQuery = 50, cursor: CursorQuer
 
 
 @reads.get("/{job_id}", response_model=JobPublic, openapi_extra=SECURED)
+@authenticates_inside
 async def get_job(request: Request, job_id: str) -> Response:
     """A job: state, attempt, progress (0-1, epoch, step), latest metrics, error; for a retrain that succeeded
     (as did its from_job), the ``comparison`` of the two."""
@@ -94,6 +96,7 @@ async def get_job(request: Request, job_id: str) -> Response:
 
 
 @reads.get("/{job_id}/events", response_model=EventsPublic, openapi_extra=SECURED)
+@authenticates_inside
 async def list_events(request: Request, job_id: str, limit: LimitQuery = 100, cursor: CursorQuery = None) -> Response:
     """The job's events, oldest first; pass ``next_cursor`` back to get only newer ones."""
     return await read_in_one_call(request, _events_page, job_id, limit, cursor)
