@@ -88,12 +88,38 @@ def ensure_local_key(settings: Settings) -> tuple[str | None, Path]:
     return new.key, path
 
 
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host``:``port`` now (a bind with ``SO_REUSEADDR``, as uvicorn's)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _answers(host: str, port: int) -> bool:
+    """Whether the API on ``port`` answers ``/healthz`` (on 127.0.0.1 when it listens on every address)."""
+    import httpx
+
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else f"[{host}]" if ":" in host else host
+    try:
+        return httpx.get(f"http://{target}:{port}/healthz", timeout=0.5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def serve(settings: Settings, host: str, port: int, worker: bool = True, stop_timeout: float = STOP_TIMEOUT_S
           ) -> int:
     """Run the API (and a worker) until either exits or this process gets SIGINT/SIGTERM, then stop both (the
     worker gets ``stop_timeout`` seconds to checkpoint and requeue its running job; a second SIGINT/SIGTERM stops
     at once); the embedded mode migrates first and makes the local tenant's key at first start. Returns the exit
-    status: 0 when stopped by a signal, 1 when a child ended by itself."""
+    status: 0 when stopped by a signal, 1 when a child ended by itself or the port is taken (then nothing is started).
+    The service is announced, and its key registered for ``clearft`` (embedded mode), once the API answers."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.is_embedded:
         migrate(settings)
@@ -102,15 +128,24 @@ def serve(settings: Settings, host: str, port: int, worker: bool = True, stop_ti
             print(f"API key of the local tenant (shown once; also in {path}):\n    {key}", flush=True)
         else:
             print(f"API key of the local tenant: in {path}", flush=True)
-        # so that `clearft` finds this key from any folder, not only from the one holding var/
-        local.register(local.service_urls(host, port), path)
+    if not port_free(host, port):
+        print(f"port {port} on {host} is in use (another service?): stop it or start with another --port",
+              file=sys.stderr, flush=True)
+        return 1
     procs = _children(settings, host, port, worker)
     stopping: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _frame: stopping.append(signum))
-    print(f"CleaR service on http://{host}:{port} (docs at /docs); data in {settings.data_dir}", flush=True)
+    announced = False
     try:
         while not stopping and all(p.poll() is None for p in procs):
+            if not announced and _answers(host, port):  # listening: only now say so and register the key
+                announced = True
+                if settings.is_embedded:
+                    # so that `clearft` finds this key from any folder, not only from the one holding var/
+                    local.register(local.service_urls(host, port), path)
+                print(f"CleaR service on http://{host}:{port} (docs at /docs); data in {settings.data_dir}",
+                      flush=True)
             time.sleep(0.3)
         for name, proc in zip(("the API", "the worker"), procs):
             if not stopping and proc.poll() is not None:  # say which one ended, and how, before stopping the rest

@@ -377,17 +377,36 @@ def test_serve_stopped_with_sigterm_requeues_its_running_job(model_dir, tmp_path
             service.wait(10)
 
 
-def test_serve_says_which_child_died_and_exits_1(tmp_path):
-    """The API cannot start (its port is taken): serve says so on stderr and exits 1, not silently."""
+def _serve_env(tmp_path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEAR_", "CLEARFT_"))}
+    env.update(CLEAR_DATA_DIR=str(tmp_path / "var"), HF_HUB_OFFLINE="1", CLEARFT_STATE_DIR=str(tmp_path / "state"),
+               **extra)
+    return env
+
+
+def test_serve_on_a_taken_port_starts_nothing_and_registers_nothing(tmp_path):
+    """Another service holds the port: serve says so and exits 1 before starting anything, and does not point
+    clearft's registry for that URL at its own key (the running service's clients would get 401s)."""
     import socket
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEAR_", "CLEARFT_"))}
-    env.update(CLEAR_DATA_DIR=str(tmp_path / "var"), HF_HUB_OFFLINE="1", CLEARFT_STATE_DIR=str(tmp_path / "state"))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         done = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--no-worker"],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+                              cwd=ROOT, env=_serve_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"port {port} on 127.0.0.1 is in use" in done.stderr and "CleaR service on" not in done.stdout
+    assert not (tmp_path / "state" / "services.json").exists()
+
+
+def test_serve_says_which_child_died_and_exits_1(tmp_path):
+    """The API dies at start (its scratch folder is a file, so its start-up fails): serve says which child exited,
+    with its status, and exits 1, without announcing or registering a service that never answered."""
+    (tmp_path / "not-a-folder").write_text("x")
+    done = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--port", str(free_port()), "--no-worker"],
+                          cwd=ROOT, env=_serve_env(tmp_path, CLEAR_SCRATCH_DIR=str(tmp_path / "not-a-folder")),
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr[-2000:]
     assert "the API exited with status" in done.stderr and "stopping the service" in done.stderr
+    assert "CleaR service on" not in done.stdout and not (tmp_path / "state" / "services.json").exists()
