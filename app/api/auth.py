@@ -182,7 +182,11 @@ def authenticate(request: Request, credentials: Annotated[HTTPAuthorizationCrede
                  session: SessionDep) -> Principal:
     """The request's principal, with the scope its method needs; 401, 403 or 429 otherwise. The key is looked up
     in the request's own session (the one the route then uses); FastAPI runs this in its thread pool: the key
-    lookup and the rate-limit storage are blocking calls."""
+    lookup and the rate-limit storage are blocking calls. An upload checked before its body was read
+    (``authenticate_before_body``) is not looked up or counted again."""
+    early = getattr(request.state, "early_principal", None)
+    if early is not None:
+        return early
     return check(request, resolve(request, _key_of(request, credentials), session), required_scope(request))
 
 
@@ -207,6 +211,19 @@ def authenticate_in(request: Request, session: Session) -> Principal:
     (``app.api.reads``); the same key sources, checks and errors (401, 403, 429)."""
     return check(request, resolve(request, _key_of(request, header_credentials(request)), session),
                  required_scope(request))
+
+
+def authenticate_before_body(request: Request) -> Principal:
+    """``authenticate`` for a request whose body is not read yet (a multipart upload, ``app.api.multipart``), in a
+    short read session of its own; the principal is kept for the route's ``authenticate``. Blocking.
+
+    Raises:
+        Unauthorized, Forbidden, RateLimited: as ``authenticate`` (401, 403, 429).
+    """
+    with request.app.state.read_session_factory() as session:
+        principal = authenticate_in(request, session)
+    request.state.early_principal = principal
+    return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(authenticate)]

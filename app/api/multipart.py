@@ -27,8 +27,10 @@ from fastapi import Request
 from fastapi.routing import APIRoute
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
+from starlette.concurrency import run_in_threadpool
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from app.api.limits import MULTIPART_SLACK
 from app.errors import PayloadTooLarge
 from app.services.uploads import StoredUpload, process_folder
 
@@ -202,16 +204,39 @@ class ScratchFormRequest(Request):
         return self._form
 
 
+async def check_before_body(request: Request) -> None:
+    """Before a multipart body is read: authenticate the caller (``app.api.auth.authenticate_before_body``, in the
+    thread pool) and refuse a declared ``Content-Length`` past the tenant's upload quota, so that a caller without
+    a good key, or over its quota, costs no spooled file. Anything else passes untouched.
+
+    Raises:
+        Unauthorized, Forbidden, RateLimited: as ``authenticate`` (401, 403, 429).
+        QuotaExceeded: the declared body is larger than the tenant's ``upload_bytes`` (429 ``quota_exceeded``).
+    """
+    if request.method != "POST" or not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return
+    from app.api.auth import authenticate_before_body
+    from app.services.quotas import upload_too_large
+
+    principal = await run_in_threadpool(authenticate_before_body, request)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > principal.quotas.upload_bytes + MULTIPART_SLACK:
+        raise upload_too_large(principal.quotas)
+
+
 class ScratchUploadRoute(APIRoute):
     """An ``APIRoute`` whose handler sees a :class:`ScratchFormRequest` (FastAPI's documented way to give a
-    route its own ``Request`` class); give it to an ``APIRouter`` as ``route_class``."""
+    route its own ``Request`` class), after ``check_before_body``; give it to an ``APIRouter`` as
+    ``route_class``."""
 
     def get_route_handler(self):
         """The route's handler, called with the request re-wrapped as a ``ScratchFormRequest``."""
         handler = super().get_route_handler()
 
         async def scratch_handler(request: Request):
-            return await handler(ScratchFormRequest(request.scope, request.receive))
+            scratch = ScratchFormRequest(request.scope, request.receive)
+            await check_before_body(scratch)
+            return await handler(scratch)
 
         return scratch_handler
 

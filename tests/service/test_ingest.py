@@ -354,6 +354,40 @@ def test_an_upload_is_written_once_into_the_scratch_folder_and_removed_after(cli
     assert _spooled(settings) == []
 
 
+def test_a_caller_without_a_good_key_or_over_its_quota_costs_no_spooled_byte(client, settings, monkeypatch):
+    """The key and the tenant's upload quota are checked before the multipart body is read: an unknown key, a
+    read-only key or a body declared larger than the quota is refused without one byte written to the scratch
+    folder; a good upload is then checked and counted once (one rate-limit hit)."""
+    from app.api import multipart
+    from app.services.api_keys import set_quotas
+    from app.db import session_factory
+    from tests.service.conftest import TENANT_A, create_key
+
+    written = []
+    original = multipart.ScratchFile.append
+    monkeypatch.setattr(multipart.ScratchFile, "append", lambda self, data: (written.append(len(data)),
+                                                                            original(self, data))[1])
+    content = _frame(8000).to_csv(index=False).encode()  # past the quota by more than the multipart slack
+    reader = create_key(settings.database_url, TENANT_A, "read")
+    for headers, status in (({"Authorization": "Bearer clr_00000000_" + "x" * 43}, 401),
+                            ({"Authorization": f"Bearer {reader}"}, 403)):
+        response = client.post("/v1/datasets", files={"file": ("data.csv", content)}, headers=headers)
+        assert response.status_code == status, response.text
+        assert written == [], (status, written)
+    with session_factory(settings.database_url)() as session:
+        set_quotas(session, TENANT_A, max_upload_bytes=1000)
+        session.commit()
+    over = client.post("/v1/datasets", files={"file": ("data.csv", content)})
+    assert over.status_code == 429 and over.json()["error"]["quota"] == "upload_bytes", over.text
+    assert written == [] and _spooled(settings) == []
+    hits = []
+    monkeypatch.setattr(client.app.state.rate_limiter, "hit", hits.append)
+    small = _frame(12).to_csv(index=False).encode()
+    assert len(small) < 1000
+    assert upload(client, small, "small.csv", id_column="id", gold_label_column="gold").status_code == 201
+    assert len(hits) == 1 and sum(written) == len(small)
+
+
 def _multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "BOUND", close: bool = True) -> bytes:
     body = b""
     for name, filename, data in parts:
