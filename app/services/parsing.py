@@ -17,6 +17,8 @@ data row and the line.
 from __future__ import annotations
 
 import codecs
+import csv
+import io
 import json
 import re
 from collections import Counter
@@ -136,17 +138,34 @@ def _csv_chunks(path: Path, max_uncompressed: int, chunk_rows: int) -> Iterator[
         raise _empty() from None
     except (pd.errors.ParserError, ValueError) as exc:
         raise InvalidInput(f"the CSV file cannot be parsed: {str(exc).strip()}", param="file",
-                           code="parse_error", details=_csv_error_rows(str(exc))) from exc
+                           code="parse_error", details=_csv_error_rows(str(exc), path, max_uncompressed)) from exc
 
 
-def _csv_error_rows(message: str) -> list[dict] | None:
+def _csv_error_rows(message: str, path: Path, max_uncompressed: int) -> list[dict] | None:
     # pandas' C parser counts records, the header first: "line N" is 1-based, "row N" 0-based
     if match := _C_ERROR_LINE.search(message):
         line = int(match.group(1))
         return [{"row": line - 2, "line": line, "code": "parse_error", "column": None, "message": message.strip()}]
-    if match := _C_ERROR_ROW.search(message):
-        return [{"row": int(match.group(1)) - 1, "code": "parse_error", "column": None, "message": message.strip()}]
+    if match := _C_ERROR_ROW.search(message):  # e.g. "EOF inside string starting at row N": a record, not a line
+        record = int(match.group(1))
+        detail = {"row": record - 1, "code": "parse_error", "column": None, "message": message.strip()}
+        line = _line_of_record(path, max_uncompressed, record)
+        return [detail if line is None else {**detail, "line": line}]
     return None
+
+
+def _line_of_record(path: Path, max_uncompressed: int, record: int) -> int | None:
+    """The 1-based line on which CSV record ``record`` (0 = the header) starts, found by reading the records
+    before it with Python's ``csv`` module (quoted fields may span lines); None if they cannot be read. Used on
+    the error path only: it reads the file up to that record."""
+    try:
+        with open_binary(path, max_uncompressed) as fh:
+            reader = csv.reader(io.TextIOWrapper(fh, encoding="utf-8-sig", newline=""))
+            for _ in range(record):
+                next(reader)
+            return reader.line_num + 1
+    except (StopIteration, csv.Error, UnicodeDecodeError, ValueError, OSError):
+        return None
 
 
 class _DuplicateKey(ValueError):

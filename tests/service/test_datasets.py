@@ -67,6 +67,15 @@ def test_two_file_parts_are_refused_and_nothing_is_stored(client, settings):
     assert client.get("/v1/datasets").json()["count"] == 0
 
 
+def test_an_unterminated_quote_names_its_row_and_the_line_it_starts_on(client):
+    content = (b'text,label\n"two\nlines",a\n' + b"".join(f"row {i},b\n".encode() for i in range(1, 5))
+               + b'"never closed,a\nmore,b\n')
+    error = _error(upload(client, content))
+    assert error["code"] == "parse_error"
+    [detail] = error["details"]
+    assert detail["row"] == 5 and detail["line"] == 8  # the header is line 1, the first row spans lines 2-3
+
+
 def _bad(frame_or_bytes, filename="data.csv", **form):
     content = frame_or_bytes if isinstance(frame_or_bytes, bytes) else frame_or_bytes.to_csv(index=False).encode()
     return content, filename, form
