@@ -120,6 +120,10 @@ def serve(settings: Settings, host: str, port: int, worker: bool = True, stop_ti
     at once); the embedded mode migrates first and makes the local tenant's key at first start. Returns the exit
     status: 0 when stopped by a signal, 1 when a child ended by itself or the port is taken (then nothing is started).
     The service is announced, and its key registered for ``clearft`` (embedded mode), once the API answers."""
+    if not port_free(host, port):  # before anything is made: a data folder, a database, a key
+        print(f"port {port} on {host} is in use (another service?): stop it or start with another --port",
+              file=sys.stderr, flush=True)
+        return 1
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.is_embedded:
         migrate(settings)
@@ -128,10 +132,6 @@ def serve(settings: Settings, host: str, port: int, worker: bool = True, stop_ti
             print(f"API key of the local tenant (shown once; also in {path}):\n    {key}", flush=True)
         else:
             print(f"API key of the local tenant: in {path}", flush=True)
-    if not port_free(host, port):
-        print(f"port {port} on {host} is in use (another service?): stop it or start with another --port",
-              file=sys.stderr, flush=True)
-        return 1
     procs = _children(settings, host, port, worker)
     stopping: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -146,7 +146,7 @@ def serve(settings: Settings, host: str, port: int, worker: bool = True, stop_ti
                     local.register(local.service_urls(host, port), path)
                 print(f"CleaR service on http://{host}:{port} (docs at /docs); data in {settings.data_dir}",
                       flush=True)
-            time.sleep(0.3)
+            time.sleep(0.3 if announced else 0.05)  # often until the API answers: clients wait on its /healthz
         for name, proc in zip(("the API", "the worker"), procs):
             if not stopping and proc.poll() is not None:  # say which one ended, and how, before stopping the rest
                 print(f"{name} exited with status {proc.returncode} (its log is above): stopping the service",

@@ -132,7 +132,10 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return envelope(422, "invalid_request", message, param, details)
 
 
-async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    wrapped = getattr(exc, "error", None)  # app.api.multipart.FormServiceError: the service's own error
+    if isinstance(wrapped, ServiceError):
+        return await _service_error(request, wrapped)
     code = CODE_BY_STATUS.get(exc.status_code, "http_error")
     return envelope(exc.status_code, code, str(exc.detail))
 

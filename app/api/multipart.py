@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from fastapi import Request
@@ -32,6 +33,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from app.api.limits import MULTIPART_SLACK
 from app.errors import PayloadTooLarge
+from app.services.quotas import upload_too_large
 from app.services.uploads import StoredUpload, process_folder
 
 try:
@@ -135,15 +137,35 @@ class ScratchFile:
                 self._path.unlink(missing_ok=True)
 
 
+class _OverLimit(MultiPartException):
+    """A file part grew past the tenant's upload quota while it arrived; carries the service's error."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class FormServiceError(HTTPException):
+    """A service error raised while a form is parsed. FastAPI passes an ``HTTPException`` from its form parsing
+    on as it is (anything else becomes a bare 400), and the app's handler answers ``error`` in its place
+    (``app.api.handlers``)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(status_code=400, detail=str(error))
+        self.error = error
+
+
 class ScratchMultiPartParser(MultiPartParser):
     """Starlette's multipart parser whose file parts go to :class:`ScratchFile` s in ``directory``, written in
     the callback as each piece arrives (no thread-pool hop per piece, no second copy). A file part the body
     ends inside (no closing boundary: python-multipart's ``finalize`` does not complain) is not in the form,
     and its file is deleted here, as is every file when parsing fails."""
 
-    def __init__(self, *args, directory: Path, **kwargs) -> None:
+    def __init__(self, *args, directory: Path, file_limit: int | None = None,
+                 over_limit: Callable[[], Exception] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.directory = directory
+        self.file_limit, self.over_limit = file_limit, over_limit
 
     def on_headers_finished(self) -> None:
         """As Starlette's, but a file part's ``UploadFile`` is backed by a ``ScratchFile``."""
@@ -162,6 +184,8 @@ class ScratchMultiPartParser(MultiPartParser):
         if part.file is None:
             super().on_part_data(data, start, end)
             return
+        if self.file_limit is not None and part.file.file.size + (end - start) > self.file_limit:
+            raise _OverLimit(self.over_limit())  # a MultiPartException: Starlette closes (deletes) every file
         part.file.file.append(data[start:end])
         part.file.size = part.file.file.size
 
@@ -192,11 +216,16 @@ class ScratchFormRequest(Request):
         if self._form is not None or content_type != b"multipart/form-data":
             return await super()._get_form(max_files=max_files, max_fields=max_fields, max_part_size=max_part_size)
         directory = process_folder(self.app.state.settings.scratch("uploads"))
+        quotas = getattr(self.state, "upload_quota", None)  # set by check_before_body for a tenant quota
         stream = self.stream()
         try:
             parser = ScratchMultiPartParser(self.headers, stream, max_files=max_files, max_fields=max_fields,
-                                            max_part_size=max_part_size, directory=directory)
+                                            max_part_size=max_part_size, directory=directory,
+                                            file_limit=quotas.upload_bytes if quotas else None,
+                                            over_limit=lambda: upload_too_large(quotas))
             self._form = await parser.parse()
+        except _OverLimit as exc:
+            raise FormServiceError(exc.error) from None
         except MultiPartException as exc:
             raise HTTPException(status_code=400, detail=exc.message) from exc
         finally:
@@ -213,15 +242,18 @@ async def check_before_body(request: Request) -> None:
         Unauthorized, Forbidden, RateLimited: as ``authenticate`` (401, 403, 429).
         QuotaExceeded: the declared body is larger than the tenant's ``upload_bytes`` (429 ``quota_exceeded``).
     """
-    if request.method != "POST" or not request.headers.get("content-type", "").startswith("multipart/form-data"):
+    content_type, _ = parse_options_header(request.headers.get("content-type"))  # lower-cased, as the parser's
+    if request.method != "POST" or content_type != b"multipart/form-data":
         return
     from app.api.auth import authenticate_before_body
-    from app.services.quotas import upload_too_large
 
     principal = await run_in_threadpool(authenticate_before_body, request)
+    quotas = principal.quotas
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > principal.quotas.upload_bytes + MULTIPART_SLACK:
-        raise upload_too_large(principal.quotas)
+    if declared.isdigit() and int(declared) > quotas.upload_bytes + MULTIPART_SLACK:
+        raise upload_too_large(quotas)
+    if quotas.upload_bytes < request.app.state.settings.max_upload_bytes:
+        request.state.upload_quota = quotas  # a body with no (or a lying) length is cut at the quota as it streams
 
 
 class ScratchUploadRoute(APIRoute):

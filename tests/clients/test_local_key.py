@@ -47,6 +47,10 @@ def test_the_cli_finds_the_embedded_key_from_any_folder(tmp_path):
                 pass
             assert service.poll() is None, service.stdout.read()
             time.sleep(0.25)
+        for _ in range(100):  # serve registers the key once it sees the API answer, a moment after we did
+            if (state / "services.json").exists():
+                break
+            time.sleep(0.05)
         recorded = json.loads((state / "services.json").read_text())
         assert recorded[url] == str((data / "api-key").resolve())  # a path, never the key itself
         assert (state / "services.json").stat().st_mode & 0o777 == 0o600

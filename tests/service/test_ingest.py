@@ -380,6 +380,24 @@ def test_a_caller_without_a_good_key_or_over_its_quota_costs_no_spooled_byte(cli
     over = client.post("/v1/datasets", files={"file": ("data.csv", content)})
     assert over.status_code == 429 and over.json()["error"]["quota"] == "upload_bytes", over.text
     assert written == [] and _spooled(settings) == []
+    # the media type in any case (the parser lower-cases it): still checked before the body
+    body = _multipart([("file", "data.csv", content)])
+    for headers, status in (({"Authorization": "Bearer clr_00000000_" + "x" * 43}, 401),
+                            ({"Authorization": f"Bearer {reader}"}, 403), ({}, 429)):  # ({}: the client's key)
+        mixed = client.post("/v1/datasets", content=body,
+                            headers={"Content-Type": "Multipart/Form-Data; boundary=BOUND", **headers})
+        assert mixed.status_code == status, mixed.text
+    assert written == []
+
+    def chunked():  # no Content-Length: cut off once the file passes the quota, as it streams
+        for i in range(0, len(body), 4096):
+            yield body[i:i + 4096]
+
+    streamed = client.post("/v1/datasets", content=chunked(),
+                           headers={"Content-Type": "multipart/form-data; boundary=BOUND"})
+    assert streamed.status_code == 429 and streamed.json()["error"]["quota"] == "upload_bytes", streamed.text
+    assert sum(written) <= 1000 and _spooled(settings) == []
+    written.clear()
     hits = []
     monkeypatch.setattr(client.app.state.rate_limiter, "hit", hits.append)
     small = _frame(12).to_csv(index=False).encode()

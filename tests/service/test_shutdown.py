@@ -398,6 +398,7 @@ def test_serve_on_a_taken_port_starts_nothing_and_registers_nothing(tmp_path):
     assert done.returncode == 1, done.stderr[-2000:]
     assert f"port {port} on 127.0.0.1 is in use" in done.stderr and "CleaR service on" not in done.stdout
     assert not (tmp_path / "state" / "services.json").exists()
+    assert not (tmp_path / "var").exists() and "API key" not in done.stdout  # no database, no key made
 
 
 def test_serve_says_which_child_died_and_exits_1(tmp_path):
