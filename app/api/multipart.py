@@ -236,7 +236,9 @@ class ScratchFormRequest(Request):
 async def check_before_body(request: Request) -> None:
     """Before a multipart body is read: authenticate the caller (``app.api.auth.authenticate_before_body``, in the
     thread pool) and refuse a declared ``Content-Length`` past the tenant's upload quota, so that a caller without
-    a good key, or over its quota, costs no spooled file. Anything else passes untouched.
+    a good key, or over its quota, costs no spooled file; a tenant quota below the service's limit is also kept on
+    the request (``request.state.upload_quota``), and the parser cuts a file part off when it passes it. Anything
+    else passes untouched.
 
     Raises:
         Unauthorized, Forbidden, RateLimited: as ``authenticate`` (401, 403, 429).
