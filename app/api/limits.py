@@ -88,11 +88,38 @@ class BodyLimit:
             await stalled(self.idle_s)(scope, receive, send)
 
 
+class HeadAsGet:
+    """Answer ``HEAD`` as the route's ``GET`` without its body (FastAPI routes declare GET only, so HEAD was a
+    405): the app sees a GET (same authentication and scope), the client gets its status and headers. A streamed
+    answer is still produced in full and dropped (the server sends no body for HEAD either way)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass other requests through; run a HEAD as a GET, sending the start message and an empty end."""
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        ended = False
+
+        async def headers_only(message: Message) -> None:
+            nonlocal ended
+            if message["type"] != "http.response.body":
+                await send(message)
+            elif not message.get("more_body", False) and not ended:
+                ended = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        await self.app(dict(scope, method="GET"), receive, headers_only)
+
+
 def install_request_guards(app, settings) -> None:
     """Add ``Idempotency-Key`` handling inside the streaming body cap (call before adding ``UploadLimit``,
     so that the declared-length check runs first, then this cap, then the idempotency spool)."""
     from app.api.idempotency import Idempotency
 
+    app.add_middleware(HeadAsGet)  # innermost: the access log and metrics still see the HEAD
     app.add_middleware(Idempotency, factory=app.state.session_factory, limiter=app.state.rate_limiter,
                        retry_after_s=settings.retry_after_s)
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes, idle_s=settings.body_idle_timeout_s)

@@ -112,6 +112,17 @@ def test_refused_parameters_count_against_the_rate_limit(settings):
     assert statuses == [422, 422, 422, 429]
 
 
+def test_head_answers_as_get_without_a_body(settings, app_client, api_key):
+    key = {"Authorization": f"Bearer {api_key}"}
+    for path in ("/healthz", "/v1/jobs", "/v1/datasets", "/v1/jobs?limit=0"):
+        got, head = app_client.get(path, headers=key), app_client.head(path, headers=key)
+        assert head.status_code == got.status_code and head.content == b"", path
+        assert head.headers.get("content-type") == got.headers.get("content-type"), path
+    assert app_client.head("/v1/jobs").status_code == 401  # the same key check as GET
+    writer = {"Authorization": f"Bearer {create_key(settings.database_url, 'acme', 'write')}"}
+    assert app_client.head("/v1/jobs", headers=writer).status_code == 403  # and the same scope: read
+
+
 def test_health_docs_and_static_files_need_no_key(app_client, auth):
     for path in ("/healthz", "/readyz", "/docs", "/openapi.json", "/ui/static/dashboard.css", "/ui/login"):
         assert app_client.get(path).status_code == 200, path
