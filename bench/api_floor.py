@@ -28,7 +28,6 @@ import asyncio
 import hashlib
 import os
 import queue
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,8 +42,8 @@ if __package__ in (None, ""):
 
 from bench.output import markdown_table, write_results
 from bench.postgres import drop_database, free_port
-from bench.service_api import (FULL_DURATION_S, QUICK_DURATION_S, REDIS_URL, REPO_ROOT, WRK, create_database,
-                               environment, ratios, run_wrk, seed, stop_server)
+from bench.service_api import (FULL_DURATION_S, QUICK_DURATION_S, REDIS_URL, WRK, create_database, environment,
+                               ratios, run_wrk, seed, serve_app, stop_server)
 
 DSN_ENV, REDIS_ENV, POOL = "CLEAR_FLOOR_DSN", "CLEAR_FLOOR_REDIS", 20
 QUERY = ("SELECT row_to_json(j)::text FROM api_keys k JOIN jobs j ON j.tenant_id = k.tenant_id AND j.id = %s "
@@ -147,28 +146,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _serve(dsn: str, redis_url: str, port: int, log_path: Path) -> subprocess.Popen:
-    """``uvicorn bench.api_floor:app`` (one process, h11 as the service) on ``port``; returns once it answers."""
-    import httpx
-
-    env = dict(os.environ, **{DSN_ENV: dsn, REDIS_ENV: redis_url}, PYTHONPATH=str(REPO_ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.api_floor:app", "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1", "--log-level", "warning"],
-                            env=env, cwd=REPO_ROOT, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the floor app exited: {log_path.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1.0).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    stop_server(proc)
-    raise RuntimeError(f"the floor app did not answer within 60 s: {log_path.read_text()[-2000:]}")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the four routes (see the module's docstring); print the table, write the JSON; 2 when wrk is missing."""
     from sqlalchemy.engine import make_url
@@ -187,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         parsed = make_url(url)
         dsn = f"host={parsed.host} port={parsed.port or 5432} user={parsed.username} dbname={parsed.database}"
         port = free_port()
-        proc = _serve(dsn, args.redis_url, port, workdir / "floor.log")
+        proc = serve_app("bench.api_floor:app", dict(os.environ, **{DSN_ENV: dsn, REDIS_ENV: args.redis_url}), port,
+                         workdir / "floor.log", "the floor app")
         rows = []
         for route in ROUTES:
             path = route.format(job=seeded["job_id"])

@@ -162,18 +162,29 @@ def start_server(url: str, redis_url: str, port: int, data_dir: Path, log_path: 
     Raises:
         RuntimeError: the server exited or did not answer within 60 s (its log's tail in the message).
     """
+    env = dict(os.environ, CLEAR_DATA_DIR=str(data_dir), CLEAR_DATABASE_URL=url, CLEAR_BROKER_URL=redis_url,
+               CLEAR_RATE_LIMIT=BENCH_RATE_LIMIT, **(extra_env or {}))
+    return serve_app("app.main:app", env, port, log_path, "the API")
+
+
+def serve_app(app: str, env: dict[str, str], port: int, log_path: Path, name: str) -> subprocess.Popen:
+    """``python -m uvicorn <app>`` (one process, ``PYTHONPATH`` this checkout) on 127.0.0.1:``port`` with ``env``,
+    logging to ``log_path``; returns once its ``/healthz`` answers 200.
+
+    Raises:
+        RuntimeError: the server (``name`` in the message) exited or did not answer within 60 s (its log's tail).
+    """
     import httpx
 
-    env = dict(os.environ, CLEAR_DATA_DIR=str(data_dir), CLEAR_DATABASE_URL=url, CLEAR_BROKER_URL=redis_url,
-               CLEAR_RATE_LIMIT=BENCH_RATE_LIMIT, PYTHONPATH=str(REPO_ROOT), **(extra_env or {}))
-    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
+    command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
                "--workers", "1", "--log-level", "warning"]
     log = log_path.open("wb")
-    proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(command, env=dict(env, PYTHONPATH=str(REPO_ROOT)), cwd=REPO_ROOT, stdout=log,
+                            stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the API exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
+            raise RuntimeError(f"{name} exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1.0).status_code == 200:
                 return proc
@@ -181,7 +192,7 @@ def start_server(url: str, redis_url: str, port: int, data_dir: Path, log_path: 
             pass
         time.sleep(0.2)
     stop_server(proc)
-    raise RuntimeError(f"the API did not answer /healthz within 60 s: {log_path.read_text()[-2000:]}")
+    raise RuntimeError(f"{name} did not answer /healthz within 60 s: {log_path.read_text()[-2000:]}")
 
 
 def stop_server(proc: subprocess.Popen) -> None:
