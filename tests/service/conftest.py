@@ -76,6 +76,21 @@ def settings(pg_url, tmp_path, model_dir):
         conn.execute(text(f"TRUNCATE {', '.join(TABLES + AUTH_TABLES)} CASCADE"))
 
 
+@pytest.fixture(params=["postgres", "sqlite"])
+def either_database(request, settings, tmp_path):
+    """A session factory on the test Postgres database, then on a fresh SQLite file migrated to head (a test
+    using it runs once on each)."""
+    from app.db import session_factory
+
+    if request.param == "postgres":
+        yield session_factory(settings.database_url)
+        return
+    url = f"sqlite:///{tmp_path / 'either.db'}"
+    run_alembic(url, "upgrade", "head")
+    yield session_factory(url)
+    get_engine(url).dispose()
+
+
 def create_key(url: str, tenant: str, scopes: str = ALL_SCOPES) -> str:
     """A new API key of ``tenant`` (made if new) in the database at ``url``; returns the plaintext."""
     from app.db import session_factory

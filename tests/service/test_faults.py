@@ -21,10 +21,15 @@ def _unavailable(response, code: str) -> None:
     assert int(response.headers["Retry-After"]) > 0 and response.json()["error"]["code"] == code
 
 
-def test_postgres_down_is_503_with_retry_after_and_recovers(settings, auth):
+def _via_proxy(settings):
+    """A started ``TcpProxy`` to the test database and ``settings`` pointed at it."""
     url = make_url(settings.database_url)
     proxy = TcpProxy((url.host, url.port or 5432)).start()
-    via_proxy = settings.model_copy(update={"database_url": url.set(port=proxy.port).render_as_string(False)})
+    return proxy, settings.model_copy(update={"database_url": url.set(port=proxy.port).render_as_string(False)})
+
+
+def test_postgres_down_is_503_with_retry_after_and_recovers(settings, auth):
+    proxy, via_proxy = _via_proxy(settings)
     try:
         with TestClient(create_app(via_proxy, enqueue=lambda _id: None), headers=auth) as client:
             dataset = upload_frame(client, toy_frame(30))
@@ -47,9 +52,7 @@ def test_after_the_database_drops_every_connection_reads_answer_at_once(settings
     """The API's pool does not ping each checkout: when the database drops its connections (a restart, cut here by
     the proxy), the next job read fails on its dead connection, is run again on a new one and answers 200; the
     failure makes the pool replace every older connection, so the other routes answer 200 as well."""
-    url = make_url(settings.database_url)
-    proxy = TcpProxy((url.host, url.port or 5432)).start()
-    via_proxy = settings.model_copy(update={"database_url": url.set(port=proxy.port).render_as_string(False)})
+    proxy, via_proxy = _via_proxy(settings)
     try:
         with TestClient(create_app(via_proxy, enqueue=lambda _id: None), headers=auth) as client:
             dataset = upload_frame(client, toy_frame(30))

@@ -10,23 +10,10 @@ import pytest
 from sqlalchemy import Text, cast, insert, select
 
 import worker.predict as predict_module
-from app.db import get_engine, session_factory
 from app.models import Job, PredictionRow, Tenant
-from tests.service.conftest import run_alembic
 from worker.predict import PredictionInputs, prediction_columns, withhold_if_unreliable, write_rows
 
 LABELS = ["neg", "pos", "mixed"]
-
-
-@pytest.fixture(params=["postgres", "sqlite"])
-def factory(request, settings, tmp_path):
-    if request.param == "postgres":
-        yield session_factory(settings.database_url)
-        return
-    url = f"sqlite:///{tmp_path / 'predictions.db'}"
-    run_alembic(url, "upgrade", "head")
-    yield session_factory(url)
-    get_engine(url).dispose()
 
 
 def _inputs(n: int, labelled: bool) -> PredictionInputs:
@@ -72,13 +59,13 @@ def _stored(session, run_id: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("labelled", [True, False])
-def test_columns_store_what_one_insert_per_row_stored(factory, labelled, monkeypatch):
+def test_columns_store_what_one_insert_per_row_stored(either_database, labelled, monkeypatch):
     monkeypatch.setattr(predict_module, "COPY_CHUNK_ROWS", 16)  # several chunks on Postgres
     monkeypatch.setattr(predict_module, "INSERT_BATCH", 16)  # and on SQLite
     n = 60
     probs = np.random.default_rng(5).dirichlet(np.ones(3), n).astype(np.float32)
     columns = prediction_columns(_inputs(n, labelled), LABELS, probs, _check(n) if labelled else None)
-    with factory() as session:
+    with either_database() as session:
         session.add(Tenant(id="t-pred"))
         session.flush()
         for run_id in ("run-new", "run-old"):

@@ -70,22 +70,11 @@ def _jobs(session, *ids: str) -> None:
     session.commit()
 
 
-@pytest.fixture(params=["postgres", "sqlite"])
-def factory(request, settings, tmp_path):
-    if request.param == "postgres":
-        yield session_factory(settings.database_url)
-        return
-    url = f"sqlite:///{tmp_path / 'report.db'}"
-    run_alembic(url, "upgrade", "head")
-    yield session_factory(url)
-    get_engine(url).dispose()
-
-
 @pytest.mark.parametrize("with_ids", [True, False])
-def test_columns_store_the_values_the_records_stored(factory, with_ids):
+def test_columns_store_the_values_the_records_stored(either_database, with_ids):
     report = _report(with_ids=with_ids)
     row_indices = np.random.default_rng(1).permutation(10 * len(report))[:len(report)].tolist()
-    with factory() as session:
+    with either_database() as session:
         _jobs(session, "job-new", "job-old")
         assert write_noise_report(session, "job-new", report, row_indices) == len(report)
         _old_write(session, "job-old", report.to_records(), row_indices)
@@ -99,10 +88,10 @@ def test_columns_store_the_values_the_records_stored(factory, with_ids):
     assert any(row["row_id"] is None for row in new) and (any(row["row_id"] for row in new) == with_ids)
 
 
-def test_writing_again_replaces_the_rows_and_a_rollback_keeps_the_earlier_ones(factory):
+def test_writing_again_replaces_the_rows_and_a_rollback_keeps_the_earlier_ones(either_database):
     report = _report()
     row_indices = list(range(len(report)))
-    with factory() as session:
+    with either_database() as session:
         _jobs(session, "job-a")
         write_noise_report(session, "job-a", report, row_indices)
         session.commit()
