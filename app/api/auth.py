@@ -220,10 +220,16 @@ def authenticate_before_body(request: Request) -> Principal:
     Raises:
         Unauthorized, Forbidden, RateLimited: as ``authenticate`` (401, 403, 429).
     """
-    with request.app.state.read_session_factory() as session:
-        principal = authenticate_in(request, session)
+    principal = authenticate_alone(request)
     request.state.early_principal = principal
     return principal
+
+
+def authenticate_alone(request: Request) -> Principal:
+    """``authenticate_in`` in a short read session of its own (for a check made outside the route's session).
+    Blocking; raises as ``authenticate``."""
+    with request.app.state.read_session_factory() as session:
+        return authenticate_in(request, session)
 
 
 PrincipalDep = Annotated[Principal, Depends(authenticate)]

@@ -14,21 +14,24 @@ from app.api.handlers import envelope
 MULTIPART_SLACK = 64 * 1024  # form fields and boundaries around the file
 
 
-def too_large(max_bytes: int):
-    """The 413 response in the error envelope; ``Connection: close`` makes the server drop the
+def _cut_off(status: int, code: str, message: str, param: str | None = None):
+    """An error envelope for a body the service stopped reading; ``Connection: close`` makes the server drop the
     connection rather than drain the rest of the body."""
-    response = envelope(413, "payload_too_large", f"the request body is larger than the limit of {max_bytes} bytes",
-                        "file")
+    response = envelope(status, code, message, param)
     response.headers["Connection"] = "close"
     return response
+
+
+def too_large(max_bytes: int):
+    """The 413 response for a body past ``max_bytes`` (+ slack)."""
+    return _cut_off(413, "payload_too_large", f"the request body is larger than the limit of {max_bytes} bytes",
+                    "file")
 
 
 def stalled(idle_s: float):
-    """The 408 response in the error envelope for a body that stopped arriving, with ``Connection: close``."""
-    response = envelope(408, "request_timeout", f"the request body stopped arriving: no data for {idle_s:g} s; "
-                        "nothing was stored, send the request again")
-    response.headers["Connection"] = "close"
-    return response
+    """The 408 response for a body that stopped arriving for ``idle_s`` seconds."""
+    return _cut_off(408, "request_timeout", f"the request body stopped arriving: no data for {idle_s:g} s; "
+                    "nothing was stored, send the request again")
 
 
 class BodyLimit:

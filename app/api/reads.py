@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 
-from app.api.auth import authenticate_in
+from app.api.auth import authenticate_alone, authenticate_in
 from app.db import SessionGate
 from app.errors import Forbidden, Overloaded, TooManyRequests, Unauthorized
 
@@ -59,8 +59,7 @@ async def authentication_error(request: Request) -> Exception | None:
 
 def _key_error(request: Request) -> Exception | None:
     try:
-        with request.app.state.read_session_factory() as session:
-            authenticate_in(request, session)
+        authenticate_alone(request)
     except (Unauthorized, Forbidden, TooManyRequests) as exc:
         return exc
     except DBAPIError:
