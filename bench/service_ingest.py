@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import REPO_ROOT, environment
+from bench.common import environment
 from bench.output import markdown_table, write_results
 from bench.postgres import create_database, drop_database, free_port, migrate_database
 
@@ -91,31 +91,18 @@ class Database:
 
 
 def start_api(db: Database, data_dir: Path, max_bytes: int, log: Path) -> tuple[subprocess.Popen, str]:
-    """``uvicorn app.main:app`` (one worker) on ``db``; returns the process and its base URL once healthy."""
-    import httpx
+    """``uvicorn app.main:app`` (one worker) on ``db``; returns the process and its base URL once healthy.
+
+    Raises:
+        RuntimeError: the API exited or did not answer within 60 s (``bench.service_api.serve_app``).
+    """
+    from bench.service_api import serve_app
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLEAR_")}
     env.update(CLEAR_DATABASE_URL=db.url, CLEAR_DATA_DIR=str(data_dir), CLEAR_MAX_UPLOAD_BYTES=str(max_bytes),
-               CLEAR_MAX_UNCOMPRESSED_BYTES=str(4 * max_bytes), CLEAR_LOG_LEVEL="WARNING",
-               PYTHONPATH=str(REPO_ROOT))
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port",
-                                 str(port), "--log-level", "warning"], cwd=REPO_ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the API exited ({proc.returncode}); see {log}")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"the API did not answer /healthz within 60 s; see {log}")
+               CLEAR_MAX_UNCOMPRESSED_BYTES=str(4 * max_bytes), CLEAR_LOG_LEVEL="WARNING")
+    return serve_app("app.main:app", env, port, log, "the API"), f"http://127.0.0.1:{port}"
 
 
 def time_post(base: str, key: str, path: Path) -> tuple[float, dict[str, Any]]:
