@@ -96,8 +96,9 @@ class DatasetRow(Base):
     """One row of a dataset; ``gold_label`` only scores reports and is never trained on."""
 
     __tablename__ = "dataset_rows"
-    # references datasets.id (rows deleted with their dataset), enforced by triggers once per statement, not by a
-    # foreign key whose per-row check cost more than a COPY of the rows (migration 0008)
+    # references datasets.id (rows deleted with their dataset), enforced by triggers, not by a foreign key whose
+    # per-row check cost more than a COPY of the rows (migrations 0008, 0009: a dataset checked and locked once by
+    # dataset_rows_trust, then its rows skip their own check)
     dataset_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     row_index: Mapped[int] = mapped_column(Integer, primary_key=True)
     row_id: Mapped[str | None] = mapped_column(String(200))

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import Conflict, InvalidInput
 from app.models import Dataset, DatasetRow, Job, ReviewDecision
-from app.services.datasets import get_dataset
+from app.services.datasets import get_dataset, trust_dataset_rows
 from app.services.exports import rows_digest
 from app.services.quotas import Quotas, check_stored_rows, lock_tenant
 from app.services.uploads import NAME_MAX, safe_name
@@ -158,5 +158,6 @@ def _copy_rows(session: Session, parent: Dataset, job: Job, version_id: str) -> 
     source = joined.add_columns(literal(version_id, DatasetRow.dataset_id.type), renumbered, DatasetRow.row_id,
                                 DatasetRow.text, DatasetRow.text_pair, label, DatasetRow.gold_label).where(kept)
     columns = ["dataset_id", "row_index", "row_id", "text", "text_pair", "label", "gold_label"]
+    trust_dataset_rows(session, version_id)
     session.execute(insert(DatasetRow).from_select(columns, source))
 

@@ -39,26 +39,32 @@ TRICKY = ["tab\there", "back\\slash \\N", "line\r\nbreak", 'quote "inside"', "co
 
 @pytest.fixture
 def statements(settings):
-    """Every SQL statement the API's engine executes, and every COPY statement psycopg runs, while the test
-    runs: ``{"sql": [...], "copy": [...]}``."""
-    seen: dict[str, list[str]] = {"sql": [], "copy": []}
+    """Every SQL statement the API's engine executes, every COPY statement psycopg runs, and everything run
+    on a psycopg cursor in order (``driver``: COPY statements and plain executes), while the test runs:
+    ``{"sql": [...], "copy": [...], "driver": [...]}``."""
+    seen: dict[str, list[str]] = {"sql": [], "copy": [], "driver": []}
     engine = get_engine(settings.database_url)
 
     def record(_conn, _cursor, statement, *_args):
         seen["sql"].append(statement)
 
-    original = psycopg.Cursor.copy
+    original, original_execute = psycopg.Cursor.copy, psycopg.Cursor.execute
 
     def copy(self, statement, *args, **kwargs):
         seen["copy"].append(str(statement))
+        seen["driver"].append(str(statement))
         return original(self, statement, *args, **kwargs)
 
+    def execute(self, statement, *args, **kwargs):
+        seen["driver"].append(str(statement))
+        return original_execute(self, statement, *args, **kwargs)
+
     event.listen(engine, "before_cursor_execute", record)
-    psycopg.Cursor.copy = copy
+    psycopg.Cursor.copy, psycopg.Cursor.execute = copy, execute
     try:
         yield seen
     finally:
-        psycopg.Cursor.copy = original
+        psycopg.Cursor.copy, psycopg.Cursor.execute = original, original_execute
         event.remove(engine, "before_cursor_execute", record)
 
 
@@ -94,6 +100,10 @@ def test_an_upload_on_postgres_is_stored_by_copy_with_no_row_insert(client, sett
     assert response.status_code == 201, response.text
     assert [c for c in statements["copy"] if c.startswith("COPY dataset_rows")], statements["copy"]
     assert _row_inserts(statements) == []
+    # the dataset is checked and locked once, just before its COPY (0009: its rows are not checked one by one)
+    driver = statements["driver"]
+    first_copy = next(i for i, s in enumerate(driver) if s.startswith("COPY dataset_rows"))
+    assert driver[first_copy - 1] == "SELECT dataset_rows_trust(%s)", driver[first_copy - 3:first_copy + 1]
     with get_engine(settings.database_url).connect() as conn:
         stored = conn.execute(text("SELECT row_index, row_id, text, text_pair, label, gold_label FROM dataset_rows "
                                    "ORDER BY row_index")).all()
@@ -302,6 +312,52 @@ def test_dataset_rows_still_need_their_dataset_and_go_with_it(settings, tmp_path
     assert counts == {"ds_kept": 6, "ds_other": 3}
     if dialect == "sqlite":
         engine.dispose()
+
+
+def test_a_trusted_dataset_is_checked_and_locked_once_and_trust_ends_with_it(settings):
+    # migration 0009: dataset_rows_trust(id) checks and locks a dataset once per transaction, so its rows skip
+    # their own check; rows of any other dataset are still checked; deleting the dataset or rolling back the
+    # savepoint that trusted it ends the trust; a concurrent delete of a trusted dataset waits for the commit
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    from app.services.datasets import trust_dataset_rows
+    from app.db import session_factory
+
+    engine = get_engine(settings.database_url)
+    row = "INSERT INTO dataset_rows (dataset_id, row_index, text, label) VALUES ('{}', {}, 'x', 'a')"
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO tenants (id, created_at) VALUES ('t', CURRENT_TIMESTAMP)"))
+        for name in ("ds_a", "ds_b"):
+            conn.execute(text(_dataset_sql(name)))
+    sessions = session_factory(settings.database_url)
+    with sessions() as session, pytest.raises(IntegrityError, match="ds_nowhere"):
+        trust_dataset_rows(session, "ds_nowhere")
+    with sessions() as session:  # trusted: its rows go in; another dataset's missing one is still refused
+        trust_dataset_rows(session, "ds_a")
+        session.execute(text(row.format("ds_a", 0)))
+        with pytest.raises(IntegrityError, match="ds_missing"), session.begin_nested():
+            session.execute(text(row.format("ds_missing", 0)))
+        session.commit()
+    with sessions() as session, pytest.raises(IntegrityError):
+        trust_dataset_rows(session, "ds_b")
+        session.execute(text("DELETE FROM datasets WHERE id = 'ds_b'"))
+        session.execute(text(row.format("ds_b", 0)))
+    with sessions() as session, pytest.raises(IntegrityError):
+        savepoint = session.begin_nested()
+        session.execute(text(_dataset_sql("ds_undone")))
+        trust_dataset_rows(session, "ds_undone")
+        savepoint.rollback()
+        session.execute(text(row.format("ds_undone", 0)))
+    with sessions() as session:  # the lock: a delete of a dataset whose rows are being stored waits
+        trust_dataset_rows(session, "ds_a")
+        with engine.connect() as other:
+            other.execute(text("SET lock_timeout = '300ms'"))
+            with pytest.raises(OperationalError, match="lock timeout"):
+                other.execute(text("DELETE FROM datasets WHERE id = 'ds_a'"))
+        session.rollback()
+    with engine.connect() as conn:
+        counts = dict(conn.execute(text("SELECT dataset_id, count(*) FROM dataset_rows GROUP BY dataset_id")).all())
+    assert counts == {"ds_a": 1}
 
 
 def test_a_duplicate_id_names_the_row_that_first_used_it(tmp_path):
