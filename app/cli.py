@@ -156,6 +156,8 @@ def serve(settings: Settings, host: str, port: int, worker: bool = True, stop_ti
             print(f"stopping: a running job is checkpointed and queued again (waiting up to {stop_timeout:g} s; "
                   "Ctrl-C again stops at once)", flush=True)
         _stop(procs, stopping, stop_timeout)
+        if announced and settings.is_embedded:  # a stopped service's key file no longer answers for its URL
+            local.unregister(local.service_urls(host, port), path)
     return 0 if stopping else 1
 
 

@@ -8,7 +8,9 @@ which key file belongs to which service URL::
     {"http://127.0.0.1:8000": "/home/me/project/var/api-key", ...}
 
 The client looks its URL up there when no key was given and none is in the environment or ``./var``. The
-file holds paths, never keys; it is written atomically (a temporary file renamed over it) with mode 0600.
+file holds paths, never keys; it is written atomically (a temporary file renamed over it) with mode 0600. A
+service that stops removes its own entries (``unregister``); one killed with SIGKILL leaves them, and its URL
+then finds its old key file until another service registers that URL.
 """
 
 from __future__ import annotations
@@ -62,6 +64,21 @@ def register(urls: list[str], key_file: Path) -> Path | None:
     is then found only as before, which is not an error of the service."""
     entries = _read()
     entries.update({_normalise(u): str(Path(key_file).resolve()) for u in urls})
+    return _write(entries)
+
+
+def unregister(urls: list[str], key_file: Path) -> Path | None:
+    """Remove the entries of ``urls`` that still name ``key_file`` (a service that stops; an entry another
+    service registered since is kept). Returns the registry's path, or None if it cannot be written (nothing
+    is raised: a stale entry only means the key file is looked up again, as before)."""
+    entries, ours = _read(), str(Path(key_file).resolve())
+    kept = {url: name for url, name in entries.items()
+            if not (url in {_normalise(u) for u in urls} and name == ours)}
+    return _write(kept) if kept != entries else registry_path()
+
+
+def _write(entries: dict[str, str]) -> Path | None:
+    """Replace the registry by ``entries`` atomically (mode 0600); None if the folder cannot be written."""
     path = registry_path()
     tmp = None
     try:

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.errors import (Conflict, Forbidden, InvalidInput, NotFound, Overloaded, PayloadTooLarge, ServiceError,
                         TooManyRequests, Unauthorized, Unavailable)
@@ -137,7 +138,23 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     if isinstance(wrapped, ServiceError):
         return await _service_error(request, wrapped)
     code = CODE_BY_STATUS.get(exc.status_code, "http_error")
-    return envelope(exc.status_code, code, str(exc.detail))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request)
+    return envelope(exc.status_code, code, str(exc.detail), headers=headers)
+
+
+def allowed_methods(request: Request) -> str:
+    """The ``Allow`` header of a 405 (RFC 9110, 15.5.6): every method some route of the app answers on this
+    path, sorted, comma-separated (e.g. ``"GET, HEAD, POST"``). Starlette's own header names only the first
+    route that matched the path, and FastAPI makes one route per method: each method is matched against the
+    app's routes in turn."""
+    routes = request.app.router.routes
+    methods = {method for method in ("DELETE", "GET", "PATCH", "POST", "PUT")
+               if any(route.matches(dict(request.scope, method=method))[0] == Match.FULL for route in routes)}
+    if "GET" in methods:
+        methods.add("HEAD")  # app.api.limits.HeadAsGet answers HEAD wherever GET is answered
+    return ", ".join(sorted(methods))
 
 
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:

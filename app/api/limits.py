@@ -91,10 +91,15 @@ class BodyLimit:
             await stalled(self.idle_s)(scope, receive, send)
 
 
+class _HeadAnswered(Exception):
+    """Raised into a HEAD's app from ``send`` once its headers are out: stops a streamed body nobody reads."""
+
+
 class HeadAsGet:
     """Answer ``HEAD`` as the route's ``GET`` without its body (FastAPI routes declare GET only, so HEAD was a
     405): the app sees a GET (same authentication and scope), the client gets its status and headers. A streamed
-    answer is still produced in full and dropped (the server sends no body for HEAD either way)."""
+    answer (an export, the event stream) is stopped at its first piece: the app's next ``send`` raises, so an
+    export is not produced in full and a job's event stream does not stay open until the job ends."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -110,11 +115,17 @@ class HeadAsGet:
             nonlocal ended
             if message["type"] != "http.response.body":
                 await send(message)
-            elif not message.get("more_body", False) and not ended:
+                return
+            if not ended:
                 ended = True
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if message.get("more_body", False):
+                raise _HeadAnswered
 
-        await self.app(dict(scope, method="GET"), receive, headers_only)
+        try:
+            await self.app(dict(scope, method="GET"), receive, headers_only)
+        except _HeadAnswered:
+            pass
 
 
 def install_request_guards(app, settings) -> None:

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 
-from app.api.auth import authenticate_alone, authenticate_in
+from app.api.auth import Principal, authenticate_alone, authenticate_in
 from app.db import SessionGate
 from app.errors import Forbidden, Overloaded, TooManyRequests, Unauthorized
 
@@ -70,19 +70,23 @@ def _key_error(request: Request) -> Exception | None:
 def _answer(request: Request, build: Callable[..., BaseModel], args: tuple[Any, ...]) -> bytes:
     """Authenticate, run ``build(session, principal, *args)`` and dump its model to JSON, in one read session;
     once more, in a new session, if the database had dropped the connection (the API's pool does not ping each
-    checkout, ``app.db.PoolOptions``): a read changes nothing, so repeating it is safe."""
+    checkout, ``app.db.PoolOptions``): a read changes nothing, so repeating it is safe. A caller authenticated
+    before the connection dropped is not authenticated again (the rate limit counts the request once)."""
+    principal: list[Principal] = []
     try:
-        return _answer_once(request, build, args)
+        return _answer_once(request, build, args, principal)
     except DBAPIError as exc:
         if not exc.connection_invalidated:
             raise
-    return _answer_once(request, build, args)
+    return _answer_once(request, build, args, principal)
 
 
-def _answer_once(request: Request, build: Callable[..., BaseModel], args: tuple[Any, ...]) -> bytes:
+def _answer_once(request: Request, build: Callable[..., BaseModel], args: tuple[Any, ...],
+                 principal: list[Principal]) -> bytes:
     with request.app.state.read_session_factory() as session:
-        principal = authenticate_in(request, session)
-        return build(session, principal, *args).model_dump_json().encode()
+        if not principal:
+            principal.append(authenticate_in(request, session))
+        return build(session, principal[0], *args).model_dump_json().encode()
 
 
 async def read_in_one_call(request: Request, build: Callable[..., BaseModel], *args: Any) -> Response:

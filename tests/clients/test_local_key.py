@@ -68,6 +68,8 @@ def test_the_cli_finds_the_embedded_key_from_any_folder(tmp_path):
     finally:
         service.terminate()
         service.wait(30)
+    assert service.returncode == 0
+    assert url not in json.loads((state / "services.json").read_text())  # a stopped service leaves no entry
 
 
 def test_the_registry_is_per_url_and_skips_a_missing_file(tmp_path, monkeypatch):
@@ -85,3 +87,17 @@ def test_the_registry_is_per_url_and_skips_a_missing_file(tmp_path, monkeypatch)
     monkeypatch.setenv("CLEARFT_STATE_DIR", str(key.with_name("a-file") / "below"))
     key.with_name("a-file").write_text("")
     assert local.register(["http://127.0.0.1:9001"], key) is None  # cannot write there: not an error
+
+
+def test_unregister_removes_only_the_entries_that_still_name_its_key_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLEARFT_STATE_DIR", str(tmp_path / "state"))
+    ours, theirs = tmp_path / "ours" / "api-key", tmp_path / "theirs" / "api-key"
+    for key in (ours, theirs):
+        key.parent.mkdir()
+        key.write_text("sk\n")
+    local.register(local.service_urls("127.0.0.1", 9001), ours)
+    local.register(["http://127.0.0.1:9002"], ours)
+    local.register(["http://localhost:9001"], theirs)  # another service took this spelling of the URL since
+    local.unregister(local.service_urls("127.0.0.1", 9001), ours)
+    assert json.loads(local.registry_path().read_text()) == {"http://localhost:9001": str(theirs.resolve()),
+                                                              "http://127.0.0.1:9002": str(ours.resolve())}

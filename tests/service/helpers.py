@@ -1,17 +1,20 @@
-"""Builders for test datasets and uploads."""
+"""Builders for test datasets and uploads, and a real server of an app in a thread."""
 
 from __future__ import annotations
 
 import io
 import threading
+import time
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import uvicorn
 
 from clear_core import TrainerCallback
 
 from tests.conftest import toy_texts
+from tests.service.outages import free_port
 
 
 def toy_frame(n: int = 60, *, num_classes: int = 3, noise: float = 0.2, seed: int = 0) -> pd.DataFrame:
@@ -102,3 +105,31 @@ class StepGate(TrainerCallback):
         if state.global_step == self.at:
             self.reached.set()
             assert self.release.wait(self.wait_s)
+
+
+class ServerThread:
+    """A real uvicorn server of ``app`` on 127.0.0.1 in a thread of this process (HTTP over a socket, uvicorn's
+    own event loop and thread pool), for as long as the ``with`` block lasts."""
+
+    def __init__(self, app) -> None:
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        """The server's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "ServerThread":
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)

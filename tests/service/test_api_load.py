@@ -13,44 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import psycopg
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import make_url
 
 from app.main import create_app
 from tests.service.conftest import TENANT_A, create_key
-from tests.service.helpers import toy_frame, upload_frame
-from tests.service.outages import free_port
+from tests.service.helpers import ServerThread, toy_frame, upload_frame
 
 CLIENTS = 64
-
-
-class ServerThread:
-    """A real uvicorn server of ``app`` on 127.0.0.1 in a thread of this process (HTTP over a socket, uvicorn's
-    own event loop and thread pool), for as long as the ``with`` block lasts."""
-
-    def __init__(self, app) -> None:
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        """The server's base URL."""
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> "ServerThread":
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
 
 
 def _pg_dsn(url: str) -> str:

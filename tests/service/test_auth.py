@@ -112,6 +112,27 @@ def test_refused_parameters_count_against_the_rate_limit(settings):
     assert statuses == [422, 422, 422, 429]
 
 
+def test_a_read_run_again_after_a_dropped_connection_counts_once_against_the_rate_limit(settings, monkeypatch):
+    from sqlalchemy.exc import DBAPIError
+
+    from app.api.routes import jobs as job_routes
+
+    limited = settings.model_copy(update={"rate_limit": "2/minute", "rate_limit_storage_url": "memory://"})
+    key = {"Authorization": f"Bearer {create_key(settings.database_url, 'acme', 'read')}"}
+    real, calls = job_routes._jobs_page, []
+
+    def dropped_once(session, principal, *args):  # the connection drops after the key was checked
+        calls.append(principal.tenant_id)
+        if len(calls) % 2:
+            raise DBAPIError("SELECT", {}, Exception("server closed the connection"), connection_invalidated=True)
+        return real(session, principal, *args)
+
+    monkeypatch.setattr(job_routes, "_jobs_page", dropped_once)
+    with TestClient(create_app(limited)) as client:
+        statuses = [client.get("/v1/jobs", headers=key).status_code for _ in range(3)]
+    assert statuses == [200, 200, 429] and calls == ["acme"] * 4
+
+
 def test_head_answers_as_get_without_a_body(settings, app_client, api_key):
     key = {"Authorization": f"Bearer {api_key}"}
     for path in ("/healthz", "/v1/jobs", "/v1/datasets", "/v1/jobs?limit=0"):
@@ -121,6 +142,16 @@ def test_head_answers_as_get_without_a_body(settings, app_client, api_key):
     assert app_client.head("/v1/jobs").status_code == 401  # the same key check as GET
     writer = {"Authorization": f"Bearer {create_key(settings.database_url, 'acme', 'write')}"}
     assert app_client.head("/v1/jobs", headers=writer).status_code == 403  # and the same scope: read
+
+
+def test_a_method_the_path_does_not_answer_gets_405_naming_every_method_it_does(app_client, api_key):
+    key = {"Authorization": f"Bearer {api_key}"}
+    for path, allowed in (("/v1/jobs", "GET, HEAD, POST"), ("/v1/jobs/job_x/cancel", "POST"),
+                          ("/healthz", "GET, HEAD")):
+        response = app_client.put(path, headers=key)
+        assert response.status_code == 405, (path, response.text)
+        assert response.headers["allow"] == allowed, path
+        assert response.json()["error"]["code"] == "method_not_allowed"
 
 
 def test_health_docs_and_static_files_need_no_key(app_client, auth):

@@ -7,10 +7,12 @@ import json
 import threading
 import time
 
+import httpx
+
 from app.db import session_factory
 from app.services.transitions import add_event, transition
 from tests.service.fake_results import make_finished_job
-from tests.service.helpers import toy_frame, upload_frame
+from tests.service.helpers import ServerThread, toy_frame, upload_frame
 
 
 def read_sse(client, job_id: str, **headers: str) -> list[dict]:
@@ -125,3 +127,20 @@ def test_odd_last_event_ids_and_cursors_are_422_not_500(client, settings):
     nan = client.get(f"/v1/jobs/{job_id}/noise-report", params={"cursor": base64.urlsafe_b64encode(
         b"[NaN, 1, 1]").decode()})
     assert nan.status_code == 422
+
+
+def test_head_on_a_jobs_stream_answers_at_once_and_frees_its_connection(client, settings, auth):
+    # HEAD runs as GET without a body (app.api.limits.HeadAsGet): on a real server, the stream of a job that does
+    # not end is stopped at its first piece, so the next request on the same keep-alive connection is answered
+    # (before, the server followed the stream until the job ended and that connection answered nothing more)
+    from app.main import create_app
+
+    dataset = upload_frame(client, toy_frame(30))
+    job_id = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "base_model": "tiny-bert"}).json()["id"]
+    with ServerThread(create_app(settings, enqueue=lambda _id: None)) as server, \
+            httpx.Client(base_url=server.url, headers=auth, timeout=10) as http:
+        head = http.head(f"/v1/jobs/{job_id}/events/stream")
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-type"].startswith("text/event-stream")
+        after = http.get(f"/v1/jobs/{job_id}")  # the same connection (httpx keeps it alive)
+        assert after.status_code == 200 and after.json()["status"] == "queued"
