@@ -41,7 +41,10 @@ from clear_core.model import cpu_has_native_bf16
 DEMO = dict(epochs=2, warmup_epochs=1, batch_size=16, max_length=48, learning_rate=2e-3)
 # today's code path: random batches, unmerged passes padded anew each time, fp32 on the CPU
 BEFORE = dict(length_bucketing=False, merge_for_pass=False, pass_cache_tokens=0, precision="fp32")
-VARIANTS = {"before": BEFORE, "after fp32": dict(precision="fp32"), "after": {}}
+# "after no-int8": the defaults without the int8 routing pass (pass_precision='auto' runs it on a CPU that trains in
+# fp32; clear_core.int8), to see what that pass alone pulls and whether the results stay the same
+VARIANTS = {"before": BEFORE, "after fp32": dict(precision="fp32"), "after": {},
+            "after no-int8": dict(pass_precision="same")}
 
 
 def lora_model(routed: bool, names: list[str], max_length: int, model_path) -> tuple[ClearModel, torch.optim.Optimizer]:
@@ -88,6 +91,7 @@ def components(texts: list[str], y: np.ndarray, names: list[str], *, max_length:
               "now (merged, reused)": dict(merge=True, cache=10**10)}
     if bf16:
         passes["now, bf16"] = dict(merge=True, cache=10**10, bf16=True)
+    passes["now, int8"] = dict(merge=True, cache=10**10, int8=True)  # pass_precision='auto' where training is fp32
     pass_batches = {name: PassBatches(tokens, pass_batch_size, max_cached_tokens=cfg["cache"])
                     for name, cfg in passes.items()}
     for pb in pass_batches.values():  # the reused variants pad once, before timing (as the trainer's 2nd+ pass)
@@ -112,7 +116,8 @@ def components(texts: list[str], y: np.ndarray, names: list[str], *, max_length:
         for name in (list(passes) if r % 2 == 0 else list(passes)[::-1]):
             cfg = passes[name]
             pass_times[name].append(_timed(lambda: routed.logits_for(pass_batches[name], merge=cfg["merge"],
-                                                                     autocast=cfg.get("bf16", False)), cpu))
+                                                                     autocast=cfg.get("bf16", False),
+                                                                     int8=cfg.get("int8", False)), cpu))
         routed.train()
     med = {k: float(np.median(v)) for k, v in {**epoch_times, **pass_times}.items()}
     today = med["today (unmerged, rebuilt)"]
@@ -129,6 +134,9 @@ def components(texts: list[str], y: np.ndarray, names: list[str], *, max_length:
     if bf16:
         ratios["now, CPU bf16 (precision='auto' here)"] = (
             (med["routed bucketed-bf16"] + med["now, bf16"]) / med["unrouted bucketed-bf16"])
+    else:  # fp32 training: pass_precision='auto' runs the routing pass on an int8 copy
+        ratios["now, int8 routing pass (pass_precision='auto' here)"] = (
+            (med["routed bucketed"] + med["now, int8"]) / med["unrouted bucketed"])
     return {"max_length": max_length, "rows": n, "batch_size": batch_size, "epoch_steps": epoch_steps,
             "steps_timed_per_epoch": int(take), "pass_batch_size": pass_batch_size,
             "padding": {o: padded_tokens(tokens.lengths, b) / int(tokens.lengths.sum()) for o, b in orders.items()},
@@ -141,6 +149,7 @@ def components(texts: list[str], y: np.ndarray, names: list[str], *, max_length:
                 **({"CPU bf16 autocast (routed bucketed epoch, fp32 / bf16)":
                     med["routed bucketed"] / med["routed bucketed-bf16"],
                     "CPU bf16 autocast (pass, fp32 / bf16)": now / med["now, bf16"]} if bf16 else {}),
+                "int8 routing pass (pass, fp32 merged reused / int8)": now / med["now, int8"],
                 "cadence: pass every 2nd epoch (epoch+pass ratio, every / every 2nd)":
                     ratios["now"] / ratios["now, pass every 2nd epoch"],
             }}

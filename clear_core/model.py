@@ -284,13 +284,15 @@ class ClearModel(nn.Module):
         """Deterministic inference: every gate set to the expected gate c or 1 (``ClearConfig.inference``)."""
         self.controller.set_constant(1.0 if self.gate_folded else self.clear_config.inference_gate)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits ``(B, K)`` for a batch of ``input_ids``/``attention_mask`` (``(B, T)``)."""
+    def forward(self, batch: dict[str, torch.Tensor], model: nn.Module | None = None) -> torch.Tensor:
+        """Logits ``(B, K)`` for a batch of ``input_ids``/``attention_mask`` (``(B, T)``), by ``model`` (default: this
+        model's own network; the int8 copy of a routing pass, ``clear_core.int8``)."""
+        model = self.model if model is None else model
         if self.input_names is not None:  # e.g. no token_type_ids to a decoder that rejects them
             batch = {k: v for k, v in batch.items() if k in self.input_names}
         if self.clear_config.method == "prefix":
-            return prefix_forward(self.model, batch)
-        return self.model(**batch).logits
+            return prefix_forward(model, batch)
+        return model(**batch).logits
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The parameters that training changes (PEFT parameters and head), detached."""
@@ -306,7 +308,7 @@ class ClearModel(nn.Module):
 
     @torch.inference_mode()
     def logits_for(self, tokens: "TokenizedTexts | PassBatches", *, batch_size: int = 128, autocast: bool = False,
-                   merge: bool = True) -> np.ndarray:
+                   merge: bool = True, int8: bool = False) -> np.ndarray:
         """Deterministic logits ``(N, K)`` float32 for tokenised rows, in row order; the training mode is restored.
 
         Args:
@@ -316,6 +318,9 @@ class ClearModel(nn.Module):
             autocast: run under bf16 autocast on the model's device (CUDA, or a CPU with native bf16).
             merge: fold LoRA / BitFit deltas into the frozen weights for the pass
                 (:func:`clear_core.merge.merged_deltas`; the weights are restored from a copy afterwards).
+            int8: on a CPU, run the pass on a dynamic int8 copy of the (merged) network
+                (:func:`clear_core.int8.int8_copy`; logits within a few hundredths of fp32); ignored elsewhere,
+                and where that copy cannot be made (then full precision). Not with ``autocast``.
         """
         from .batching import PassBatches
         from .merge import merged_deltas
@@ -330,10 +335,26 @@ class ClearModel(nn.Module):
         gate = self.controller.constant if merge else None
         try:
             with merged_deltas(self.model, gate):
-                for idx, batch in batches:
+                network = None
+                if int8 and device.type == "cpu" and not autocast:
+                    from .int8 import int8_copy
+
+                    network = int8_copy(self.model)
+                for n, (idx, batch) in enumerate(batches):
+                    inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                     with ctx:
-                        logits = self.forward({k: v.to(device, non_blocking=True) for k, v in batch.items()})
+                        try:
+                            logits = self.forward(inputs, model=network)
+                        except (AttributeError, RuntimeError, NotImplementedError, TypeError) as exc:
+                            if network is None or n:  # only an int8 copy that fails at once is given up
+                                raise
+                            from .int8 import fallback
+
+                            fallback(exc)
+                            network = None
+                            logits = self.forward(inputs)
                     out[idx] = logits.float().cpu().numpy()
+                del network
         finally:
             self.model.train(was_training)
         return out

@@ -173,6 +173,9 @@ class _Trainer:
             # (hidden 384) ran 1.6x faster, a test-sized model (hidden 32) 2x slower (bench/cost.py --suite training)
             self.autocast = training.precision == "bf16" or (
                 cpu_has_native_bf16() and hidden_size(self.model.model) >= CPU_BF16_MIN_HIDDEN)
+        # the routing pass on a dynamic int8 copy where the CPU trains in fp32 (clear_core.int8; BENCHMARKS.md 8.2)
+        self.routing_int8 = self.device.type == "cpu" and (
+            training.pass_precision == "int8" or (training.pass_precision == "auto" and not self.autocast))
         max_positions = getattr(self.model.model.config, "max_position_embeddings", None)
         if max_positions is not None and training.max_length > max_positions:
             raise ValueError(
@@ -274,7 +277,7 @@ class _Trainer:
         needs_pass = (self.clear.routed and self._post_warmup(e)
                       and (e - self.clear.warmup_epochs) % self.clear.pass_every_epochs == 0)
         if needs_pass and (not self.estimator.epochs or self.estimator.epochs[-1] != e):
-            _, held = self._clean_pass(e)
+            _, held = self._clean_pass(e, routing=True)
             if self.estimator.summed == 1:  # the first pass after training began: has warm-up taught anything?
                 check = self.estimator.learning_check(held)
                 if not check.reliable:
@@ -347,14 +350,17 @@ class _Trainer:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
 
-    def _logits(self, batches: PassBatches | None) -> np.ndarray | None:
+    def _logits(self, batches: PassBatches | None, int8: bool = False) -> np.ndarray | None:
         if batches is None:
             return None
-        return self.model.logits_for(batches, autocast=self.autocast, merge=self.cfg.merge_for_pass)
+        return self.model.logits_for(batches, autocast=self.autocast, merge=self.cfg.merge_for_pass,
+                                     int8=int8 and self.routing_int8)
 
-    def _clean_pass(self, epoch: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """One no-grad pass over the training and held-out rows, fed to the estimator; returns both logits."""
-        logits, held = self._logits(self.train_pass), self._held_logits()
+    def _clean_pass(self, epoch: int, routing: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """One no-grad pass over the training and held-out rows, fed to the estimator; returns both logits. A
+        ``routing`` pass (before a routed epoch) may run the training rows on an int8 copy (``routing_int8``);
+        the held-out rows and the final pass never do."""
+        logits, held = self._logits(self.train_pass, int8=routing), self._held_logits()
         self.estimator.update(logits, epoch, held)
         self.model.train()
         return logits, held

@@ -172,3 +172,53 @@ def test_pass_cadence_skips_the_passes_between(tiny_model_dir):
         ClearConfig(pass_every_epochs=0)
     with pytest.raises(ValueError, match="needs routed=true"):
         ClearConfig(pass_every_epochs=2, routed=False)
+
+
+@pytest.mark.parametrize("method", ["lora", "bitfit", "adapter", "prefix", "full"])
+@pytest.mark.parametrize("merge", [True, False])
+def test_the_int8_pass_is_close_to_full_precision_and_leaves_the_model_alone(tiny_model_dir, method, merge):
+    # clear_core.int8: a dynamic int8 copy of the (merged) network runs the pass; the model's own weights stay
+    model = _build(tiny_model_dir, method, True)
+    _perturb(model)
+    before = {k: v.detach().clone() for k, v in model.model.state_dict().items()}
+    texts, _ = toy_texts(60, seed=3)
+    batches = PassBatches(TokenizedTexts(model.tokenizer, texts, None, 32), 16, max_cached_tokens=10**6)
+    exact, int8 = model.logits_for(batches, merge=merge), model.logits_for(batches, merge=merge, int8=True)
+    assert not np.array_equal(int8, exact)  # it did run quantised
+    scale = np.abs(exact).max()
+    np.testing.assert_allclose(int8, exact, atol=0.15 * scale)  # a tiny model (hidden 32) with random weights
+    assert np.mean(int8.argmax(1) == exact.argmax(1)) >= 0.9
+    for k, v in model.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    np.testing.assert_array_equal(model.logits_for(batches, merge=merge), exact)
+
+
+def test_without_dynamic_quantisation_the_int8_pass_is_the_full_precision_one(tiny_model_dir, monkeypatch, caplog):
+    model = _build(tiny_model_dir, "lora", True)
+    _perturb(model)
+    texts, _ = toy_texts(30, seed=3)
+    batches = PassBatches(TokenizedTexts(model.tokenizer, texts, None, 32), 16, max_cached_tokens=10**6)
+    exact = model.logits_for(batches)
+    monkeypatch.delattr(torch.ao.quantization, "quantize_dynamic")
+    monkeypatch.setattr("clear_core.int8._warned", [])
+    with caplog.at_level("WARNING", logger="clear_core.int8"):
+        np.testing.assert_array_equal(model.logits_for(batches, int8=True), exact)
+    assert "runs in full precision" in caplog.text
+
+
+@pytest.mark.parametrize("pass_precision, copies", [("int8", 2), ("same", 0)])
+def test_only_the_routing_passes_run_int8(tiny_model_dir, monkeypatch, pass_precision, copies):
+    # epochs 3, warm-up 1: a routing pass before epochs 2 and 3; the final pass (the report) is never quantised
+    import clear_core.int8 as int8
+
+    made = []
+    real = int8.int8_copy
+    monkeypatch.setattr(int8, "int8_copy", lambda model: made.append(1) or real(model))
+    texts, labels = toy_texts(48, seed=5)
+    result = train(TextClassificationData(texts, labels.tolist()), clear=ClearConfig(warmup_epochs=1),
+                   training=TrainingConfig(epochs=3, batch_size=16, max_length=32, seed=0, precision="fp32",
+                                           pass_precision=pass_precision),
+                   model_path=tiny_model_dir)
+    assert len(made) == copies and result.report is not None
+    with pytest.raises(ValueError, match="pass_precision"):
+        TrainingConfig(pass_precision="int4")
