@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from app.api.limits import MULTIPART_SLACK
-from app.errors import PayloadTooLarge
+from app.errors import InvalidInput, PayloadTooLarge
 from app.services.quotas import upload_too_large
 from app.services.uploads import StoredUpload, process_folder
 
@@ -138,7 +138,8 @@ class ScratchFile:
 
 
 class _OverLimit(MultiPartException):
-    """A file part grew past the tenant's upload quota while it arrived; carries the service's error."""
+    """A form the parser stops reading (a file part past the tenant's upload quota, a second part named
+    ``file``); carries the service's error."""
 
     def __init__(self, error: Exception) -> None:
         super().__init__(str(error))
@@ -166,11 +167,19 @@ class ScratchMultiPartParser(MultiPartParser):
         super().__init__(*args, **kwargs)
         self.directory = directory
         self.file_limit, self.over_limit = file_limit, over_limit
+        self._file_parts = 0
 
     def on_headers_finished(self) -> None:
-        """As Starlette's, but a file part's ``UploadFile`` is backed by a ``ScratchFile``."""
+        """As Starlette's, but a file part's ``UploadFile`` is backed by a ``ScratchFile``; a second part named
+        ``file`` (a file or a text field) stops the parse with a 422: both upload routes take exactly one file,
+        and which part was meant is not ours to guess (FastAPI would take the last one)."""
         super().on_headers_finished()
         part = self._current_part
+        if part.field_name == "file":
+            if self._file_parts:
+                raise _OverLimit(InvalidInput("the form has more than one part named 'file': send exactly one file "
+                                              "per request", param="file"))
+            self._file_parts += 1
         if part.file is not None:
             spooled = self._files_to_close_on_error.pop()  # the SpooledTemporaryFile Starlette made: unused
             spooled.close()

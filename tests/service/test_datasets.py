@@ -62,9 +62,15 @@ def test_two_file_parts_are_refused_and_nothing_is_stored(client, settings):
     response = client.post("/v1/datasets", files=[("file", ("a.csv", first, "text/csv")),
                                                   ("file", ("b.csv", second, "text/csv"))])
     error = _error(response)
-    assert error["param"] == "file" and "2 parts named 'file'" in error["message"]
+    assert error["param"] == "file" and "more than one part named 'file'" in error["message"]
+    # a file and a text field both named 'file', in either order: the same answer (the last one used to decide)
+    for fields in ([("file", ("a.csv", first, "text/csv")), ("file", (None, b"hello"))],
+                   [("file", (None, b"hello")), ("file", ("a.csv", first, "text/csv"))]):
+        error = _error(client.post("/v1/datasets", files=fields))
+        assert error["param"] == "file" and "more than one part named 'file'" in error["message"], fields
     assert table_counts(settings.database_url)["dataset_rows"] == 0
     assert client.get("/v1/datasets").json()["count"] == 0
+    assert not [p for p in settings.scratch("uploads").rglob("upload-*")]  # nothing spooled is left
 
 
 def test_an_unterminated_quote_names_its_row_and_the_line_it_starts_on(client):
