@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -41,12 +42,12 @@ def migrate(settings: Settings) -> None:
     command.upgrade(config, "head")
 
 
-def _children(settings: Settings, host: str, port: int, worker: bool) -> list[subprocess.Popen]:
+def _children(settings: Settings, listening: socket.socket, worker: bool) -> list[subprocess.Popen]:
     env = dict(os.environ, CLEAR_DATA_DIR=str(settings.data_dir.resolve()), CLEAR_DATABASE_URL=settings.database_url,
                CLEAR_BROKER_URL=settings.broker_url, CLEAR_ARTIFACT_URL=settings.artifact_url)
-    api = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", host, "--port", str(port),
-           "--log-level", "warning"]
-    procs = [subprocess.Popen(api, env=env, cwd=ROOT)]
+    fd = listening.fileno()  # the API serves on serve's own bound socket
+    api = [sys.executable, "-m", "uvicorn", "app.main:app", "--fd", str(fd), "--log-level", "warning"]
+    procs = [subprocess.Popen(api, env=env, cwd=ROOT, pass_fds=(fd,))]
     if worker:
         celery = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--concurrency", "1",
                   "--queues", "jobs", "--loglevel", "WARNING", "--without-gossip", "--without-mingle"]
@@ -88,18 +89,21 @@ def ensure_local_key(settings: Settings) -> tuple[str | None, Path]:
     return new.key, path
 
 
-def port_free(host: str, port: int) -> bool:
-    """Whether a server could listen on ``host``:``port`` now (a bind with ``SO_REUSEADDR``, as uvicorn's)."""
-    import socket
-
+def listen_on(host: str, port: int) -> socket.socket | None:
+    """A socket bound to ``host``:``port`` and listening (``SO_REUSEADDR``, as uvicorn binds), or None when the port
+    is taken. ``serve`` binds it before it makes anything and hands it to the API process (``uvicorn --fd``), so
+    no other server can take the port while the service starts and whatever answers on it is this service's API."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-    return True
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        return None
+    sock.set_inheritable(True)
+    return sock
 
 
 def _answers(host: str, port: int) -> bool:
@@ -120,10 +124,20 @@ def serve(settings: Settings, host: str, port: int, worker: bool = True, stop_ti
     at once); the embedded mode migrates first and makes the local tenant's key at first start. Returns the exit
     status: 0 when stopped by a signal, 1 when a child ended by itself or the port is taken (then nothing is started).
     The service is announced, and its key registered for ``clearft`` (embedded mode), once the API answers."""
-    if not port_free(host, port):  # before anything is made: a data folder, a database, a key
+    listening = listen_on(host, port)  # before anything is made (a data folder, a database, a key), and held
+    if listening is None:
         print(f"port {port} on {host} is in use (another service?): stop it or start with another --port",
               file=sys.stderr, flush=True)
         return 1
+    try:
+        return _serve(settings, host, port, listening, worker, stop_timeout)
+    finally:
+        listening.close()
+
+
+def _serve(settings: Settings, host: str, port: int, listening: socket.socket, worker: bool,
+           stop_timeout: float) -> int:
+    """``serve`` once its port is bound (``listening``)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.is_embedded:
         migrate(settings)
@@ -132,7 +146,7 @@ def serve(settings: Settings, host: str, port: int, worker: bool = True, stop_ti
             print(f"API key of the local tenant (shown once; also in {path}):\n    {key}", flush=True)
         else:
             print(f"API key of the local tenant: in {path}", flush=True)
-    procs = _children(settings, host, port, worker)
+    procs = _children(settings, listening, worker)
     stopping: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _frame: stopping.append(signum))

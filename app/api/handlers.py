@@ -11,7 +11,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import Match, Mount
+from starlette.staticfiles import StaticFiles
 
 from app.errors import (Conflict, Forbidden, InvalidInput, NotFound, Overloaded, PayloadTooLarge, ServiceError,
                         TooManyRequests, Unauthorized, Unavailable)
@@ -149,9 +150,15 @@ def allowed_methods(request: Request) -> str:
     path, sorted, comma-separated (e.g. ``"GET, HEAD, POST"``). Starlette's own header names only the first
     route that matched the path, and FastAPI makes one route per method: each method is matched against the
     app's routes in turn."""
-    routes = request.app.router.routes
+    # matched from the app's root: a mount (the dashboard's static files) hands its app a scope whose root_path
+    # includes the mount's path
+    scope = dict(request.scope, root_path=request.scope.get("app_root_path", request.scope.get("root_path", "")))
+    routes = [r for r in request.app.router.routes if not isinstance(r, Mount)]  # a mount matches every method
     methods = {method for method in ("DELETE", "GET", "PATCH", "POST", "PUT")
-               if any(route.matches(dict(request.scope, method=method))[0] == Match.FULL for route in routes)}
+               if any(route.matches(dict(scope, method=method))[0] == Match.FULL for route in routes)}
+    for mount in request.app.router.routes:
+        if isinstance(mount, Mount) and isinstance(mount.app, StaticFiles) and mount.matches(scope)[0] == Match.FULL:
+            methods.add("GET")  # StaticFiles answers GET and HEAD only
     if "GET" in methods:
         methods.add("HEAD")  # app.api.limits.HeadAsGet answers HEAD wherever GET is answered
     return ", ".join(sorted(methods))

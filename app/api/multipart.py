@@ -167,19 +167,24 @@ class ScratchMultiPartParser(MultiPartParser):
         super().__init__(*args, **kwargs)
         self.directory = directory
         self.file_limit, self.over_limit = file_limit, over_limit
-        self._file_parts = 0
+        self._names: set[str] = set()
 
     def on_headers_finished(self) -> None:
-        """As Starlette's, but a file part's ``UploadFile`` is backed by a ``ScratchFile``; a second part named
-        ``file`` (a file or a text field) stops the parse with a 422: both upload routes take exactly one file,
-        and which part was meant is not ours to guess (FastAPI would take the last one)."""
+        """As Starlette's, but a file part's ``UploadFile`` is backed by a ``ScratchFile``. A 422 stops the parse at
+        a second part of any name (FastAPI would silently take the last one: which was meant is not ours to guess)
+        and at a ``file`` part that is a text field (both upload routes take exactly one file, named ``file``)."""
         super().on_headers_finished()
         part = self._current_part
-        if part.field_name == "file":
-            if self._file_parts:
+        name = part.field_name
+        if name in self._names:
+            if name == "file":
                 raise _OverLimit(InvalidInput("the form has more than one part named 'file': send exactly one file "
                                               "per request", param="file"))
-            self._file_parts += 1
+            raise _OverLimit(InvalidInput(f"form field {name!r} is given more than once: give it once", param=name))
+        self._names.add(name)
+        if name == "file" and part.file is None:
+            raise _OverLimit(InvalidInput("the form field 'file' must be a file (CSV, JSONL or Parquet), sent with "
+                                          "a file name: curl -F file=@data.csv", param="file"))
         if part.file is not None:
             spooled = self._files_to_close_on_error.pop()  # the SpooledTemporaryFile Starlette made: unused
             spooled.close()

@@ -128,10 +128,16 @@ def _csv_header(fh) -> list[str]:
 def _csv_chunks(path: Path, max_uncompressed: int, chunk_rows: int) -> Iterator[pd.DataFrame]:
     try:
         with open_binary(path, max_uncompressed) as fh:
-            check_unique_names(_csv_header(fh), "the CSV header")
+            header = _csv_header(fh)
+            check_unique_names(header, "the CSV header")
         with open_binary(path, max_uncompressed) as fh:
-            yield from pd.read_csv(fh, dtype=str, keep_default_na=False, na_filter=False, chunksize=chunk_rows,
-                                   encoding="utf-8-sig")
+            for chunk in pd.read_csv(fh, dtype=str, keep_default_na=False, na_filter=False, chunksize=chunk_rows,
+                                     encoding="utf-8-sig"):
+                # a first data row with more fields than the header makes pandas take the first column for the
+                # row index (its values vanish, the other columns shift): refused, as Arrow refuses it
+                if not isinstance(chunk.index, pd.RangeIndex):
+                    raise _longer_than_header(path, max_uncompressed, len(header))
+                yield chunk
     except UnicodeDecodeError:
         raise _bad_encoding(path, max_uncompressed) from None
     except pd.errors.EmptyDataError:
@@ -152,6 +158,33 @@ def _csv_error_rows(message: str, path: Path, max_uncompressed: int) -> list[dic
         line = _line_of_record(path, max_uncompressed, record)
         return [detail if line is None else {**detail, "line": line}]
     return None
+
+
+def _longer_than_header(path: Path, max_uncompressed: int, width: int) -> InvalidInput:
+    """The ``parse_error`` of a CSV whose first data row has more fields than its ``width``-name header, naming
+    that row and its line (found with Python's ``csv`` module, on this error path only)."""
+    row = line = fields = None
+    try:
+        with open_binary(path, max_uncompressed) as fh:
+            reader = csv.reader(io.TextIOWrapper(fh, encoding="utf-8-sig", newline=""))
+            next(reader)
+            for index, record in enumerate(reader):
+                if len(record) > width:
+                    row, line, fields = index, reader.line_num - record_lines(record) + 1, len(record)
+                    break
+    except (StopIteration, csv.Error, UnicodeDecodeError, ValueError, OSError):
+        pass
+    where = f"row {row} (line {line}) has {fields} fields" if row is not None else "a data row has more fields"
+    message = f"{where} but the header has {width}: give every row as many fields as the header names"
+    details = None if row is None else [{"row": row, "line": line, "code": "parse_error", "column": None,
+                                         "message": message}]
+    return InvalidInput(f"the CSV file cannot be parsed: {message}", param="file", code="parse_error",
+                        details=details)
+
+
+def record_lines(record: list[str]) -> int:
+    """How many lines a parsed CSV record spanned (1 plus the line breaks inside its quoted fields)."""
+    return 1 + sum(field.count("\n") for field in record)
 
 
 def _line_of_record(path: Path, max_uncompressed: int, record: int) -> int | None:

@@ -15,12 +15,15 @@ measured on issue 13's ingest benchmark, that capture cost about as much as the 
 - The setting is transaction-local (``set_config(..., true)``): it ends with the transaction and is undone
   when the savepoint that set it is rolled back; the cascade trigger on ``datasets`` (0008's) now also
   clears it, so a dataset deleted after it was trusted is not trusted for later rows.
-- Updates keep 0008's statement trigger (dataset ids are never updated by the service).
+- Updates of ``dataset_rows`` keep 0008's statement trigger. A dataset's id cannot change while rows name it
+  (as a foreign key's default ``ON UPDATE NO ACTION`` refused it, which 0008 had lost): an update of
+  ``datasets.id`` raises ``foreign_key_violation``, and ends any trust, on both databases. The service never
+  changes dataset ids.
 
 The setting is a guard against the service's own mistakes, not against a database user: a role that can
 insert into ``dataset_rows`` and set the setting by hand can store rows of a missing dataset (they stay
-invisible, as every read goes through ``datasets``). SQLite keeps 0008's row triggers (cheap there).
-Downgrading restores 0008's insert trigger.
+invisible, as every read goes through ``datasets``). SQLite keeps 0008's row triggers (cheap there) and gets
+the id guard. Downgrading restores 0008's insert trigger.
 
 Revision ID: 0009
 Revises: 0008
@@ -58,6 +61,18 @@ END $$""",
     f"""CREATE TRIGGER dataset_rows_check_row AFTER INSERT ON dataset_rows FOR EACH ROW
     WHEN (NEW.dataset_id IS DISTINCT FROM current_setting('{SETTING}', true))
     EXECUTE FUNCTION dataset_rows_check_row()""",
+    f"""CREATE FUNCTION datasets_keep_id() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM set_config('{SETTING}', '', true);
+    IF EXISTS (SELECT 1 FROM dataset_rows WHERE dataset_id = OLD.id) THEN
+        RAISE EXCEPTION 'update on table "datasets" violates its reference from "dataset_rows"'
+            USING ERRCODE = 'foreign_key_violation', DETAIL = format('Key (id)=(%s) is still referenced from '
+                                                                     'table "dataset_rows".', OLD.id);
+    END IF;
+    RETURN NULL;
+END $$""",
+    """CREATE TRIGGER datasets_keep_id AFTER UPDATE OF id ON datasets FOR EACH ROW
+    WHEN (OLD.id IS DISTINCT FROM NEW.id) EXECUTE FUNCTION datasets_keep_id()""",
     f"""CREATE OR REPLACE FUNCTION datasets_delete_rows() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM set_config('{SETTING}', '', true);
@@ -66,6 +81,8 @@ BEGIN
 END $$""",
 ]
 PG_DOWN = [
+    "DROP TRIGGER IF EXISTS datasets_keep_id ON datasets",
+    "DROP FUNCTION IF EXISTS datasets_keep_id()",
     "DROP TRIGGER IF EXISTS dataset_rows_check_row ON dataset_rows",
     "DROP FUNCTION IF EXISTS dataset_rows_check_row()",
     "DROP FUNCTION IF EXISTS dataset_rows_trust(text)",
@@ -79,15 +96,21 @@ END $$""",
 ]
 
 
+SQLITE_UP = ["""CREATE TRIGGER datasets_keep_id BEFORE UPDATE OF id ON datasets
+    WHEN OLD.id IS NOT NEW.id AND EXISTS (SELECT 1 FROM dataset_rows WHERE dataset_id = OLD.id)
+    BEGIN SELECT RAISE(ABORT, 'FOREIGN KEY constraint failed'); END"""]
+SQLITE_DOWN = ["DROP TRIGGER IF EXISTS datasets_keep_id"]
+
+
 def upgrade() -> None:
-    """Apply this revision (Postgres only; nothing changes on SQLite)."""
-    if op.get_bind().dialect.name == "postgresql":
-        for statement in PG_UP:
-            op.execute(statement)
+    """Apply this revision (on SQLite only the guard of a dataset's id)."""
+    postgres = op.get_bind().dialect.name == "postgresql"
+    for statement in PG_UP if postgres else SQLITE_UP:
+        op.execute(statement)
 
 
 def downgrade() -> None:
-    """Revert this revision (Postgres only)."""
-    if op.get_bind().dialect.name == "postgresql":
-        for statement in PG_DOWN:
-            op.execute(statement)
+    """Revert this revision."""
+    postgres = op.get_bind().dialect.name == "postgresql"
+    for statement in PG_DOWN if postgres else SQLITE_DOWN:
+        op.execute(statement)

@@ -134,6 +134,13 @@ def cases() -> dict[str, Case]:
         "ragged_row_too_many_fields": Case(csv(with_row(4, "x", "a", "extra")), code="parse_error",
                                            rows=[(4, "parse_error")]),
         "ragged_row_too_few_fields": Case(csv(with_row(5, "only text")), rows=[(5, "missing_label")]),
+        # pandas would take the first column for an index: the values of 'text' silently became the ids' (found by a
+        # fresh user): every row one field too many, or only the first
+        "every_row_one_field_too_many": Case(csv([(str(i), t, y) for i, (t, y) in enumerate(rows())]),
+                                             code="parse_error", rows=[(0, "parse_error")], exact=True,
+                                             message="row 0 (line 2) has 3 fields but the header has 2"),
+        "first_row_one_field_too_many": Case(csv(with_row(0, "x", "a", "extra")), code="parse_error",
+                                             rows=[(0, "parse_error")], exact=True, message="has 3 fields"),
         "unterminated_quote": Case(csv(with_row(6, '"never closed', "a")), code="parse_error",
                                    rows=[(6, "parse_error")]),
         "embedded_newline_then_ragged_row": Case(csv(with_row(1, '"two\nlines"', "a") + [("x", "b", "extra")]),

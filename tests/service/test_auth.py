@@ -147,7 +147,7 @@ def test_head_answers_as_get_without_a_body(settings, app_client, api_key):
 def test_a_method_the_path_does_not_answer_gets_405_naming_every_method_it_does(app_client, api_key):
     key = {"Authorization": f"Bearer {api_key}"}
     for path, allowed in (("/v1/jobs", "GET, HEAD, POST"), ("/v1/jobs/job_x/cancel", "POST"),
-                          ("/healthz", "GET, HEAD")):
+                          ("/healthz", "GET, HEAD"), ("/ui/static/dashboard.css", "GET, HEAD")):
         response = app_client.put(path, headers=key)
         assert response.status_code == 405, (path, response.text)
         assert response.headers["allow"] == allowed, path

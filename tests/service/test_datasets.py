@@ -63,14 +63,25 @@ def test_two_file_parts_are_refused_and_nothing_is_stored(client, settings):
                                                   ("file", ("b.csv", second, "text/csv"))])
     error = _error(response)
     assert error["param"] == "file" and "more than one part named 'file'" in error["message"]
-    # a file and a text field both named 'file', in either order: the same answer (the last one used to decide)
-    for fields in ([("file", ("a.csv", first, "text/csv")), ("file", (None, b"hello"))],
-                   [("file", (None, b"hello")), ("file", ("a.csv", first, "text/csv"))]):
+    # a file and a text field both named 'file', in either order: the service's own 422 (pydantic's "Expected
+    # UploadFile" answered when the text came last), at the first part that is wrong
+    for fields, says in (([("file", ("a.csv", first, "text/csv")), ("file", (None, b"hello"))], "more than one part"),
+                         ([("file", (None, b"hello")), ("file", ("a.csv", first, "text/csv"))], "must be a file")):
         error = _error(client.post("/v1/datasets", files=fields))
-        assert error["param"] == "file" and "more than one part named 'file'" in error["message"], fields
+        assert error["param"] == "file" and says in error["message"], (fields, error)
     assert table_counts(settings.database_url)["dataset_rows"] == 0
     assert client.get("/v1/datasets").json()["count"] == 0
     assert not [p for p in settings.scratch("uploads").rglob("upload-*")]  # nothing spooled is left
+
+
+def test_a_text_field_named_file_or_a_field_given_twice_is_a_422_saying_so(client, settings):
+    content = toy_frame(30).to_csv(index=False).encode()
+    error = _error(client.post("/v1/datasets", files=[("file", (None, b"hello"))]))
+    assert error["param"] == "file" and "must be a file" in error["message"] and "Expected" not in error["message"]
+    twice = [("id_column", (None, b"id")), ("id_column", (None, b"text")), ("file", ("a.csv", content, "text/csv"))]
+    error = _error(client.post("/v1/datasets", files=twice))
+    assert error["param"] == "id_column" and "given more than once" in error["message"]
+    assert client.get("/v1/datasets").json()["count"] == 0
 
 
 def test_an_unterminated_quote_names_its_row_and_the_line_it_starts_on(client):

@@ -303,6 +303,9 @@ def test_dataset_rows_still_need_their_dataset_and_go_with_it(settings, tmp_path
             conn.execute(text(row.format("ds_undone", 0)))
             nested.rollback()
             conn.execute(text(row.format("ds_undone", 1)))
+    with pytest.raises(IntegrityError):  # a dataset's id cannot change under its rows (0009, as a foreign key)
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE datasets SET id = 'ds_moved' WHERE id = 'ds_kept'"))
     with engine.begin() as conn:  # rows of two datasets interleaved: each checked, all stored
         conn.execute(text(_dataset_sql("ds_other")))
         for i in range(3, 6):
@@ -348,6 +351,11 @@ def test_a_trusted_dataset_is_checked_and_locked_once_and_trust_ends_with_it(set
         trust_dataset_rows(session, "ds_undone")
         savepoint.rollback()
         session.execute(text(row.format("ds_undone", 0)))
+    with sessions() as session, pytest.raises(IntegrityError):  # renaming a trusted dataset ends the trust
+        session.execute(text(_dataset_sql("ds_renamed")))
+        trust_dataset_rows(session, "ds_renamed")
+        session.execute(text("UPDATE datasets SET id = 'ds_elsewhere' WHERE id = 'ds_renamed'"))
+        session.execute(text(row.format("ds_renamed", 0)))
     with sessions() as session:  # the lock: a delete of a dataset whose rows are being stored waits
         trust_dataset_rows(session, "ds_a")
         with engine.connect() as other:

@@ -401,6 +401,44 @@ def test_serve_on_a_taken_port_starts_nothing_and_registers_nothing(tmp_path):
     assert not (tmp_path / "var").exists() and "API key" not in done.stdout  # no database, no key made
 
 
+def test_two_serves_started_together_leave_one_service_and_its_own_registry_entry(tmp_path):
+    """serve binds its port before it makes anything and hands that socket to its API (uvicorn --fd): of two serves
+    started a moment apart on one port, one runs and the other is refused before it makes a data folder, and the
+    registry names the one that runs. Before, the second one passed its port check while the first was still
+    migrating, took the first's answering API for its own and registered its own key for that URL."""
+    import json
+
+    port = free_port()
+    command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--no-worker"]
+    homes = [tmp_path / "one", tmp_path / "two"]
+    procs = []
+    try:
+        for home in homes:
+            procs.append(subprocess.Popen(command, cwd=ROOT, env=dict(_serve_env(tmp_path), CLEAR_DATA_DIR=str(home)),
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+            time.sleep(0.3)
+        deadline = time.monotonic() + 90
+        while all(p.poll() is None for p in procs):
+            assert time.monotonic() < deadline, "neither serve was refused"
+            time.sleep(0.1)
+        [loser] = [i for i, p in enumerate(procs) if p.poll() is not None]
+        survivor = 1 - loser
+        assert procs[loser].returncode == 1 and "is in use" in procs[loser].stdout.read()
+        assert not homes[loser].exists()  # refused before it made anything
+        registry = tmp_path / "state" / "services.json"
+        while not (registry.exists() and json.loads(registry.read_text())):
+            assert procs[survivor].poll() is None and time.monotonic() < deadline, procs[survivor].stdout.read()
+            time.sleep(0.1)
+        assert json.loads(registry.read_text())[f"http://127.0.0.1:{port}"] == str((homes[survivor] / "api-key"
+                                                                                     ).resolve())
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(60)
+    assert json.loads((tmp_path / "state" / "services.json").read_text()) == {}
+
+
 def test_serve_says_which_child_died_and_exits_1(tmp_path):
     """The API dies at start (its scratch folder is a file, so its start-up fails): serve says which child exited,
     with its status, and exits 1, without announcing or registering a service that never answered."""
