@@ -30,6 +30,12 @@ logger = logging.getLogger(__name__)
 _warned: list[bool] = []
 
 
+def available() -> bool:
+    """Whether this PyTorch can make the int8 copy on the CPU (``quantize_dynamic`` and an x86 / fbgemm engine)."""
+    quantize = getattr(getattr(getattr(torch, "ao", None), "quantization", None), "quantize_dynamic", None)
+    return quantize is not None and bool({"x86", "fbgemm"} & set(torch.backends.quantized.supported_engines))
+
+
 def int8_copy(model: nn.Module) -> nn.Module | None:
     """A deep copy of ``model`` in eval mode whose ``nn.Linear`` layers are dynamic int8, for a no-grad CPU pass;
     None (logged once) where PyTorch has no dynamic quantisation or no int8 CPU engine. Call it inside
@@ -37,11 +43,10 @@ def int8_copy(model: nn.Module) -> nn.Module | None:
 
     Memory: about a quarter of the Linear weights plus every other parameter, for as long as the copy lives.
     """
-    quantize = getattr(getattr(torch, "ao", None), "quantization", None)
-    quantize = getattr(quantize, "quantize_dynamic", None)
-    if quantize is None or not {"x86", "fbgemm"} & set(torch.backends.quantized.supported_engines):
+    if not available():
         _warn_once("this PyTorch has no dynamic int8 quantisation on the CPU: the routing pass runs in full precision")
         return None
+    quantize = torch.ao.quantization.quantize_dynamic
     qconfig = torch.ao.quantization.default_dynamic_qconfig
     # every plain Linear but a LoRA branch's (peft reads lora_A.weight.dtype; merged, the branch is not run at all)
     spec = {name: qconfig for name, module in model.named_modules()

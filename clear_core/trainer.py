@@ -174,7 +174,9 @@ class _Trainer:
             self.autocast = training.precision == "bf16" or (
                 cpu_has_native_bf16() and hidden_size(self.model.model) >= CPU_BF16_MIN_HIDDEN)
         # the routing pass on a dynamic int8 copy where the CPU trains in fp32 (clear_core.int8; BENCHMARKS.md 8.2)
-        self.routing_int8 = self.device.type == "cpu" and (
+        from .int8 import available as int8_available
+
+        self.routing_int8 = self.device.type == "cpu" and int8_available() and (
             training.pass_precision == "int8" or (training.pass_precision == "auto" and not self.autocast))
         max_positions = getattr(self.model.model.config, "max_position_embeddings", None)
         if max_positions is not None and training.max_length > max_positions:
@@ -404,6 +406,8 @@ class _Trainer:
         out: dict[str, Any] = {"estimated_noise_rate": summary["estimated_noise_rate"],
                                "report_reliable": summary["reliability"]["reliable"],
                                "flagged_fraction": summary["flagged_fraction"]}
+        if self.clear.routed:  # how the routing passes ran (training.pass_precision; the final pass: as training)
+            out["routing_pass_precision"] = "int8" if self.routing_int8 else "bf16" if self.autocast else "fp32"
         if self.gold is None:
             return out
         from .metrics import classification_metrics, detection_metrics

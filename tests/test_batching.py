@@ -204,6 +204,11 @@ def test_without_dynamic_quantisation_the_int8_pass_is_the_full_precision_one(ti
     with caplog.at_level("WARNING", logger="clear_core.int8"):
         np.testing.assert_array_equal(model.logits_for(batches, int8=True), exact)
     assert "runs in full precision" in caplog.text
+    texts, labels = toy_texts(32, seed=5)  # and a run says its routing pass ran in full precision
+    result = train(TextClassificationData(texts, labels.tolist()), clear=ClearConfig(warmup_epochs=1),
+                   training=TrainingConfig(epochs=2, batch_size=16, max_length=32, precision="fp32",
+                                           pass_precision="int8"), model_path=tiny_model_dir)
+    assert result.metrics["routing_pass_precision"] == "fp32"
 
 
 @pytest.mark.parametrize("pass_precision, copies", [("int8", 2), ("same", 0)])
@@ -220,5 +225,6 @@ def test_only_the_routing_passes_run_int8(tiny_model_dir, monkeypatch, pass_prec
                                            pass_precision=pass_precision),
                    model_path=tiny_model_dir)
     assert len(made) == copies and result.report is not None
+    assert result.metrics["routing_pass_precision"] == ("int8" if copies else "fp32")
     with pytest.raises(ValueError, match="pass_precision"):
         TrainingConfig(pass_precision="int4")
