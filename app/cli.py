@@ -110,7 +110,7 @@ def _answers(host: str, port: int) -> bool:
     """Whether the API on ``port`` answers ``/healthz`` (on 127.0.0.1 when it listens on every address)."""
     import httpx
 
-    target = "127.0.0.1" if host in ("0.0.0.0", "") else f"[{host}]" if ":" in host else host
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else local.url_host(host)
     try:
         return httpx.get(f"http://{target}:{port}/healthz", timeout=0.5).status_code == 200
     except httpx.HTTPError:
@@ -158,7 +158,8 @@ def _serve(settings: Settings, host: str, port: int, listening: socket.socket, w
                 if settings.is_embedded:
                     # so that `clearft` finds this key from any folder, not only from the one holding var/
                     local.register(local.service_urls(host, port), path)
-                print(f"CleaR service on http://{host}:{port} (docs at /docs); data in {settings.data_dir}",
+                print(f"CleaR service on http://{local.url_host(host)}:{port} (docs at /docs); data in "
+                      f"{settings.data_dir}",
                       flush=True)
             time.sleep(0.3 if announced else 0.05)  # often until the API answers: clients wait on its /healthz
         for name, proc in zip(("the API", "the worker"), procs):

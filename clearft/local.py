@@ -44,10 +44,15 @@ def _normalise(url: str) -> str:
 def service_urls(host: str, port: int) -> list[str]:
     """The URLs a client on this machine may use for a service bound to ``host:port``: the bound address and,
     for a wildcard or loopback bind, ``127.0.0.1`` and ``localhost`` too."""
-    urls = [f"http://{host}:{port}"]
+    urls = [f"http://{url_host(host)}:{port}"]
     if host in LOCAL_HOSTS:
         urls += [f"http://127.0.0.1:{port}", f"http://localhost:{port}"]
     return list(dict.fromkeys(urls))
+
+
+def url_host(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets (``::1`` -> ``[::1]``), anything else as it is."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def _read() -> dict[str, str]:

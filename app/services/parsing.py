@@ -150,6 +150,12 @@ def _csv_chunks(path: Path, max_uncompressed: int, chunk_rows: int) -> Iterator[
 def _csv_error_rows(message: str, path: Path, max_uncompressed: int) -> list[dict] | None:
     # pandas' C parser counts records, the header first: "line N" is 1-based, "row N" 0-based
     if match := _C_ERROR_LINE.search(message):
+        # pandas' "line N" counts records and blank lines, not the file's lines (a quoted line break is one line to
+        # it): the row and line are found again by reading the records (error path only)
+        found = _first_long_record(path, max_uncompressed, _expected_fields(message))
+        if found is not None:
+            row, line, fields = found
+            return [{"row": row, "line": line, "code": "parse_error", "column": None, "message": message.strip()}]
         line = int(match.group(1))
         return [{"row": line - 2, "line": line, "code": "parse_error", "column": None, "message": message.strip()}]
     if match := _C_ERROR_ROW.search(message):  # e.g. "EOF inside string starting at row N": a record, not a line
@@ -160,20 +166,40 @@ def _csv_error_rows(message: str, path: Path, max_uncompressed: int) -> list[dic
     return None
 
 
-def _longer_than_header(path: Path, max_uncompressed: int, width: int) -> InvalidInput:
-    """The ``parse_error`` of a CSV whose first data row has more fields than its ``width``-name header, naming
-    that row and its line (found with Python's ``csv`` module, on this error path only)."""
-    row = line = fields = None
+def _expected_fields(message: str) -> int | None:
+    match = re.search(r"Expected (\d+) fields", message)
+    return int(match.group(1)) if match else None
+
+
+def _first_long_record(path: Path, max_uncompressed: int, width: int | None) -> tuple[int, int, int] | None:
+    """``(row, line, fields)`` of the first data record with more than ``width`` fields (``row``: data rows from
+    0, blank lines skipped as pandas and Arrow skip them; ``line``: the 1-based line it starts on), read with
+    Python's ``csv`` module; None if there is none, ``width`` is None, or the file cannot be read so. Error path
+    only: it reads the file up to that record."""
+    if width is None:
+        return None
     try:
         with open_binary(path, max_uncompressed) as fh:
             reader = csv.reader(io.TextIOWrapper(fh, encoding="utf-8-sig", newline=""))
             next(reader)
-            for index, record in enumerate(reader):
+            row = 0
+            for record in reader:
+                if not record:
+                    continue
                 if len(record) > width:
-                    row, line, fields = index, reader.line_num - record_lines(record) + 1, len(record)
-                    break
+                    return row, reader.line_num - record_lines(record) + 1, len(record)
+                row += 1
     except (StopIteration, csv.Error, UnicodeDecodeError, ValueError, OSError):
         pass
+    return None
+
+
+def _longer_than_header(path: Path, max_uncompressed: int, width: int) -> InvalidInput:
+    """The ``parse_error`` of a CSV whose first data row has more fields than its ``width``-name header, naming
+    that row and its line (found with Python's ``csv`` module, on this error path only)."""
+    row = line = fields = None
+    if (found := _first_long_record(path, max_uncompressed, width)) is not None:
+        row, line, fields = found
     where = f"row {row} (line {line}) has {fields} fields" if row is not None else "a data row has more fields"
     message = f"{where} but the header has {width}: give every row as many fields as the header names"
     details = None if row is None else [{"row": row, "line": line, "code": "parse_error", "column": None,

@@ -89,6 +89,12 @@ def test_the_registry_is_per_url_and_skips_a_missing_file(tmp_path, monkeypatch)
     assert local.register(["http://127.0.0.1:9001"], key) is None  # cannot write there: not an error
 
 
+def test_an_ipv6_bind_is_registered_under_urls_a_client_can_use():
+    assert local.service_urls("::1", 9001) == ["http://[::1]:9001"]  # not 127.0.0.1: another socket
+    assert local.service_urls("::", 9001)[0] == "http://[::]:9001"
+    assert local.service_urls("10.0.0.5", 9001) == ["http://10.0.0.5:9001"]
+
+
 def test_unregister_removes_only_the_entries_that_still_name_its_key_file(tmp_path, monkeypatch):
     monkeypatch.setenv("CLEARFT_STATE_DIR", str(tmp_path / "state"))
     ours, theirs = tmp_path / "ours" / "api-key", tmp_path / "theirs" / "api-key"

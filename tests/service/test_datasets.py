@@ -93,6 +93,22 @@ def test_an_unterminated_quote_names_its_row_and_the_line_it_starts_on(client):
     assert detail["row"] == 5 and detail["line"] == 8  # the header is line 1, the first row spans lines 2-3
 
 
+@pytest.mark.parametrize("content, row, line", [
+    # quoted line breaks before the ragged row (pandas' "line 5" counts records): LF, then CRLF
+    (b'id,text,label\n1,"hello, world\nsecond line\nthird",a\n2,"bye, ""x"" world",b\n3,"multi\nline",a\n'
+     b"4,bar,b,EXTRA\n5,baz,a\n", 3, 8),
+    (b'id,text,label\r\n1,"a\r\nb",a\r\n2,"c,d",b\r\n3,foo,a\r\n4,bar,b,EXTRA\r\n5,baz,a\r\n', 3, 6),
+    # a blank line is no row (as validation counts rows), but it is a line
+    (b"id,text,label\n1,a,a\n\n2,b,b\n3,c,a,X\n4,d,b\n", 2, 5),
+    (b"id,text,label\n\n1,a,a,X\n2,b,b\n3,c,a\n", 0, 3),
+])
+def test_a_row_with_too_many_fields_is_named_by_its_row_and_the_line_it_starts_on(client, content, row, line):
+    error = _error(upload(client, content, id_column="id"))
+    assert error["code"] == "parse_error"
+    [detail] = error["details"]
+    assert (detail["row"], detail["line"]) == (row, line), detail
+
+
 def _bad(frame_or_bytes, filename="data.csv", **form):
     content = frame_or_bytes if isinstance(frame_or_bytes, bytes) else frame_or_bytes.to_csv(index=False).encode()
     return content, filename, form
