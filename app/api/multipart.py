@@ -138,8 +138,8 @@ class ScratchFile:
 
 
 class _OverLimit(MultiPartException):
-    """A form the parser stops reading (a file part past the tenant's upload quota, a second part named
-    ``file``); carries the service's error."""
+    """A form the parser stops reading (a file part past the tenant's upload quota, a field given twice, a text
+    field named ``file``); carries the service's error."""
 
     def __init__(self, error: Exception) -> None:
         super().__init__(str(error))
