@@ -76,9 +76,8 @@ def unregister(urls: list[str], key_file: Path) -> Path | None:
     """Remove the entries of ``urls`` that still name ``key_file`` (a service that stops; an entry another
     service registered since is kept). Returns the registry's path, or None if it cannot be written (nothing
     is raised: a stale entry only means the key file is looked up again, as before)."""
-    entries, ours = _read(), str(Path(key_file).resolve())
-    kept = {url: name for url, name in entries.items()
-            if not (url in {_normalise(u) for u in urls} and name == ours)}
+    entries, ours, gone = _read(), str(Path(key_file).resolve()), {_normalise(u) for u in urls}
+    kept = {url: name for url, name in entries.items() if not (url in gone and name == ours)}
     return _write(kept) if kept != entries else registry_path()
 
 

@@ -31,8 +31,9 @@ from app.services.validation import LABEL_MAX, RowValidator, check_mapping, chec
 INSERT_BATCH = 5000
 COPY_COLUMNS = ("dataset_id", "row_index", "row_id", "text", "text_pair", "label", "gold_label")
 COPY_SQL = f"COPY dataset_rows ({', '.join(COPY_COLUMNS)}) FROM STDIN"
+_COPY_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"))  # backslash first
 # Postgres (migration 0009): lock the dataset and check it exists once, so its rows' own checks are skipped
-TRUST_SQL = "SELECT dataset_rows_trust(%s)"
+TRUST_SQL = text("SELECT dataset_rows_trust(:dataset_id)")
 
 
 def trust_dataset_rows(session: Session, dataset_id: str) -> None:
@@ -44,8 +45,7 @@ def trust_dataset_rows(session: Session, dataset_id: str) -> None:
         sqlalchemy.exc.IntegrityError: no such dataset (``foreign_key_violation``).
     """
     if _is_postgres(session):
-        session.execute(text("SELECT dataset_rows_trust(:dataset_id)"), {"dataset_id": dataset_id})
-_COPY_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"))  # backslash first
+        session.execute(TRUST_SQL, {"dataset_id": dataset_id})
 
 
 @dataclass
@@ -187,7 +187,7 @@ def _row_writer(session: Session, dataset_id: str) -> Iterator[Callable[[pa.Tabl
 
         def write(rows: pa.Table) -> None:
             if not copies:  # exiting the stack ends the COPY, or fails it (CopyFail) when the block raised
-                cursor.execute(TRUST_SQL, (dataset_id,))
+                trust_dataset_rows(session, dataset_id)  # the same connection and transaction as the COPY
                 copies.append(stack.enter_context(cursor.copy(COPY_SQL)))
             data = copy_text(dataset_id, rows)
             copies[0].write(data if utf8 else bytes(data).decode("utf-8"))

@@ -180,16 +180,16 @@ def _first_long_record(path: Path, max_uncompressed: int, width: int | None) -> 
         return None
     try:
         with open_binary(path, max_uncompressed) as fh:
-            reader = csv.reader(io.TextIOWrapper(fh, encoding="utf-8-sig", newline=""))
+            reader = _csv_records(fh)
             next(reader)
             row = 0
             for record in reader:
                 if not record:
                     continue
                 if len(record) > width:
-                    return row, reader.line_num - record_lines(record) + 1, len(record)
+                    return row, reader.line_num - _record_lines(record) + 1, len(record)
                 row += 1
-    except (StopIteration, csv.Error, UnicodeDecodeError, ValueError, OSError):
+    except _UNREADABLE:
         pass
     return None
 
@@ -208,9 +208,19 @@ def _longer_than_header(path: Path, max_uncompressed: int, width: int) -> Invali
                         details=details)
 
 
-def record_lines(record: list[str]) -> int:
+def _record_lines(record: list[str]) -> int:
     """How many lines a parsed CSV record spanned (1 plus the line breaks inside its quoted fields)."""
     return 1 + sum(field.count("\n") for field in record)
+
+
+# what reading a CSV's records with Python's csv module may raise on a file pandas or Arrow already refused
+_UNREADABLE = (StopIteration, csv.Error, UnicodeDecodeError, ValueError, OSError)
+
+
+def _csv_records(fh) -> Iterator[list[str]]:
+    """The records of the binary CSV file ``fh`` (UTF-8, BOM skipped), by Python's ``csv`` module (its
+    ``line_num`` counts the lines read)."""
+    return csv.reader(io.TextIOWrapper(fh, encoding="utf-8-sig", newline=""))
 
 
 def _line_of_record(path: Path, max_uncompressed: int, record: int) -> int | None:
@@ -219,11 +229,11 @@ def _line_of_record(path: Path, max_uncompressed: int, record: int) -> int | Non
     the error path only: it reads the file up to that record."""
     try:
         with open_binary(path, max_uncompressed) as fh:
-            reader = csv.reader(io.TextIOWrapper(fh, encoding="utf-8-sig", newline=""))
+            reader = _csv_records(fh)
             for _ in range(record):
                 next(reader)
             return reader.line_num + 1
-    except (StopIteration, csv.Error, UnicodeDecodeError, ValueError, OSError):
+    except _UNREADABLE:
         return None
 
 

@@ -103,7 +103,7 @@ def test_an_upload_on_postgres_is_stored_by_copy_with_no_row_insert(client, sett
     # the dataset is checked and locked once, just before its COPY (0009: its rows are not checked one by one)
     driver = statements["driver"]
     first_copy = next(i for i, s in enumerate(driver) if s.startswith("COPY dataset_rows"))
-    assert driver[first_copy - 1] == "SELECT dataset_rows_trust(%s)", driver[first_copy - 3:first_copy + 1]
+    assert driver[first_copy - 1] == "SELECT dataset_rows_trust(%(dataset_id)s)", driver[first_copy - 3:first_copy + 1]
     with get_engine(settings.database_url).connect() as conn:
         stored = conn.execute(text("SELECT row_index, row_id, text, text_pair, label, gold_label FROM dataset_rows "
                                    "ORDER BY row_index")).all()
