@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
 
 # SQLite hands back naive datetimes: every stored time is UTC, so say so.
 UtcDatetime = Annotated[datetime, AfterValidator(lambda d: d if d.tzinfo else d.replace(tzinfo=timezone.utc))]
@@ -69,9 +69,11 @@ class JobCreate(BaseModel):
                                               "label) and scored out-of-sample; the noise report's reliability "
                                               "verdict rests on them. Default: training.validation_fraction (0.1); "
                                               "0 = none.")
-    base_model: str | None = Field(None, description="A model name from the server's model list.")
+    base_model: str | None = Field(None, min_length=1, description="A model name from the server's model list; "
+                                   "leave it out (or null) for the server's default.")
     method: Literal["lora", "adapter", "prefix", "bitfit", "full"] = "lora"
-    routed: bool = Field(True, description="CleaR routing (True) or plain PEFT (False).")
+    routed: StrictBool = Field(True, description="CleaR routing (true) or plain PEFT (false); JSON true or false "
+                               "only.")
     clear: dict[str, Any] = Field(default_factory=dict, description="ClearConfig fields, e.g. routing_cap.")
     training: dict[str, Any] = Field(default_factory=dict, description="TrainingConfig fields, e.g. epochs.")
     time_limit_s: int | None = Field(None, ge=1, description="Hard limit in seconds from the first start "

@@ -138,6 +138,39 @@ def lora_targets(model: nn.Module, configured: list[str] | None = None) -> list[
     return list(dict.fromkeys(names))
 
 
+def block_linears(model: nn.Module) -> list[str]:
+    """The linear layers (``nn.Linear``, GPT-2's ``Conv1D``) of the first block, named relative to it
+    (``attention.self.query``, ``output.dense``): what ``lora_target_modules`` may name. peft's own LoRA
+    sub-layers are looked through (a wrapped model gives the same names as an unwrapped one)."""
+    from transformers.pytorch_utils import Conv1D
+
+    _, blocks = _blocks(model)
+    if not blocks:
+        return []
+    _, _, block = blocks[0]
+    names = []
+    for name, module in block.named_modules():
+        if ".lora_" in f".{name}" or not isinstance(module, (nn.Linear, Conv1D)):
+            continue
+        names.append(name.removesuffix(".base_layer"))  # a peft-wrapped linear: its wrapper's name
+    return list(dict.fromkeys(names))
+
+
+def lora_target_refusal(model: nn.Module, targets: list[str] | None) -> str | None:
+    """Why ``lora_target_modules=targets`` cannot be used on ``model`` (some name matches no linear layer in
+    its blocks, :func:`clear_core.config.unmatched_target_modules`), or None (``targets`` None, or all match)."""
+    from .config import unmatched_target_modules
+
+    if not targets:
+        return None
+    linears = block_linears(model)
+    unmatched = unmatched_target_modules(targets, linears)
+    if not unmatched:
+        return None
+    return (f"lora_target_modules {unmatched} match no linear layer in its blocks (CleaR gates LoRA only there); "
+            f"the linear layers of each block are {linears}")
+
+
 def bitfit_targets(model: nn.Module) -> list[tuple[str, nn.Module, int]]:
     """Every biased ``Linear``/``LayerNorm`` inside the layer stack: ``[(name, module, layer)]``."""
     stack_name, _ = find_layer_stack(model)
@@ -183,7 +216,10 @@ def refusals(model: nn.Module, lora_target_modules: list[str] | None = None) -> 
         find_layer_stack(model)
     except TypeError as exc:
         return {m: str(exc) for m in METHODS if m != "full"}
-    if not lora_targets(model, lora_target_modules):
+    target_refusal = lora_target_refusal(model, lora_target_modules)
+    if target_refusal:
+        out["lora"] = target_refusal
+    elif not lora_targets(model, lora_target_modules):
         out["lora"] = "no linear layer found for LoRA in the attention of its blocks"
     if not adapter_targets(model):
         out["adapter"] = "no attention or feed-forward output projection found in its blocks"
@@ -222,8 +258,9 @@ def untrained_modules(model: nn.Module, loading_info: dict[str, Any]) -> list[st
 
 def describe(model: nn.Module, refused: dict[str, str] | None = None) -> dict[str, Any]:
     """What the catalogue shows of a model: ``architecture`` (model type), ``decoder``, ``layers``,
-    ``hidden_size``, ``parameters`` (count), ``max_length`` (positions, or None when unbounded) and
-    ``methods`` (those that can run; ``refused``, :func:`refusals`, is computed when not given)."""
+    ``hidden_size``, ``parameters`` (count), ``max_length`` (positions, or None when unbounded),
+    ``methods`` (those that can run; ``refused``, :func:`refusals`, is computed when not given) and
+    ``lora_modules`` (:func:`block_linears`: the names ``lora_target_modules`` may give)."""
     refused = refusals(model) if refused is None else refused
     config = model.config
     positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
@@ -236,6 +273,7 @@ def describe(model: nn.Module, refused: dict[str, str] | None = None) -> dict[st
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "max_length": int(positions) if isinstance(positions, int) else None,
         "methods": [m for m in METHODS if m not in refused],
+        "lora_modules": block_linears(model),
     }
 
 

@@ -31,6 +31,7 @@ RELABEL_MODES = ("off", "hard", "soft")  # ClearConfig.relabel; the policy is cl
 # lambda = 1 toward a teacher that is the epoch's own start held the model back.
 DEFAULT_ROUTING_CAP = 1.0
 DEFAULT_DISTILL_WEIGHT = 0.0
+MIN_TEMPERATURE = 0.01  # the soft-target CE's logits / T: below it fp32 logits of a few tens overflow
 # Upper bounds that catch typos and abuse (1e308 epochs) before a job is queued.
 CLEAR_LIMITS = {
     "warmup_epochs": 1000, "distill_weight": 100.0, "distill_ramp_epochs": 1000, "temperature": 100.0,
@@ -73,8 +74,13 @@ def _check_types(obj: Any, limits: dict[str, float]) -> None:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{f.name}={value!r} must be an integer")
         elif kind.startswith("float"):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{f.name}={value!r} must be a finite number")
+            if not _finite(value):
+                if value != value:  # NaN
+                    raise ValueError(f"{f.name}={value!r} must be a finite number")
+                bound = f": give at most {_bound(limits[f.name])}" if f.name in limits and value > 0 else ""
+                raise ValueError(f"{f.name}={_shown(value)} is too {'large' if value > 0 else 'small'}{bound}")
         elif kind.startswith("str"):
             if not isinstance(value, str):
                 raise ValueError(f"{f.name}={value!r} must be a string")
@@ -83,7 +89,30 @@ def _check_types(obj: Any, limits: dict[str, float]) -> None:
                 raise ValueError(f"{f.name}={value!r} must be a list of module names")
         limit = limits.get(f.name)
         if limit is not None and value > limit:
-            raise ValueError(f"{f.name}={value!r} is too large: give at most {limit:g}")
+            raise ValueError(f"{f.name}={_shown(value)} is too large: give at most {_bound(limit)}")
+
+
+def _bound(limit: float) -> str:
+    return str(limit) if isinstance(limit, int) else f"{limit:g}"
+
+
+def _finite(value: int | float) -> bool:
+    """Whether ``value`` is a finite float (an int too large for a float, 1e400 written out, is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``; an integer of more than 30 digits as its first and last digits and its length."""
+    if not isinstance(value, int) or abs(value) < 10**30:
+        return repr(value)
+    try:
+        digits = str(abs(value))
+    except ValueError:  # past Python's int-to-str limit (4,300 digits)
+        return "an integer of more than 4,300 digits"
+    return f"{'-' if value < 0 else ''}{digits[:6]}...{digits[-3:]} (an integer of {len(digits)} digits)"
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -108,7 +137,9 @@ class ClearConfig:
         ValueError: on an unknown method, inference mode, report score or relabel mode, a value
             out of its range (the message quotes the value and the accepted range), or
             ``relabel`` other than ``"off"``, or ``pass_every_epochs`` other than 1, on an unrouted run (plain
-            PEFT, full fine-tuning).
+            PEFT, full fine-tuning); an empty ``lora_target_modules`` list, ``lora_alpha <= 0``, a
+            ``temperature`` outside [0.01, 100], or a number too large for a float (every message starts
+            with ``field=``).
     """
 
     method: str = field(default="lora", metadata={"help": "PEFT method: lora, adapter, prefix, bitfit or full."})
@@ -132,7 +163,7 @@ class ClearConfig:
         default=0,
         metadata={"help": "Epochs over which lambda ramps linearly from 0 after warm-up (0 = full weight at once)."},
     )
-    temperature: float = field(default=1.0, metadata={"help": "T > 0 of the soft-target CE."})
+    temperature: float = field(default=1.0, metadata={"help": "T in [0.01, 100] of the soft-target CE."})
     pass_every_epochs: int = field(
         default=1,
         metadata={"help": "k >= 1: the no-grad pass that re-estimates p_clean runs at the start of every k-th routed "
@@ -194,10 +225,12 @@ class ClearConfig:
     )
     # method hyperparameters
     lora_r: int = field(default=8, metadata={"help": "LoRA rank r >= 1."})
-    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (scaling = alpha / r)."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha > 0 (scaling = alpha / r)."})
     lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA input, in [0, 1)."})
     lora_target_modules: list[str] | None = field(
-        default=None, metadata={"help": "Module names LoRA wraps; None lets peft pick (query, value for BERT)."}
+        default=None, metadata={"help": "Module names LoRA wraps (non-empty; each must name linear layers in the "
+                                "model's blocks, matched as peft does, by the end of their names); None lets peft "
+                                "pick (query, value for BERT)."}
     )
     adapter_size: int = field(default=16, metadata={"help": "Bottleneck width of the adapter, >= 1."})
     num_virtual_tokens: int = field(default=20, metadata={"help": "Prefix length of prefix tuning, >= 1."})
@@ -214,8 +247,9 @@ class ClearConfig:
             raise ValueError(f"pass_every_epochs={self.pass_every_epochs!r} must be an integer >= 1")
         if self.distill_ramp_epochs < 0:
             raise ValueError(f"distill_ramp_epochs={self.distill_ramp_epochs!r} must be >= 0")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature={self.temperature!r} must be > 0")
+        if self.temperature < MIN_TEMPERATURE:  # logits / T overflow past it
+            raise ValueError(f"temperature={self.temperature!r} is too small: give a value in "
+                             f"[{MIN_TEMPERATURE}, {CLEAR_LIMITS['temperature']:g}]")
         if not 0.0 <= self.loss_ema < 1.0:
             raise ValueError(f"loss_ema={self.loss_ema!r} is out of range: give a value in [0, 1)")
         _check_choice("report_score", self.report_score, REPORT_SCORES)
@@ -227,6 +261,11 @@ class ClearConfig:
                 f"lora_r={self.lora_r!r}, adapter_size={self.adapter_size!r} and "
                 f"num_virtual_tokens={self.num_virtual_tokens!r} must all be >= 1"
             )
+        if self.lora_alpha <= 0:
+            raise ValueError(f"lora_alpha={self.lora_alpha!r} must be > 0 (the LoRA delta is scaled by alpha / r)")
+        if self.lora_target_modules is not None and not self.lora_target_modules:
+            raise ValueError("lora_target_modules=[] names no module: give module names (e.g. ['query', 'value']) "
+                             "or leave it out (null) for the model's default targets")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"lora_dropout={self.lora_dropout!r} is out of range: give a value in [0, 1)")
         if self.method == "full" and self.routed:
@@ -270,8 +309,9 @@ class TrainingConfig:
     """Budget and optimisation settings of one run (the same for every method compared).
 
     Raises:
-        ValueError: on a non-positive epoch count, batch size, learning rate or length, or
-            an unknown scheduler / precision.
+        ValueError: on a non-positive epoch count, batch size, learning rate or length, a seed outside
+            [0, 2**32 - 1], a number too large for a float, or an unknown scheduler / precision (every message
+            starts with ``field=``).
     """
 
     epochs: int = field(default=6, metadata={"help": "E >= 1 training epochs."})
@@ -287,7 +327,8 @@ class TrainingConfig:
                   "64 on CPU, 512 on CUDA."},
     )
     max_length: int = field(default=128, metadata={"help": "Tokens per row after truncation, >= 8."})
-    seed: int = field(default=0, metadata={"help": "Seed of data order, gates, dropout and head init."})
+    seed: int = field(default=0, metadata={"help": "Seed in [0, 2**32 - 1] of data order, gates, dropout and head "
+                                           "init."})
     lr_scheduler: str = field(default="linear", metadata={"help": "'linear' (warm-up then decay) or 'constant'."})
     warmup_ratio: float = field(default=0.06, metadata={"help": "Fraction of steps of LR warm-up, in [0, 1)."})
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "Gradient clipping norm; None = off."})
@@ -349,6 +390,8 @@ class TrainingConfig:
             value = getattr(self, name)
             if value is not None and value < 1:  # an integer: _check_types saw to that
                 raise ValueError(f"{name}={value!r} must be an integer >= 1")
+        if self.seed < 0:
+            raise ValueError(f"seed={self.seed!r} must be an integer in [0, {TRAINING_LIMITS['seed']}]")
         if self.learning_rate is not None and self.learning_rate <= 0:
             raise ValueError(f"learning_rate={self.learning_rate!r} must be > 0")
         if self.weight_decay < 0:
@@ -386,6 +429,25 @@ class TrainingConfig:
 
 
 DEFAULT_WARMUP_EPOCHS = 3
+
+
+def unmatched_target_modules(targets: list[str], block_modules: list[str]) -> list[str]:
+    """The names in ``targets`` (``ClearConfig.lora_target_modules``) that match no linear layer of a block.
+
+    A target matches a module as peft matches ``target_modules`` given as a list (the module's qualified name
+    equals the target or ends with ``"." + target``). ``block_modules`` are the linear layers' names relative
+    to their block (``attention.self.query``); a target may also be a qualified name ending in one of them
+    (``bert.encoder.layer.3.attention.self.query``).
+
+    Args:
+        targets: module names, non-empty strings.
+        block_modules: the names of one block's linear layers (every block of a stack has the same).
+
+    Returns:
+        The unmatched targets, in their given order (empty: every target names a linear layer of the blocks).
+    """
+    return [t for t in targets
+            if not any(m == t or m.endswith(f".{t}") or t.endswith(f".{m}") for m in block_modules)]
 
 
 def resolve_configs(clear: ClearConfig, training: TrainingConfig) -> tuple[ClearConfig, TrainingConfig]:

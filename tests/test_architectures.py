@@ -168,3 +168,19 @@ def test_the_architectures_command_says_failure_in_its_exit_status(backbones, tm
     described = json.loads(capsys.readouterr().out)
     assert described[str(backbones["bert"])]["architecture"] == "bert" and "error" in described[str(tmp_path / "missing")]
     assert main([]) == 2 and main(["--help"]) == 2 and "usage" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch, good, bad", [
+    ("bert", ["query", "attention.output.dense", "bert.encoder.layer.1.intermediate.dense"], ["classifier"]),
+    ("llama", ["q_proj", "mlp.down_proj"], ["query"]),
+])
+def test_lora_target_modules_that_match_no_linear_of_the_blocks_are_refused_before_training(
+        backbones, arch, good, bad):
+    """The worker's check (the API makes the same one from the catalogue's ``lora_modules``)."""
+    from clear_core.architectures import block_linears, check_method, skeleton
+
+    model = skeleton(backbones[arch])
+    assert method_support(backbones[arch])["lora_modules"] == block_linears(model)
+    check_method(model, "lora", good)  # names, suffixes and qualified names as peft matches them
+    with pytest.raises(UnsupportedMethod, match=rf"lora_target_modules \['{bad[0]}'\] match no linear layer"):
+        check_method(model, "lora", good + bad)

@@ -230,6 +230,13 @@ def test_learning_rate_defaults_per_method():
     (lambda: TrainingConfig(device="gpu0"), "device='gpu0' is not a device name"),
     (lambda: ClearConfig(routed="yes"), "routed='yes' must be true or false"),
     (lambda: ClearConfig(lora_r=10**9), "lora_r=.*too large"),
+    # an int past float's range was an OverflowError (a 500 in the API), not a ValueError
+    (lambda: TrainingConfig(learning_rate=10**400), r"learning_rate=100000\.\.\.000 \(an integer of 401 digits\) is too large"),
+    (lambda: ClearConfig(distill_weight=-10**400), "distill_weight=.* is too small"),
+    (lambda: TrainingConfig(seed=-1), r"seed=-1 must be an integer in \[0, 4294967295\]"),
+    (lambda: ClearConfig(lora_target_modules=[]), r"lora_target_modules=\[\] names no module"),
+    (lambda: ClearConfig(lora_alpha=-16), "lora_alpha=-16 must be > 0"),
+    (lambda: ClearConfig(temperature=1e-300), "temperature=1e-300 is too small"),
 ])
 def test_config_rejects_wrong_types_and_absurd_values(make, match):
     with pytest.raises(ValueError, match=match):

@@ -52,6 +52,8 @@ def _build(prefix: str, cls: type, values: dict[str, Any]) -> Any:
         raise InvalidInput(str(exc), param=_param(prefix, str(exc))) from exc
     except TypeError as exc:
         raise InvalidInput(f"a {prefix} setting has a value of the wrong type: {exc}", param=prefix) from exc
+    except OverflowError as exc:  # config.py turns every number it checks into a ValueError; this is a backstop
+        raise InvalidInput(f"a {prefix} setting holds a number too large for a float: {exc}", param=prefix) from exc
 
 
 def available_models(settings: Settings) -> list[str]:

@@ -40,6 +40,10 @@ def _check_validation(session: Session, train: Dataset, spec: dict[str, Any]) ->
         raise InvalidInput("give validation_fraction at the top level or in training, not two different values",
                            param="validation_fraction")
     if spec.get("validation_dataset_id"):
+        if spec["validation_dataset_id"] == train.id:
+            raise InvalidInput("validation_dataset_id names the training dataset itself: held-out scores of rows the "
+                               "model trains on say nothing about new rows; give another dataset, or leave it out "
+                               "and hold out validation_fraction of the rows", param="validation_dataset_id")
         held_out = _ready_dataset(session, train.tenant_id, spec["validation_dataset_id"], "validation_dataset_id")
         unknown = sorted(set(held_out.label_names) - set(train.label_names))
         if unknown:
@@ -77,8 +81,12 @@ def create_job(session: Session, spec: dict[str, Any], *, tenant_id: str, settin
     if spec.get("validation_fraction") is not None:
         training["validation_fraction"] = spec["validation_fraction"]
     clear, training = resolve_configs(spec["method"], spec["routed"], spec.get("clear") or {}, training)
+    if training["keep"] == "best" and not training["validation_fraction"] and not spec.get("validation_dataset_id"):
+        raise InvalidInput("training.keep='best' picks the epoch with the best held-out accuracy, but this job holds "
+                           "no rows out: give validation_fraction > 0 or a validation_dataset_id, or keep='last'",
+                           param="training.keep")
     base_model = resolve_base_model(spec.get("base_model"), settings)
-    check_model_method(settings, base_model, clear["method"])
+    check_model_method(settings, base_model, clear["method"], clear["lora_target_modules"])
     if quotas is not None:
         check_job_quotas(session, tenant_id, quotas)  # last, after validation: locks the tenant until the commit
     job = Job(tenant_id=tenant_id, dataset_id=train.id, validation_dataset_id=spec.get("validation_dataset_id"),
@@ -89,7 +97,7 @@ def create_job(session: Session, spec: dict[str, Any], *, tenant_id: str, settin
               from_job_id=spec.get("from_job"))  # a retrain (app.services.retrain filled the spec in)
     session.add(job)
     session.flush()
-    add_event(session, job.id, "state", data={"status": "queued"})
+    add_event(session, job.id, "state", message="queued: waiting for a worker", data={"status": "queued"})
     session.commit()
     return enqueue_committed(session, job, enqueue)
 

@@ -60,7 +60,8 @@ def claim(session: Session, job_id: str, owner: str) -> Job | None:
         The claimed job (its ``attempt`` is the fencing token of every later write), or None.
     """
     now = utcnow()
-    moved = transition(session, job_id, ("queued",), "running", attempt=Job.attempt + 1, lease_owner=owner,
+    moved = transition(session, job_id, ("queued",), "running", message=f"a worker took the job ({owner})",
+                       event_data={"worker": owner}, attempt=Job.attempt + 1, lease_owner=owner,
                        started_at=func.coalesce(Job.started_at, now), heartbeat_at=now)
     return session.get(Job, job_id, populate_existing=True) if moved else None
 

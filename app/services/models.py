@@ -21,6 +21,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from clear_core.config import unmatched_target_modules  # no torch behind it either
 from clear_core.packages import package_folder  # no torch behind it
 
 from app.errors import InvalidInput
@@ -45,14 +46,17 @@ def model_folder(name: str, settings: Settings) -> Path:
     return package / "model"
 
 
+CATALOGUE_VERSION = 2  # raised whenever describe() gains a field (2: lora_modules): older entries are described again
+
+
 def _fingerprint(folder: Path) -> str:
-    """The folder's resolved path and its files' names, sizes and modification times."""
+    """The catalogue's version, the folder's resolved path and its files' names, sizes and modification times."""
     real = folder.resolve()
     try:
         stats = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in real.iterdir() if p.is_file())
     except OSError:
         stats = []
-    return json.dumps([str(real), stats])
+    return json.dumps([CATALOGUE_VERSION, str(real), stats])
 
 
 def _disk_path(settings: Settings) -> Path:
@@ -134,7 +138,8 @@ def _entries(settings: Settings, names: list[str]) -> dict[str, dict[str, Any]]:
 def catalogue(settings: Settings) -> list[dict[str, Any]]:
     """Every base model a job may name, in ``available_models`` order: ``id``, ``default`` (the one a job
     naming none gets) and what :func:`clear_core.architectures.method_support` says (``architecture``,
-    ``decoder``, ``layers``, ``hidden_size``, ``parameters``, ``max_length``, ``methods``, ``refused``), or
+    ``decoder``, ``layers``, ``hidden_size``, ``parameters``, ``max_length``, ``methods``, ``refused``,
+    ``lora_modules``), or
     ``error`` for a folder that holds no usable model."""
     names = available_models(settings)
     entries = _entries(settings, names)
@@ -142,16 +147,27 @@ def catalogue(settings: Settings) -> list[dict[str, Any]]:
     return [{"id": name, "default": name == default, **entries[name]} for name in names]
 
 
-def check_model_method(settings: Settings, base_model: str, method: str) -> None:
-    """Refuse a job whose ``method`` cannot run on ``base_model`` (already a name of ``available_models``).
+def check_model_method(settings: Settings, base_model: str, method: str,
+                       lora_target_modules: list[str] | None = None) -> None:
+    """Refuse a job whose ``method`` cannot run on ``base_model`` (already a name of ``available_models``), or
+    whose ``lora_target_modules`` name no linear layer of the model's blocks (the catalogue's ``lora_modules``,
+    matched by :func:`clear_core.config.unmatched_target_modules`).
 
     Raises:
-        InvalidInput: ``param="method"`` naming the methods the model supports and why this one is refused, or
+        InvalidInput: ``param="method"`` naming the methods the model supports and why this one is refused,
+            ``param="clear.lora_target_modules"`` naming the unmatched names and the model's linear layers, or
             ``param="base_model"`` when the model folder cannot be used at all.
     """
     entry = _entries(settings, [base_model])[base_model]  # this model only: job creation looks at no other folder
     if "error" in entry:
         raise InvalidInput(f"base_model={base_model!r} cannot be used: {entry['error']}", param="base_model")
+    if method == "lora" and lora_target_modules and "lora_modules" in entry:
+        unmatched = unmatched_target_modules(lora_target_modules, entry["lora_modules"])
+        if unmatched:
+            raise InvalidInput(f"clear.lora_target_modules {unmatched} match no linear layer in the blocks of "
+                               f"base_model={base_model!r} ({entry['architecture']}; CleaR routes LoRA only there): "
+                               f"name some of {entry['lora_modules']}, or leave lora_target_modules out for the "
+                               "model's default", param="clear.lora_target_modules")
     if method not in entry["methods"]:
         reason = entry.get("refused", {}).get(method, "not supported")
         raise InvalidInput(f"method={method!r} cannot run on base_model={base_model!r} ({entry['architecture']}): "

@@ -204,7 +204,7 @@ def _new_run(model: Job, settings: Settings, *, run_id: str, batch_size: int, la
 def _insert(session: Session, run: Job) -> None:
     session.add(run)
     session.flush()
-    add_event(session, run.id, "state", data={"status": "queued"})
+    add_event(session, run.id, "state", message="queued: waiting for a worker", data={"status": "queued"})
     session.commit()
 
 

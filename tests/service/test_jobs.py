@@ -66,6 +66,19 @@ BAD_JOBS = [
     ({"validation_fraction": 0.9}, "validation_fraction"),
     ({"validation_fraction": 0.1, "training": {"validation_fraction": 0.2}}, "validation_fraction"),
     ({"surprise": True}, "surprise"),
+    # found by a fresh-user break test: a 500, or accepted and failing (or silently changed) on the worker
+    ({"training": {"learning_rate": 10**400}}, "training.learning_rate"),
+    ({"clear": {"routing_cap": 10**400}}, "clear.routing_cap"),
+    ({"training": {"seed": -1}}, "training.seed"),
+    ({"clear": {"lora_target_modules": []}}, "clear.lora_target_modules"),
+    ({"clear": {"lora_target_modules": ["query", "nonexistent"]}}, "clear.lora_target_modules"),
+    ({"clear": {"lora_target_modules": ["classifier"]}}, "clear.lora_target_modules"),  # outside the blocks
+    ({"clear": {"lora_alpha": 0}}, "clear.lora_alpha"),
+    ({"clear": {"temperature": 1e-300}}, "clear.temperature"),
+    ({"routed": "yes"}, "routed"),
+    ({"routed": 1}, "routed"),
+    ({"base_model": ""}, "base_model"),
+    ({"training": {"keep": "best"}, "validation_fraction": 0}, "training.keep"),
 ]
 
 
@@ -76,6 +89,29 @@ def test_bad_settings_are_422_naming_the_field_and_store_nothing(client, setting
     error = response.json()["error"]
     assert error["param"] == param and error["message"]
     assert table_counts(settings.database_url)["jobs"] == 0 and enqueued == []
+
+
+def test_the_settings_next_to_the_refused_ones_are_accepted(client, dataset, enqueued):
+    """The boundaries of the checks above: what a user may still give."""
+    for body in ({"clear": {"lora_target_modules": ["attention.self.query", "value",
+                                                    "bert.encoder.layer.1.output.dense"]}},
+                 {"clear": {"temperature": 0.01, "lora_alpha": 0.5}},
+                 {"training": {"seed": 0, "learning_rate": 10}},
+                 {"training": {"keep": "best"}},  # the default validation_fraction holds rows out
+                 {"routed": False}):
+        answer = _create(client, dataset["id"], **body)
+        assert answer.status_code == 201, (body, answer.text)
+    message = _create(client, dataset["id"], clear={"lora_target_modules": ["nonexistent"]}).json()["error"]["message"]
+    assert "'nonexistent'" in message and "attention.self.query" in message  # names what the model has
+
+
+def test_the_training_dataset_is_refused_as_its_own_validation_dataset(client, settings, dataset, enqueued):
+    answer = _create(client, dataset["id"], validation_dataset_id=dataset["id"])
+    assert answer.status_code == 422 and answer.json()["error"]["param"] == "validation_dataset_id", answer.text
+    assert table_counts(settings.database_url)["jobs"] == 0 and enqueued == []
+    other = upload_frame(client, toy_frame(20))
+    assert _create(client, dataset["id"], validation_dataset_id=other["id"],
+                   training={"keep": "best"}, validation_fraction=0).status_code == 201
 
 
 def test_unknown_dataset_is_404_and_unready_dataset_is_409(client, settings, dataset):

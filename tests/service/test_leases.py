@@ -127,8 +127,12 @@ def test_a_requeued_attempt_resumes_from_its_checkpoint_with_the_same_report(cli
     assert execute_job(job_id, settings=settings) == "succeeded"
     got, want = client.get(f"/v1/jobs/{job_id}").json(), client.get(f"/v1/jobs/{reference}").json()
     assert got["attempt"] == 2 and got["global_step"] == want["global_step"]
-    messages = [e["message"] for e in client.get(f"/v1/jobs/{job_id}/events").json()["data"]]
+    events = client.get(f"/v1/jobs/{job_id}/events").json()["data"]
+    messages = [e["message"] for e in events]
     assert "attempt 2 resumes from the checkpoint at step 8" in messages
+    starts = [e for e in events if e["type"] == "state" and e["data"]["status"] == "running"]
+    assert len(starts) == 2 and all(e["message"].startswith("a worker took the job (") for e in starts)
+    assert all(e["message"] for e in events if e["type"] == "state")  # no state change without words
     a, b = report_arrays(settings, job_id), report_arrays(settings, reference)
     np.testing.assert_allclose(a.pop("label_quality"), b.pop("label_quality"), atol=1e-5)
     np.testing.assert_allclose(a.pop("p_clean"), b.pop("p_clean"), atol=1e-5, equal_nan=True)
