@@ -7,12 +7,15 @@
    ``--lengths`` (48 = the demo's ``max_length``; 128 = the service's default, where rows differ more in
    length): an epoch of training steps with random vs length-bucketed batches (``clear_core.batching``),
    routed and unrouted, and the no-grad pass over the same rows unmerged/merged (``clear_core.merge``) and
-   rebuilt/reused (``PassBatches``). Variants alternate order every repeat; times are medians. From them:
+   rebuilt/reused (``PassBatches``), and the bucketed epochs and the merged, reused pass again with the full
+   last block (every other variant runs the default pooled-row last block, ``clear_core.pooled``). Variants
+   alternate order every repeat; times are medians. From them:
    the routed epoch with its pass over an unrouted epoch, today (random batches, unmerged rebuilt pass) and
    now, and with a pass every second epoch (the cadence question).
 2. **The demo's job end to end**: ``clear_core.train`` with the demo's settings (2,000 rows, 2 epochs with
    1 warm-up, LoRA, routed, batch 16, 48 tokens, learning rate 2e-3) with every change off ("before":
-   ``length_bucketing``, ``merge_for_pass`` off, ``pass_cache_tokens=0``) and on ("after"), per seed, order
+   ``length_bucketing``, ``merge_for_pass``, ``pooled_last_layer`` off, ``pass_cache_tokens=0``, fp32) and on
+   ("after"), per seed, order
    alternating; training wall time (``TrainResult.wall_time_s``), test accuracy, and the noise report's
    precision / recall against the gold labels, mean ± std over seeds. With ``--cadence-epochs E`` it also
    trains one longer routed run and reports how far p_clean moves between consecutive passes.
@@ -37,10 +40,12 @@ from clear_core.batching import PassBatches, bucketed_batches, padded_tokens, ra
 from clear_core.data import TokenizedTexts
 from clear_core.metrics import detection_metrics
 from clear_core.model import cpu_has_native_bf16
+from clear_core.pooled import pool_last_layer, unpool_last_layer
 
 DEMO = dict(epochs=2, warmup_epochs=1, batch_size=16, max_length=48, learning_rate=2e-3)
 # today's code path: random batches, unmerged passes padded anew each time, fp32 on the CPU
-BEFORE = dict(length_bucketing=False, merge_for_pass=False, pass_cache_tokens=0, precision="fp32")
+BEFORE = dict(length_bucketing=False, merge_for_pass=False, pass_cache_tokens=0, precision="fp32",
+              pooled_last_layer=False)
 # "after fp32" trains in fp32, so pass_precision='auto' runs its routing pass on an int8 copy (clear_core.int8), as on
 # a CPU without native bf16; "after fp32 exact-pass" is the same without that copy: what it pulls, same results or not
 VARIANTS = {"before": BEFORE, "after fp32": dict(precision="fp32"), "after": {},
@@ -85,12 +90,19 @@ def components(texts: list[str], y: np.ndarray, names: list[str], *, max_length:
     epoch_times: dict[str, list[float]] = {f"{v} {o}": [] for v in variants for o in orders}
     if bf16:
         epoch_times.update({f"{v} bucketed-bf16": [] for v in variants})
+    # the same with the full last block (clear_core.pooled off): what the pooled-row block pulls on its own
+    epoch_times.update({f"{v} bucketed-fullblock": [] for v in variants})
+    if bf16:
+        epoch_times.update({f"{v} bucketed-bf16-fullblock": [] for v in variants})
     passes = {"today (unmerged, rebuilt)": dict(merge=False, cache=0),
               "merged, rebuilt": dict(merge=True, cache=0),
               "unmerged, reused": dict(merge=False, cache=10**10),
               "now (merged, reused)": dict(merge=True, cache=10**10)}
     if bf16:
         passes["now, bf16"] = dict(merge=True, cache=10**10, bf16=True)
+    passes["now, full block"] = dict(merge=True, cache=10**10, full_block=True)
+    if bf16:
+        passes["now, bf16, full block"] = dict(merge=True, cache=10**10, bf16=True, full_block=True)
     passes["now, int8"] = dict(merge=True, cache=10**10, int8=True)  # pass_precision='auto' where training is fp32
     pass_batches = {name: PassBatches(tokens, pass_batch_size, max_cached_tokens=cfg["cache"])
                     for name, cfg in passes.items()}
@@ -104,10 +116,10 @@ def components(texts: list[str], y: np.ndarray, names: list[str], *, max_length:
         keys = list(epoch_times) if r % 2 == 0 else list(epoch_times)[::-1]
         for key in keys:
             vname, oname = key.split(" ")
-            v, batches = variants[vname], orders[oname.removesuffix("-bf16")]
+            v, batches = variants[vname], orders[oname.split("-")[0]]
 
             def run_epoch():
-                with _cpu_autocast(oname.endswith("-bf16")):
+                with _cpu_autocast("-bf16" in oname), _full_block(v.model, "-fullblock" in oname):
                     for s in picks:
                         idx = batches[s]
                         train_step(v, tokens.batch(idx), y_t[idx], p_all[idx], teacher_all[idx], gen, False)
@@ -115,9 +127,10 @@ def components(texts: list[str], y: np.ndarray, names: list[str], *, max_length:
             epoch_times[key].append(_timed(run_epoch, cpu) * epoch_steps / take)
         for name in (list(passes) if r % 2 == 0 else list(passes)[::-1]):
             cfg = passes[name]
-            pass_times[name].append(_timed(lambda: routed.logits_for(pass_batches[name], merge=cfg["merge"],
-                                                                     autocast=cfg.get("bf16", False),
-                                                                     int8=cfg.get("int8", False)), cpu))
+            with _full_block(routed, cfg.get("full_block", False)):
+                pass_times[name].append(_timed(lambda: routed.logits_for(pass_batches[name], merge=cfg["merge"],
+                                                                         autocast=cfg.get("bf16", False),
+                                                                         int8=cfg.get("int8", False)), cpu))
         routed.train()
     med = {k: float(np.median(v)) for k, v in {**epoch_times, **pass_times}.items()}
     today = med["today (unmerged, rebuilt)"]
@@ -131,9 +144,13 @@ def components(texts: list[str], y: np.ndarray, names: list[str], *, max_length:
             (med["routed bucketed"] + now) / med["unrouted bucketed"],
         "now, pass every 2nd epoch": (med["routed bucketed"] + now / 2) / med["unrouted bucketed"],
     }
+    ratios["now, full last block"] = (
+        (med["routed bucketed-fullblock"] + med["now, full block"]) / med["unrouted bucketed-fullblock"])
     if bf16:
         ratios["now, CPU bf16 (precision='auto' here)"] = (
             (med["routed bucketed-bf16"] + med["now, bf16"]) / med["unrouted bucketed-bf16"])
+        ratios["now, CPU bf16, full last block"] = (
+            (med["routed bucketed-bf16-fullblock"] + med["now, bf16, full block"]) / med["unrouted bucketed-bf16-fullblock"])
     # fp32 training (a CPU without native bf16): pass_precision='auto' runs the routing pass on an int8 copy
     ratios["now fp32, int8 routing pass (pass_precision='auto' without bf16)"] = (
         (med["routed bucketed"] + med["now, int8"]) / med["unrouted bucketed"])
@@ -150,6 +167,15 @@ def components(texts: list[str], y: np.ndarray, names: list[str], *, max_length:
                     med["routed bucketed"] / med["routed bucketed-bf16"],
                     "CPU bf16 autocast (pass, fp32 / bf16)": now / med["now, bf16"]} if bf16 else {}),
                 "int8 routing pass (pass, fp32 merged reused / int8)": now / med["now, int8"],
+                "pooled last block (routed bucketed epoch, full / pooled)":
+                    med["routed bucketed-fullblock"] / med["routed bucketed"],
+                "pooled last block (unrouted bucketed epoch, full / pooled)":
+                    med["unrouted bucketed-fullblock"] / med["unrouted bucketed"],
+                "pooled last block (pass, full / pooled)": med["now, full block"] / now,
+                **({"pooled last block, bf16 (routed bucketed epoch, full / pooled)":
+                    med["routed bucketed-bf16-fullblock"] / med["routed bucketed-bf16"],
+                    "pooled last block, bf16 (pass, full / pooled)": med["now, bf16, full block"] / med["now, bf16"]}
+                   if bf16 else {}),
                 "cadence: pass every 2nd epoch (epoch+pass ratio, every / every 2nd)":
                     ratios["now"] / ratios["now, pass every 2nd epoch"],
             }}
@@ -157,6 +183,19 @@ def components(texts: list[str], y: np.ndarray, names: list[str], *, max_length:
 
 def _cpu_autocast(on: bool):
     return torch.autocast("cpu", dtype=torch.bfloat16) if on else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _full_block(model: ClearModel, on: bool):
+    """Within it, ``model``'s last block computes every row (``clear_core.pooled`` undone), when ``on``."""
+    if not on:
+        yield
+        return
+    unpool_last_layer(model.model)
+    try:
+        yield
+    finally:
+        pool_last_layer(model.model)
 
 
 class _Clock(TrainerCallback):

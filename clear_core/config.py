@@ -376,6 +376,13 @@ class TrainingConfig:
         metadata={"help": "Most padded tokens of the no-grad passes' batches kept between passes (int32 on the "
                   "CPU, 12 bytes a token with token types); rows past it are re-padded every pass; 0 = never keep."},
     )
+    pooled_last_layer: bool = field(
+        default=True,
+        metadata={"help": "On a [CLS]-pooled classifier (BERT, RoBERTa, XLM-RoBERTa, ELECTRA) the last block computes "
+                  "only the row the head reads (keys and values over every token): the same logits and gradients, "
+                  "every step and pass about a seventh faster on a 6-layer model (clear_core.pooled); false = the "
+                  "full last block. Other architectures always run the full block."},
+    )
     gradient_checkpointing: bool = field(
         default=False,
         metadata={"help": "Recompute the backbone's activations in the backward pass instead of keeping them "

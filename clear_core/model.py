@@ -21,6 +21,7 @@ from .data import TokenizedTexts
 if TYPE_CHECKING:
     from .batching import PassBatches
 from .methods import attach_head_routing, attach_method, prefix_forward
+from .pooled import pool_last_layer
 from .routing import GateController, find_layer_stack
 
 DEFAULT_MODEL = "default"
@@ -215,6 +216,7 @@ class ClearModel(nn.Module):
         self.gate_folded = False
         self.input_names: frozenset[str] | None = None  # set by build(): what the model's forward takes
         self.untrained: list[str] = []
+        self.pooled_last_layer = False  # set by build(): the last block computes only the pooled row
         self.use_inference_gates()
 
     @classmethod
@@ -228,11 +230,15 @@ class ClearModel(nn.Module):
         *,
         gguf_file: str | None = None,
         dtype: torch.dtype | None = None,
+        pooled_last_layer: bool = True,
     ) -> "ClearModel":
         """Load the backbone at ``model_path`` and attach ``clear_config.method`` (see :func:`resolve_model_path`).
 
         ``peft_dir``: a saved lora/prefix adapter folder to load with stock peft instead of a fresh adapter.
         ``gguf_file``/``dtype``: as in :func:`load_backbone` (a GGUF file is also found by :func:`resolve_model`).
+        ``pooled_last_layer``: on a [CLS]-pooled classifier (BERT, RoBERTa, XLM-RoBERTa, ELECTRA) the last block
+        computes only the pooled token's row, with the same logits and gradients (:mod:`clear_core.pooled`);
+        ``self.pooled_last_layer`` says whether it applied.
 
         Raises:
             clear_core.architectures.UnsupportedMethod: the method cannot run on this architecture (a
@@ -242,6 +248,7 @@ class ClearModel(nn.Module):
         path, found_gguf = resolve_model(model_path)
         gguf_file = gguf_file or found_gguf
         model, tokenizer, untrained = load_backbone(path, label_names, gguf_file=gguf_file, dtype=dtype)
+        pooled = pooled_last_layer and pool_last_layer(model)
         inputs = forward_inputs(model)
         _, stack = find_layer_stack(model)
         controller = GateController(len(stack))
@@ -251,7 +258,7 @@ class ClearModel(nn.Module):
             attach_head_routing(model, controller, untrained)
         base = DEFAULT_MODEL if model_path is None else str(model_path)
         built = cls(model, tokenizer, clear_config, label_names, controller, base, max_length)
-        built.input_names, built.untrained = inputs, untrained
+        built.input_names, built.untrained, built.pooled_last_layer = inputs, untrained, pooled
         return built
 
     def enable_gradient_checkpointing(self) -> None:

@@ -138,7 +138,8 @@ def find_layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
     for name, module in model.named_modules():
         if not isinstance(module, nn.ModuleList) or len(module) == 0:
             continue
-        classes = {type(child) for child in module}
+        # a block whose class clear_core.pooled swapped for its pooled-row subclass counts as its original class
+        classes = {getattr(type(child), "_pooled_original", type(child)) for child in module}
         has_params = any(True for _ in module[0].parameters())
         if len(classes) == 1 and has_params and (best is None or len(module) > len(best[1])):
             best = (name, module)

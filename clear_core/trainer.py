@@ -160,7 +160,8 @@ class _Trainer:
         torch.manual_seed(training.seed)
         bf16_weights = cuda and training.precision == "bf16"
         self.model = ClearModel.build(model_path, clear, self.names, training.max_length,
-                                      dtype=torch.bfloat16 if bf16_weights else None)
+                                      dtype=torch.bfloat16 if bf16_weights else None,
+                                      pooled_last_layer=training.pooled_last_layer)
         if bf16_weights:  # the frozen backbone in bf16; what trains stays fp32 (AdamW state and updates)
             for p in self.model.parameters():
                 if p.requires_grad:
