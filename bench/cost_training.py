@@ -49,7 +49,8 @@ BEFORE = dict(length_bucketing=False, merge_for_pass=False, pass_cache_tokens=0,
 # "after fp32" trains in fp32, so pass_precision='auto' runs its routing pass on an int8 copy (clear_core.int8), as on
 # a CPU without native bf16; "after fp32 exact-pass" is the same without that copy: what it pulls, same results or not
 VARIANTS = {"before": BEFORE, "after fp32": dict(precision="fp32"), "after": {},
-            "after fp32 exact-pass": dict(precision="fp32", pass_precision="same")}
+            "after fp32 exact-pass": dict(precision="fp32", pass_precision="same"),
+            "after full-block": dict(pooled_last_layer=False)}  # the defaults but the full last block: same results?
 
 
 def lora_model(routed: bool, names: list[str], max_length: int, model_path) -> tuple[ClearModel, torch.optim.Optimizer]:

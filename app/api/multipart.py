@@ -172,8 +172,17 @@ class ScratchMultiPartParser(MultiPartParser):
     def on_headers_finished(self) -> None:
         """As Starlette's, but a file part's ``UploadFile`` is backed by a ``ScratchFile``. A 422 stops the parse at
         a second part of any name (FastAPI would silently take the last one: which was meant is not ours to guess)
-        and at a ``file`` part that is a text field (both upload routes take exactly one file, named ``file``)."""
-        super().on_headers_finished()
+        and at a ``file`` part that is a text field (both upload routes take exactly one file, named ``file``).
+        A part past the form's ``max_fields`` / ``max_files`` is a 422 naming it (Starlette's is a bare 400)."""
+        try:
+            super().on_headers_finished()
+        except MultiPartException as exc:
+            name = getattr(self._current_part, "field_name", "") or ""
+            if not exc.message.startswith("Too many"):
+                raise
+            raise _OverLimit(InvalidInput(
+                f"the form's part {name!r} is one too many ({exc.message.rstrip('.')}): this route takes the parts "
+                "its documentation lists, each once; remove the others", param=name or "body")) from None
         part = self._current_part
         name = part.field_name
         if name in self._names:

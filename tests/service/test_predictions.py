@@ -414,3 +414,16 @@ def test_two_file_parts_are_a_422_naming_them_and_nothing_is_queued(client, sett
     error = response.json()["error"]
     assert error["param"] == "file" and "more than one part named 'file'" in error["message"]
     assert _runs(settings) == 0
+
+
+def test_too_many_form_fields_are_a_422_naming_one_and_nothing_is_queued(client, settings):
+    job_id = _fake_succeeded_job(client, settings)
+    content = to_bytes(toy_frame(12), "csv")
+    extra = {f"extra_{i}": "x" for i in range(12)}  # past the parser's field limit: was Starlette's bare 400
+    response = client.post(f"/v1/jobs/{job_id}/predictions", files={"file": ("a.csv", content)}, data=extra)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["param"].startswith("extra_") and "one too many" in error["message"]
+    few = client.post(f"/v1/jobs/{job_id}/predictions", files={"file": ("a.csv", content)}, data={"extra_0": "x"})
+    assert few.status_code == 422 and few.json()["error"]["param"] == "extra_0"  # an unknown field, named
+    assert _runs(settings) == 0
