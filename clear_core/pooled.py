@@ -18,7 +18,8 @@ row; the adapters and BitFit deltas of the block act on the row that is kept; th
 over any length.
 
 The block falls back to its own full ``forward`` on a call this module does not cover: a key/value cache
-(prefix tuning's prefix, decoding), cross-attention inputs, or a model that asks for attention weights.
+(prefix tuning's prefix, decoding), cross-attention inputs, a model that asks for attention weights, or an
+attention implementation other than ``eager`` and ``sdpa`` (flash attention's masks are per token).
 Other architectures (DistilBERT, DeBERTa-v2's relative attention, ModernBERT's mean pooling, decoders that
 pool the last real token) are left as they are (:func:`pool_last_layer` returns False).
 """
@@ -67,7 +68,7 @@ def pooled_row_forward(layer: nn.Module, hidden_states: torch.Tensor, attention_
     key = attn.key(hidden_states).view(batch, length, -1, size).transpose(1, 2)  # (B, heads, T, size)
     value = attn.value(hidden_states).view(batch, length, -1, size).transpose(1, 2)
     if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-2] > 1:
-        attention_mask = attention_mask[:, :, :1, :]
+        attention_mask = attention_mask[:, :, :1, :].contiguous()  # (B, 1, 1, T): CUDA kernels want it dense
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     eager = getattr(sys.modules[type(attn).__module__], "eager_attention_forward")
@@ -78,6 +79,12 @@ def pooled_row_forward(layer: nn.Module, hidden_states: torch.Tensor, attention_
     return layer.feed_forward_chunk(layer.attention.output(out, first))
 
 
+def _masks_by_query(layer: nn.Module) -> bool:
+    """Whether the block's attention takes a ``(B, 1, T_q, T_k)`` mask whose first query row can be cut out
+    (``eager``, ``sdpa``); flash-attention's padding masks are per token and would be misread."""
+    return getattr(layer.attention.self.config, "_attn_implementation", "eager") in ("eager", "sdpa")
+
+
 def _pooled_class(cls: type) -> type:
     """A subclass of the block class ``cls`` whose ``forward`` is :func:`pooled_row_forward` where it applies
     (made once per class; the module's parameters, names and state dict are unchanged)."""
@@ -85,7 +92,7 @@ def _pooled_class(cls: type) -> type:
         def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None,
                     encoder_attention_mask=None, cache=None, **kwargs):
             if (cache is not None or kwargs.get("past_key_values") is not None or encoder_hidden_states is not None
-                    or kwargs.get("output_attentions")):
+                    or kwargs.get("output_attentions") or not _masks_by_query(self)):
                 return cls.forward(self, hidden_states, attention_mask, encoder_hidden_states,
                                    encoder_attention_mask, cache=cache, **kwargs)
             return pooled_row_forward(self, hidden_states, attention_mask, **kwargs)

@@ -90,3 +90,23 @@ def test_other_architectures_keep_their_full_last_block(backbones, arch):
     model = ClearModel.build(backbones[arch], ClearConfig(method="lora"), ["0", "1"], 16)
     _, stack = find_layer_stack(model.model)
     assert not model.pooled_last_layer and not type(stack[-1]).__name__.startswith("PooledRow")
+
+
+def test_the_eager_kernel_gives_the_same_and_flash_attention_falls_back(backbones):
+    model = ClearModel.build(backbones["bert"], ClearConfig(method="lora"), ["0", "1"], 16)
+    batch = _batch(model)
+    model.eval()
+    with torch.no_grad():
+        sdpa = model(batch)
+        config = find_layer_stack(model.model)[1][-1].attention.self.config
+        config._attn_implementation = "eager"  # the additive float mask instead of sdpa's boolean one
+        eager = model(batch)
+        unpool_last_layer(model.model)
+        full = model(batch)
+    torch.testing.assert_close(eager, full, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(sdpa, full, atol=1e-5, rtol=1e-4)
+    from clear_core.pooled import _masks_by_query
+
+    pool_last_layer(model.model)
+    config._attn_implementation = "flash_attention_2"
+    assert not _masks_by_query(find_layer_stack(model.model)[1][-1])  # so its forward runs the full block
