@@ -63,7 +63,8 @@ class JobCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     dataset_id: str
-    validation_dataset_id: str | None = Field(None, description="A held-out dataset scored each epoch.")
+    validation_dataset_id: str | None = Field(None, min_length=1, description="A held-out dataset scored each "
+                                              "epoch; leave it out (or null) for none.")
     validation_fraction: float | None = Field(None, ge=0, le=0.5,
                                               description="Fraction of the rows held out of training (stratified by "
                                               "label) and scored out-of-sample; the noise report's reliability "
@@ -76,11 +77,12 @@ class JobCreate(BaseModel):
                                "only.")
     clear: dict[str, Any] = Field(default_factory=dict, description="ClearConfig fields, e.g. routing_cap.")
     training: dict[str, Any] = Field(default_factory=dict, description="TrainingConfig fields, e.g. epochs.")
-    time_limit_s: int | None = Field(None, ge=1, description="Hard limit in seconds from the first start "
+    time_limit_s: int | None = Field(None, ge=1, le=10**9, description="Hard limit in seconds from the first start "
                                      "(default and maximum: the server's CLEAR_MAX_JOB_SECONDS); past it the job "
                                      "fails with code time_limit.")
-    soft_time_limit_s: int | None = Field(None, ge=1, description="Past this the trainer stops between steps and "
-                                          "the job fails with code time_limit (default: 95% of time_limit_s).")
+    soft_time_limit_s: int | None = Field(None, ge=1, le=10**9,
+                                          description="Past this the trainer stops between steps and the job fails "
+                                          "with code time_limit (default: 95% of time_limit_s).")
     from_job: str | None = Field(None, max_length=40, pattern=r"^[^\x00]*$",
                                  description="Retrain: take this earlier job's method, routed, base_model, clear and "
                                  "training settings, validation dataset and fraction and time limits; fields given "

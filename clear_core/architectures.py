@@ -115,10 +115,16 @@ def _attention_child(block: nn.Module, outputs: set[str], prefix: str) -> tuple[
 
 
 def lora_targets(model: nn.Module, configured: list[str] | None = None) -> list[str]:
-    """The module names LoRA wraps (peft ``target_modules``): ``configured``, peft's table for the model type,
-    or the attention input projections found in the blocks (module docstring)."""
-    if configured:
-        return list(configured)
+    """The module names LoRA wraps (peft ``target_modules``): the qualified names of the blocks' linear layers
+    that ``configured`` names match (so ``dense`` on BERT wraps the blocks' dense layers, not the pooler's),
+    peft's table for the model type, or the attention input projections found in the blocks (module
+    docstring)."""
+    if configured:  # every block linear a name matches (as peft matches), by its qualified name: none outside
+        from .config import block_module_names, matched_target_modules
+
+        stack_name, blocks = _blocks(model)
+        qualified = block_module_names(block_linears(model), stack_name, len(blocks))
+        return list(dict.fromkeys(q for t in configured for q in matched_target_modules(t, qualified)))
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as TABLE
 
     model_type = getattr(model.config, "model_type", "")
@@ -163,12 +169,14 @@ def lora_target_refusal(model: nn.Module, targets: list[str] | None) -> str | No
 
     if not targets:
         return None
+    stack_name, blocks = _blocks(model)
     linears = block_linears(model)
-    unmatched = unmatched_target_modules(targets, linears)
+    unmatched = unmatched_target_modules(targets, linears, stack_name, len(blocks))
     if not unmatched:
         return None
-    return (f"lora_target_modules {unmatched} match no linear layer in its blocks (CleaR gates LoRA only there); "
-            f"the linear layers of each block are {linears}")
+    return (f"lora_target_modules {unmatched} match no linear layer in its blocks (CleaR gates LoRA only there; "
+            f"a qualified name is {stack_name}.<0..{len(blocks) - 1}>.<name>); the linear layers of each block "
+            f"are {linears}")
 
 
 def bitfit_targets(model: nn.Module) -> list[tuple[str, nn.Module, int]]:
@@ -260,7 +268,8 @@ def describe(model: nn.Module, refused: dict[str, str] | None = None) -> dict[st
     """What the catalogue shows of a model: ``architecture`` (model type), ``decoder``, ``layers``,
     ``hidden_size``, ``parameters`` (count), ``max_length`` (positions, or None when unbounded),
     ``methods`` (those that can run; ``refused``, :func:`refusals`, is computed when not given) and
-    ``lora_modules`` (:func:`block_linears`: the names ``lora_target_modules`` may give)."""
+    ``lora_modules`` (:func:`block_linears`: the names ``lora_target_modules`` may give) and ``layer_stack``
+    (the block list's qualified name)."""
     refused = refusals(model) if refused is None else refused
     config = model.config
     positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
@@ -274,6 +283,7 @@ def describe(model: nn.Module, refused: dict[str, str] | None = None) -> dict[st
         "max_length": int(positions) if isinstance(positions, int) else None,
         "methods": [m for m in METHODS if m not in refused],
         "lora_modules": block_linears(model),
+        "layer_stack": find_layer_stack(model)[0],
     }
 
 

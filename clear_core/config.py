@@ -73,6 +73,9 @@ def _check_types(obj: Any, limits: dict[str, float]) -> None:
         elif kind.startswith("int"):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{f.name}={value!r} must be an integer")
+            if abs(value) >= 2**63:  # every integer setting is bounded far below; said without all its digits
+                bound = f": give at most {_bound(limits[f.name])}" if f.name in limits and value > 0 else ""
+                raise ValueError(f"{f.name}={_shown(value)} is too {'large' if value > 0 else 'small'}{bound}")
         elif kind.startswith("float"):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{f.name}={value!r} must be a finite number")
@@ -229,8 +232,9 @@ class ClearConfig:
     lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA input, in [0, 1)."})
     lora_target_modules: list[str] | None = field(
         default=None, metadata={"help": "Module names LoRA wraps (non-empty; each must name linear layers in the "
-                                "model's blocks, matched as peft does, by the end of their names); None lets peft "
-                                "pick (query, value for BERT)."}
+                                "model's blocks, matched as peft does, by the end of their qualified names, and only "
+                                "the blocks' layers are wrapped: 'dense' on BERT is not the pooler's); None lets "
+                                "peft pick (query, value for BERT)."}
     )
     adapter_size: int = field(default=16, metadata={"help": "Bottleneck width of the adapter, >= 1."})
     num_virtual_tokens: int = field(default=20, metadata={"help": "Prefix length of prefix tuning, >= 1."})
@@ -266,6 +270,12 @@ class ClearConfig:
         if self.lora_target_modules is not None and not self.lora_target_modules:
             raise ValueError("lora_target_modules=[] names no module: give module names (e.g. ['query', 'value']) "
                              "or leave it out (null) for the model's default targets")
+        if self.lora_target_modules is not None and (len(self.lora_target_modules) > 256 or
+                                                     any(len(m) > 300 for m in self.lora_target_modules)):
+            longest = max(len(m) for m in self.lora_target_modules)
+            raise ValueError(f"lora_target_modules=<{len(self.lora_target_modules)} names, the longest of {longest} "
+                             "characters> is too long: give at most 256 names of at most 300 characters each "
+                             "(module names such as 'query' or 'attention.self.query')")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"lora_dropout={self.lora_dropout!r} is out of range: give a value in [0, 1)")
         if self.method == "full" and self.routed:
@@ -438,23 +448,39 @@ class TrainingConfig:
 DEFAULT_WARMUP_EPOCHS = 3
 
 
-def unmatched_target_modules(targets: list[str], block_modules: list[str]) -> list[str]:
+def block_module_names(block_modules: list[str], layer_stack: str, layers: int) -> list[str]:
+    """The qualified names of every block's linear layers: ``<layer_stack>.<i>.<name>`` for i < ``layers``
+    (``bert.encoder.layer.0.attention.self.query``), as peft names the modules it may wrap."""
+    return [f"{layer_stack}.{i}.{m}" for i in range(layers) for m in block_modules]
+
+
+def matched_target_modules(target: str, qualified: list[str]) -> list[str]:
+    """The names of ``qualified`` that ``target`` matches as peft matches a list of ``target_modules``: the
+    name equals it or ends with ``"." + target``."""
+    return [q for q in qualified if q == target or q.endswith(f".{target}")]
+
+
+def unmatched_target_modules(targets: list[str], block_modules: list[str], layer_stack: str,
+                             layers: int) -> list[str]:
     """The names in ``targets`` (``ClearConfig.lora_target_modules``) that match no linear layer of a block.
 
-    A target matches a module as peft matches ``target_modules`` given as a list (the module's qualified name
-    equals the target or ends with ``"." + target``). ``block_modules`` are the linear layers' names relative
-    to their block (``attention.self.query``); a target may also be a qualified name ending in one of them
-    (``bert.encoder.layer.3.attention.self.query``).
+    A target matches as peft matches ``target_modules`` given as a list, but only among the blocks' linear
+    layers (:func:`block_module_names`): ``query``, ``self.query``, ``attention.self.query`` and
+    ``bert.encoder.layer.3.attention.self.query`` all match on BERT; ``pooler.dense``, ``classifier`` and
+    ``bert.encoder.layer.99.attention.self.query`` (past the last block) do not.
 
     Args:
         targets: module names, non-empty strings.
-        block_modules: the names of one block's linear layers (every block of a stack has the same).
+        block_modules: the names of one block's linear layers relative to the block (every block of a stack
+            has the same), e.g. ``attention.self.query``.
+        layer_stack: the block list's qualified name, e.g. ``bert.encoder.layer``.
+        layers: L, the number of blocks.
 
     Returns:
-        The unmatched targets, in their given order (empty: every target names a linear layer of the blocks).
+        The unmatched targets, in their given order (empty: every target names linear layers of the blocks).
     """
-    return [t for t in targets
-            if not any(m == t or m.endswith(f".{t}") or t.endswith(f".{m}") for m in block_modules)]
+    qualified = block_module_names(block_modules, layer_stack, layers)
+    return [t for t in targets if not matched_target_modules(t, qualified)]
 
 
 def resolve_configs(clear: ClearConfig, training: TrainingConfig) -> tuple[ClearConfig, TrainingConfig]:

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .labels import label_order
+from .labels import held_out_per_class, label_order
 
 
 @dataclass
@@ -149,7 +149,7 @@ def stratified_holdout(given: np.ndarray, fraction: float, *, seed: int) -> tupl
     held = []
     for k in np.unique(given):
         rows = rng.permutation(np.flatnonzero(given == k))
-        take = min(int(np.floor(fraction * len(rows) + 0.5)), len(rows) // 2)  # half up; never over half
+        take = held_out_per_class(len(rows), fraction)  # half up; never over half
         held.extend(rows[:take].tolist())
     mask = np.zeros(len(given), dtype=bool)
     mask[held] = True

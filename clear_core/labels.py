@@ -27,3 +27,16 @@ def label_order(labels: Iterable[str]) -> list[str]:
     if distinct and all(is_integer_label(x) for x in distinct):
         return sorted(distinct, key=lambda x: (int(x), x))
     return sorted(distinct)
+
+
+def held_out_per_class(class_rows: int, fraction: float) -> int:
+    """Rows a class of ``class_rows`` rows holds out for validation at ``validation_fraction=fraction``:
+    ``floor(fraction * n_k + 0.5)``, at most ``n_k // 2`` (so at least half, and at least one row, stay for
+    training). The one rule of ``clear_core.data.stratified_holdout`` and of the service's check that a job
+    asking for ``keep='best'`` holds some row out.
+
+    Args:
+        class_rows: n_k >= 0.
+        fraction: in [0, 0.5].
+    """
+    return min(int(fraction * class_rows + 0.5), class_rows // 2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any
 
@@ -152,7 +153,26 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
         except ValueError:
             value = raw
         (clear if section == "clear" else training)[name] = value
+    top = {k: getattr(args, k) for k in ("validation_fraction",) if getattr(args, k, None) is not None}
+    for section, values in (("clear", clear), ("training", training), ("job", top)):
+        for name, value in values.items():
+            if not _json_number_ok(value):
+                raise UsageError(f"{section}.{name}={value!r}: JSON has no NaN or infinity, and the service takes "
+                                 "no number past a float's range; give a finite value")
     return clear, training
+
+
+def _json_number_ok(value: Any) -> bool:
+    """Whether ``value`` (a setting, possibly nested) holds only numbers JSON and a float can carry."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return abs(value) < 2**1023
+    if isinstance(value, (list, tuple)):
+        return all(_json_number_ok(v) for v in value)
+    if isinstance(value, dict):
+        return all(_json_number_ok(v) for v in value.values())
+    return True
 
 
 def jobs_create(client: Client, args: argparse.Namespace) -> int:

@@ -184,3 +184,17 @@ def test_lora_target_modules_that_match_no_linear_of_the_blocks_are_refused_befo
     check_method(model, "lora", good)  # names, suffixes and qualified names as peft matches them
     with pytest.raises(UnsupportedMethod, match=rf"lora_target_modules \['{bad[0]}'\] match no linear layer"):
         check_method(model, "lora", good + bad)
+    stack = method_support(backbones[arch])["layer_stack"]
+    for wrong in (f"{stack}.99.{block_linears(model)[0]}", f"nonexistent.{block_linears(model)[0]}"):
+        with pytest.raises(UnsupportedMethod, match="match no linear layer"):  # past the last block; no such path
+            check_method(model, "lora", [wrong])
+
+
+def test_a_short_name_wraps_only_the_blocks_layers(backbones):
+    """``dense`` on BERT names the blocks' dense layers and the pooler's: LoRA wraps only the blocks' (the pooler
+    would not be routed)."""
+    from clear_core.architectures import lora_targets, skeleton
+
+    targets = lora_targets(skeleton(backbones["bert"]), ["dense"])
+    assert targets and all(t.startswith("bert.encoder.layer.") for t in targets)
+    assert len(targets) == 3 * 2  # attention.output.dense, intermediate.dense, output.dense in each of 2 blocks

@@ -205,7 +205,12 @@ class ScratchMultiPartParser(MultiPartParser):
         """A file part's bytes are appended to its scratch file at once; a field's kept as Starlette does."""
         part = self._current_part
         if part.file is None:
-            super().on_part_data(data, start, end)
+            try:
+                super().on_part_data(data, start, end)
+            except MultiPartException as exc:  # a text field past max_part_size: name it, as a 422
+                raise _OverLimit(InvalidInput(f"form field {part.field_name!r} is too long ({exc.message.rstrip('.')}):"
+                                              " text fields hold a column name or a short value",
+                                              param=part.field_name or "body")) from None
             return
         if self.file_limit is not None and part.file.file.size + (end - start) > self.file_limit:
             raise _OverLimit(self.over_limit())  # a MultiPartException: Starlette closes (deletes) every file

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Bundle, Session, aliased
 from app.errors import Conflict, InvalidInput, NotFound, Unavailable
 from app.models import JOB_STATUSES, Dataset, Job, JobEvent, utcnow
 from app.services.configs import resolve_base_model, resolve_configs
+from clear_core.labels import held_out_per_class  # no torch behind it
 from app.services.models import check_model_method
 from app.services.datasets import get_dataset
 from app.services.pagination import Page, decode_cursor, encode_cursor, newest_first
@@ -81,10 +82,14 @@ def create_job(session: Session, spec: dict[str, Any], *, tenant_id: str, settin
     if spec.get("validation_fraction") is not None:
         training["validation_fraction"] = spec["validation_fraction"]
     clear, training = resolve_configs(spec["method"], spec["routed"], spec.get("clear") or {}, training)
-    if training["keep"] == "best" and not training["validation_fraction"] and not spec.get("validation_dataset_id"):
-        raise InvalidInput("training.keep='best' picks the epoch with the best held-out accuracy, but this job holds "
-                           "no rows out: give validation_fraction > 0 or a validation_dataset_id, or keep='last'",
-                           param="training.keep")
+    if training["keep"] == "best" and not spec.get("validation_dataset_id"):
+        held = sum(held_out_per_class(int(n), training["validation_fraction"])
+                   for n in (train.class_histogram or {}).values())
+        if held == 0:
+            raise InvalidInput(
+                f"training.keep='best' picks the epoch with the best held-out accuracy, but validation_fraction="
+                f"{training['validation_fraction']} holds no row of this dataset out: give a larger "
+                "validation_fraction or a validation_dataset_id, or keep='last'", param="training.keep")
     base_model = resolve_base_model(spec.get("base_model"), settings)
     check_model_method(settings, base_model, clear["method"], clear["lora_target_modules"])
     if quotas is not None:

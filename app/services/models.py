@@ -46,7 +46,7 @@ def model_folder(name: str, settings: Settings) -> Path:
     return package / "model"
 
 
-CATALOGUE_VERSION = 2  # raised whenever describe() gains a field (2: lora_modules): older entries are described again
+CATALOGUE_VERSION = 3  # raised when describe() gains a field (2: lora_modules, 3: layer_stack): older entries are redone
 
 
 def _fingerprint(folder: Path) -> str:
@@ -161,12 +161,14 @@ def check_model_method(settings: Settings, base_model: str, method: str,
     entry = _entries(settings, [base_model])[base_model]  # this model only: job creation looks at no other folder
     if "error" in entry:
         raise InvalidInput(f"base_model={base_model!r} cannot be used: {entry['error']}", param="base_model")
-    if method == "lora" and lora_target_modules and "lora_modules" in entry:
-        unmatched = unmatched_target_modules(lora_target_modules, entry["lora_modules"])
+    if method == "lora" and lora_target_modules and "layer_stack" in entry:
+        stack, layers = entry["layer_stack"], entry["layers"]
+        unmatched = unmatched_target_modules(lora_target_modules, entry["lora_modules"], stack, layers)
         if unmatched:
             raise InvalidInput(f"clear.lora_target_modules {unmatched} match no linear layer in the blocks of "
                                f"base_model={base_model!r} ({entry['architecture']}; CleaR routes LoRA only there): "
-                               f"name some of {entry['lora_modules']}, or leave lora_target_modules out for the "
+                               f"name some of {entry['lora_modules']} (or their last parts, or qualified names "
+                               f"{stack}.<0..{layers - 1}>.<name>), or leave lora_target_modules out for the "
                                "model's default", param="clear.lora_target_modules")
     if method not in entry["methods"]:
         reason = entry.get("refused", {}).get(method, "not supported")

@@ -51,6 +51,15 @@ def test_upload_of_a_missing_file_is_one_line_and_exit_2(capsys, tmp_path):
     assert code == 2 and "is not a file" in err
 
 
+@pytest.mark.parametrize("flags", [["--learning-rate", "nan"], ["--learning-rate", "inf"],
+                                   ["--set", "clear.temperature=NaN"], ["--set", "training.seed=1e400"],
+                                   ["--set", f"training.learning_rate=1{'0' * 400}"],
+                                   ["--validation-fraction", "nan"]])
+def test_a_number_json_cannot_carry_is_a_usage_error_before_sending(capsys, flags):
+    code, out, err = run(capsys, _never_called, "jobs", "create", "--dataset", "ds_x", *flags)
+    assert code == 2 and out == "" and "finite value" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("name", ["sheet.xlsx", "data.txt", "data", "data.xlsx.gz"])
 def test_an_unsupported_extension_is_refused_before_sending(capsys, tmp_path, name):
     (tmp_path / name).write_bytes(b"PK\x03\x04 not really a spreadsheet")

@@ -79,6 +79,15 @@ BAD_JOBS = [
     ({"routed": 1}, "routed"),
     ({"base_model": ""}, "base_model"),
     ({"training": {"keep": "best"}, "validation_fraction": 0}, "training.keep"),
+    # a second break test: a 500, settings that failed on the worker, and one silently changed
+    ({"validation_dataset_id": ""}, "validation_dataset_id"),
+    ({"clear": {"lora_target_modules": ["nonexistent.attention.self.query"]}}, "clear.lora_target_modules"),
+    ({"clear": {"lora_target_modules": ["bert.encoder.layer.99.attention.self.query"]}}, "clear.lora_target_modules"),
+    ({"clear": {"lora_target_modules": ["x.output.dense"]}}, "clear.lora_target_modules"),
+    ({"clear": {"lora_target_modules": ["a" * 100_000]}}, "clear.lora_target_modules"),
+    ({"training": {"keep": "best"}, "validation_fraction": 0.001}, "training.keep"),  # rounds to no row
+    ({"training": {"seed": -10**400}}, "training.seed"),
+    ({"time_limit_s": 10**400}, "time_limit_s"),
 ]
 
 
@@ -88,13 +97,14 @@ def test_bad_settings_are_422_naming_the_field_and_store_nothing(client, setting
     assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert error["param"] == param and error["message"]
+    assert len(response.content) < 5000  # a huge value is not echoed whole
     assert table_counts(settings.database_url)["jobs"] == 0 and enqueued == []
 
 
 def test_the_settings_next_to_the_refused_ones_are_accepted(client, dataset, enqueued):
     """The boundaries of the checks above: what a user may still give."""
     for body in ({"clear": {"lora_target_modules": ["attention.self.query", "value",
-                                                    "bert.encoder.layer.1.output.dense"]}},
+                                                    "bert.encoder.layer.1.output.dense", "dense"]}},
                  {"clear": {"temperature": 0.01, "lora_alpha": 0.5}},
                  {"training": {"seed": 0, "learning_rate": 10}},
                  {"training": {"keep": "best"}},  # the default validation_fraction holds rows out

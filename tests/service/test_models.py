@@ -37,6 +37,8 @@ def test_the_catalogue_lists_each_model_with_its_methods(decoder_settings, enque
         assert models["all-MiniLM-L6-v2"]["default"] and models["all-MiniLM-L6-v2"]["architecture"] == "bert"
         assert models["all-MiniLM-L6-v2"]["max_length"] == 512 and models["all-MiniLM-L6-v2"]["parameters"] > 20_000_000
         assert models["tiny-bert"]["methods"] == ["lora", "adapter", "prefix", "bitfit", "full"]
+        assert "attention.self.query" in models["tiny-bert"]["lora_modules"]  # what lora_target_modules may name
+        assert models["tiny-bert"]["layer_stack"] == "bert.encoder.layer"
         llama = models["tiny-llama"]
         assert llama["architecture"] == "llama" and llama["decoder"] and llama["methods"] == ["lora", "adapter", "full"]
         assert set(llama["refused"]) == {"prefix", "bitfit"} and "bias" in llama["refused"]["bitfit"]

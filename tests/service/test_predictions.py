@@ -424,6 +424,9 @@ def test_too_many_form_fields_are_a_422_naming_one_and_nothing_is_queued(client,
     assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert error["param"].startswith("extra_") and "one too many" in error["message"]
+    long = client.post(f"/v1/jobs/{job_id}/predictions", files={"file": ("a.csv", content)},
+                       data={"text_column": "x" * (2 * 1024 * 1024)})  # past the parser's part size
+    assert long.status_code == 422 and long.json()["error"]["param"] == "text_column", long.text
     few = client.post(f"/v1/jobs/{job_id}/predictions", files={"file": ("a.csv", content)}, data={"extra_0": "x"})
     assert few.status_code == 422 and few.json()["error"]["param"] == "extra_0"  # an unknown field, named
     assert _runs(settings) == 0

@@ -29,6 +29,11 @@ class ModelPublic(BaseModel):
     max_length: int | None = Field(None, description="Maximum tokens per row (position embeddings).")
     methods: list[str] = Field(default_factory=list, description="Methods a job may use on it.")
     refused: dict[str, str] = Field(default_factory=dict, description="Each other method, with the reason.")
+    lora_modules: list[str] = Field(default_factory=list, description="The linear layers of one block, named "
+                                    "within it (attention.self.query): what clear.lora_target_modules may name, "
+                                    "by these names, their last parts (query) or the layers' qualified names.")
+    layer_stack: str | None = Field(None, description="The qualified name of the block list "
+                                    "(bert.encoder.layer): a qualified module name is <layer_stack>.<i>.<name>.")
     error: str | None = Field(None, description="Why this folder cannot be used at all (then methods is empty).")
 
 
