@@ -65,7 +65,7 @@ class JobCreate(BaseModel):
     dataset_id: str
     validation_dataset_id: str | None = Field(None, min_length=1, description="A held-out dataset scored each "
                                               "epoch; leave it out (or null) for none.")
-    validation_fraction: float | None = Field(None, ge=0, le=0.5,
+    validation_fraction: float | None = Field(None, ge=0, le=0.5, allow_inf_nan=False,
                                               description="Fraction of the rows held out of training (stratified by "
                                               "label) and scored out-of-sample; the noise report's reliability "
                                               "verdict rests on them. Default: training.validation_fraction (0.1); "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from app.schemas import JobError, UtcDatetime
 
@@ -15,7 +15,7 @@ class PredictionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     dataset_id: str = Field(min_length=1, max_length=100, description="A ready dataset; its labels are checked.")
     batch_size: int | None = Field(None, ge=1, le=1024, description="Rows per forward pass (default 64).")
-    label_check: bool = Field(True, description="Check the dataset's labels against the predictions (flags, "
+    label_check: StrictBool = Field(True, description="Check the dataset's labels against the predictions (flags, "
                               "suggested labels); false predicts only, e.g. on labels the model does not know.")
 
 

@@ -147,7 +147,7 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
         key, sep, raw = item.partition("=")
         section, dot, name = key.partition(".")
         if not sep or not dot or section not in ("clear", "training"):
-            raise SystemExit(f"clearft: --set {item!r}: write clear.FIELD=VALUE or training.FIELD=VALUE")
+            raise UsageError(f"--set {item!r}: write clear.FIELD=VALUE or training.FIELD=VALUE")
         try:
             value = json.loads(raw)
         except ValueError:

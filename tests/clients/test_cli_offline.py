@@ -60,6 +60,12 @@ def test_a_number_json_cannot_carry_is_a_usage_error_before_sending(capsys, flag
     assert code == 2 and out == "" and "finite value" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("item", ["x.y=1", "=1", "training.learning_rate", "training=NaN"])
+def test_a_malformed_set_is_a_usage_error(capsys, item):
+    code, out, err = run(capsys, _never_called, "jobs", "create", "--dataset", "ds_x", "--set", item)
+    assert code == 2 and out == "" and "write clear.FIELD=VALUE" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("name", ["sheet.xlsx", "data.txt", "data", "data.xlsx.gz"])
 def test_an_unsupported_extension_is_refused_before_sending(capsys, tmp_path, name):
     (tmp_path / name).write_bytes(b"PK\x03\x04 not really a spreadsheet")

@@ -101,6 +101,14 @@ def test_bad_settings_are_422_naming_the_field_and_store_nothing(client, setting
     assert table_counts(settings.database_url)["jobs"] == 0 and enqueued == []
 
 
+def test_a_nan_validation_fraction_is_said_to_be_not_finite(client, settings, dataset, enqueued):
+    body = '{"dataset_id": "%s", "base_model": "tiny-bert", "validation_fraction": NaN}' % dataset["id"]
+    answer = client.post("/v1/jobs", content=body, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 422 and answer.json()["error"]["param"] == "validation_fraction", answer.text
+    assert "finite" in answer.json()["error"]["message"]  # was "should be less than or equal to 0.5"
+    assert table_counts(settings.database_url)["jobs"] == 0
+
+
 def test_the_settings_next_to_the_refused_ones_are_accepted(client, dataset, enqueued):
     """The boundaries of the checks above: what a user may still give."""
     for body in ({"clear": {"lora_target_modules": ["attention.self.query", "value",

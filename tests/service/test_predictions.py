@@ -430,3 +430,38 @@ def test_too_many_form_fields_are_a_422_naming_one_and_nothing_is_queued(client,
     few = client.post(f"/v1/jobs/{job_id}/predictions", files={"file": ("a.csv", content)}, data={"extra_0": "x"})
     assert few.status_code == 422 and few.json()["error"]["param"] == "extra_0"  # an unknown field, named
     assert _runs(settings) == 0
+
+
+def test_a_caller_that_leaves_mid_body_gets_a_400_not_a_500(client, settings, api_key, caplog):
+    """The JSON branch reads the body itself: a disconnect there was an unhandled ``ClientDisconnect`` (a 500 and
+    an ERROR traceback in the log)."""
+    job_id = _fake_succeeded_job(client, settings)
+    messages = iter([{"type": "http.request", "body": b'{"dataset_id":', "more_body": True},
+                     {"type": "http.disconnect"}])
+    sent = []
+
+    async def receive():
+        return next(messages, {"type": "http.disconnect"})
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": f"/v1/jobs/{job_id}/predictions", "raw_path": f"/v1/jobs/{job_id}/predictions".encode(),
+             "query_string": b"", "root_path": "", "client": ("127.0.0.1", 5000), "server": ("testserver", 80),
+             "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"),
+                         (b"content-length", b"1000"), (b"authorization", f"Bearer {api_key}".encode())],
+             "state": {}}
+    with caplog.at_level("ERROR"):
+        client.portal.call(client.app, scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 400
+    assert not [r for r in caplog.records if r.levelname == "ERROR"] and _runs(settings) == 0
+
+
+def test_label_check_in_json_is_a_boolean_only(client, settings):
+    job_id = _fake_succeeded_job(client, settings)
+    for value in ("yes", 1, "true"):  # pydantic's lax mode took these; the form's parser refuses "maybe"
+        answer = client.post(f"/v1/jobs/{job_id}/predictions", json={"dataset_id": "ds_x", "label_check": value})
+        assert answer.status_code == 422 and "label_check" in (answer.json()["error"]["param"] or ""), answer.text
+    assert _runs(settings) == 0

@@ -12,6 +12,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from app.api.auth import PrincipalDep
 from app.api.multipart import ScratchUploadRoute, stored_upload
@@ -148,7 +150,11 @@ async def create_prediction(request: Request, principal: PrincipalDep, session: 
     if media == "multipart/form-data":
         run = await _from_upload(request, principal, session, settings, store, enqueue, job_id)
     elif media in ("application/json", ""):
-        body = _json_body(await request.body())
+        try:
+            raw = await request.body()
+        except ClientDisconnect:  # the caller left mid-body: a 400 as FastAPI answers it on other routes, not a 500
+            raise HTTPException(status_code=400, detail="the request body was cut off before its end") from None
+        body = _json_body(raw)
         run = await run_in_threadpool(lambda: service.create_from_dataset(
             session, store, job_id, body.dataset_id, tenant_id=principal.tenant_id, settings=settings,
             enqueue=enqueue, quotas=principal.quotas, batch_size=body.batch_size, label_check=body.label_check))
