@@ -5,6 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters with its length said, so that an error message never echoes
+    a huge input whole (a 300 KB id in a 404)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 class ServiceError(Exception):
     """Base of every error a caller can act on: a stable ``code``, a message saying what to fix, a ``param``."""
 

@@ -163,9 +163,11 @@ class ScratchMultiPartParser(MultiPartParser):
     and its file is deleted here, as is every file when parsing fails."""
 
     def __init__(self, *args, directory: Path, file_limit: int | None = None,
-                 over_limit: Callable[[], Exception] | None = None, **kwargs) -> None:
+                 over_limit: Callable[[], Exception] | None = None, allowed: frozenset[str] | None = None,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.directory = directory
+        self.allowed = allowed  # the route's part names, when it gives them: any other is refused as it arrives
         self.file_limit, self.over_limit = file_limit, over_limit
         self._names: set[str] = set()
 
@@ -180,11 +182,13 @@ class ScratchMultiPartParser(MultiPartParser):
             name = getattr(self._current_part, "field_name", "") or ""
             if not exc.message.startswith("Too many"):
                 raise
+            self._check_allowed(name)
             raise _OverLimit(InvalidInput(
                 f"the form's part {name!r} is one too many ({exc.message.rstrip('.')}): this route takes the parts "
                 "its documentation lists, each once; remove the others", param=name or "body")) from None
         part = self._current_part
         name = part.field_name
+        self._check_allowed(name)
         if name in self._names:
             if name == "file":
                 raise _OverLimit(InvalidInput("the form has more than one part named 'file': send exactly one file "
@@ -200,6 +204,12 @@ class ScratchMultiPartParser(MultiPartParser):
             scratch = ScratchFile(self.directory)
             self._files_to_close_on_error.append(scratch)
             part.file.file = scratch
+
+    def _check_allowed(self, name: str) -> None:
+        """A 422 naming the first part whose name the route does not take (when it said which it takes)."""
+        if self.allowed is not None and name not in self.allowed:
+            raise _OverLimit(InvalidInput(f"unknown form field {name!r}: use {', '.join(sorted(self.allowed))}",
+                                          param=name or "body"))
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         """A file part's bytes are appended to its scratch file at once; a field's kept as Starlette does."""
@@ -250,7 +260,8 @@ class ScratchFormRequest(Request):
             parser = ScratchMultiPartParser(self.headers, stream, max_files=max_files, max_fields=max_fields,
                                             max_part_size=max_part_size, directory=directory,
                                             file_limit=quotas.upload_bytes if quotas else None,
-                                            over_limit=lambda: upload_too_large(quotas))
+                                            over_limit=lambda: upload_too_large(quotas),
+                                            allowed=getattr(self.state, "form_fields", None))
             self._form = await parser.parse()
         except _OverLimit as exc:
             raise FormServiceError(exc.error) from None

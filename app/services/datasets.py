@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from sqlalchemy import delete, insert, select, text
 from sqlalchemy.orm import Session
 
-from app.errors import InvalidInput, NotFound
+from app.errors import InvalidInput, NotFound, shown
 from app.models import Dataset, DatasetRow
 from app.services.pagination import Page, newest_first
 from app.services.quotas import Quotas, check_stored_rows, lock_tenant
@@ -248,7 +248,7 @@ def get_dataset(session: Session, dataset_id: str, *, tenant_id: str, param: str
     """The tenant's dataset with this id; raises ``NotFound`` otherwise (another tenant's id included)."""
     dataset = session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id))
     if dataset is None:
-        raise NotFound(f"no dataset with id {dataset_id!r}", param=param)
+        raise NotFound(f"no dataset with id {shown(dataset_id)}", param=param)
     return dataset
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, delete, exists, func, select
 from sqlalchemy.orm import Bundle, Session, aliased
 
-from app.errors import Conflict, InvalidInput, NotFound, Unavailable
+from app.errors import Conflict, InvalidInput, NotFound, Unavailable, shown
 from app.models import JOB_STATUSES, Dataset, Job, JobEvent, utcnow
 from app.services.configs import resolve_base_model, resolve_configs
 from clear_core.labels import held_out_per_class  # no torch behind it
@@ -135,7 +135,7 @@ def get_job(session: Session, job_id: str, *, tenant_id: str) -> Job:
     prediction run's: those are ``app.services.predictions``')."""
     job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id, Job.kind == "train"))
     if job is None:
-        raise NotFound(f"no job with id {job_id!r}", param="job_id")
+        raise NotFound(f"no job with id {shown(job_id)}", param="job_id")
     return job
 
 
@@ -205,7 +205,7 @@ def get_job_with_source(session: Session, job_id: str, *, tenant_id: str) -> tup
     """
     row = session.execute(JOB_WITH_SOURCE, {"job_id": job_id, "tenant_id": tenant_id}).first()
     if row is None:
-        raise NotFound(f"no job with id {job_id!r}", param="job_id")
+        raise NotFound(f"no job with id {shown(job_id)}", param="job_id")
     return row[0], row[1] if row[1].id is not None else None
 
 

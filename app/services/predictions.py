@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from clear_core.csv_safety import csv_safe  # no torch or sklearn behind it
 
-from app.errors import Conflict, InvalidInput, NotFound
+from app.errors import Conflict, InvalidInput, NotFound, shown
 from app.models import Dataset, Job, JobEvent, PredictionRow, new_id
 from app.services.datasets import Limits, get_dataset
 from app.services.jobs import enqueue_committed, get_job, request_cancel, resolve_time_limits
@@ -302,7 +302,7 @@ def get_prediction(session: Session, run_id: str, *, tenant_id: str) -> Job:
     """The tenant's prediction run with this id; ``NotFound`` otherwise (another tenant's id included)."""
     run = session.scalar(select(Job).where(Job.id == run_id, Job.tenant_id == tenant_id, Job.kind == KIND))
     if run is None:
-        raise NotFound(f"no prediction run with id {run_id!r}", param="prediction_id")
+        raise NotFound(f"no prediction run with id {shown(run_id)}", param="prediction_id")
     return run
 
 

@@ -149,6 +149,8 @@ def test_unknown_job_is_404_on_every_route(client):
         assert response.status_code == 404, path
         assert response.json()["error"] == {"code": "not_found", "message": "no job with id 'job_missing'",
                                             "param": "job_id"}
+    huge = client.post("/v1/jobs", json={"dataset_id": "d" * 300_000})  # an id is not echoed whole
+    assert huge.status_code == 404 and len(huge.content) < 1000 and "300002 characters" in huge.text
 
 
 def test_list_pages_and_filters_by_status(client, dataset):

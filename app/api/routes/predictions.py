@@ -97,6 +97,7 @@ def _batch_size(raw: str | None) -> int | None:
 async def _from_upload(request: Request, principal, session, settings, store, enqueue, job_id: str):
     # the form's file lives until the form is closed (ScratchFile): everything that reads it stays in the block
     # a few file parts are parsed (past MAX_FILE_PARTS: Starlette's 400); a second one named 'file' is a 422
+    request.state.form_fields = frozenset(FORM_FIELDS | {"file"})  # an unknown part is refused as it arrives
     async with request.form(max_files=MAX_FILE_PARTS, max_fields=len(FORM_FIELDS) + 1) as form:
         unknown = sorted(set(form.keys()) - FORM_FIELDS - {"file"})
         if unknown:
