@@ -122,8 +122,7 @@ def lora_targets(model: nn.Module, configured: list[str] | None = None) -> list[
     if configured:  # every block linear a name matches (as peft matches), by its qualified name: none outside
         from .config import block_module_names, matched_target_modules
 
-        stack_name, blocks = _blocks(model)
-        qualified = block_module_names(block_linears(model), stack_name, len(blocks))
+        qualified = block_module_names(*_block_linears_of_stack(model))
         return list(dict.fromkeys(q for t in configured for q in matched_target_modules(t, qualified)))
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as TABLE
 
@@ -162,6 +161,13 @@ def block_linears(model: nn.Module) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _block_linears_of_stack(model: nn.Module) -> tuple[list[str], str, int]:
+    """``(block_linears(model), layer stack name, number of blocks)``: what the target-module matching of
+    :mod:`clear_core.config` takes."""
+    stack_name, blocks = _blocks(model)
+    return block_linears(model), stack_name, len(blocks)
+
+
 def lora_target_refusal(model: nn.Module, targets: list[str] | None) -> str | None:
     """Why ``lora_target_modules=targets`` cannot be used on ``model`` (some name matches no linear layer in
     its blocks, :func:`clear_core.config.unmatched_target_modules`), or None (``targets`` None, or all match)."""
@@ -169,13 +175,12 @@ def lora_target_refusal(model: nn.Module, targets: list[str] | None) -> str | No
 
     if not targets:
         return None
-    stack_name, blocks = _blocks(model)
-    linears = block_linears(model)
-    unmatched = unmatched_target_modules(targets, linears, stack_name, len(blocks))
+    linears, stack_name, layers = _block_linears_of_stack(model)
+    unmatched = unmatched_target_modules(targets, linears, stack_name, layers)
     if not unmatched:
         return None
     return (f"lora_target_modules {unmatched} match no linear layer in its blocks (CleaR gates LoRA only there; "
-            f"a qualified name is {stack_name}.<0..{len(blocks) - 1}>.<name>); the linear layers of each block "
+            f"a qualified name is {stack_name}.<0..{layers - 1}>.<name>); the linear layers of each block "
             f"are {linears}")
 
 

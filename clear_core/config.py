@@ -74,16 +74,14 @@ def _check_types(obj: Any, limits: dict[str, float]) -> None:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{f.name}={value!r} must be an integer")
             if abs(value) >= 2**63:  # every integer setting is bounded far below; said without all its digits
-                bound = f": give at most {_bound(limits[f.name])}" if f.name in limits and value > 0 else ""
-                raise ValueError(f"{f.name}={_shown(value)} is too {'large' if value > 0 else 'small'}{bound}")
+                raise _beyond(f.name, value, limits)
         elif kind.startswith("float"):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{f.name}={value!r} must be a finite number")
             if not _finite(value):
                 if value != value:  # NaN
                     raise ValueError(f"{f.name}={value!r} must be a finite number")
-                bound = f": give at most {_bound(limits[f.name])}" if f.name in limits and value > 0 else ""
-                raise ValueError(f"{f.name}={_shown(value)} is too {'large' if value > 0 else 'small'}{bound}")
+                raise _beyond(f.name, value, limits)
         elif kind.startswith("str"):
             if not isinstance(value, str):
                 raise ValueError(f"{f.name}={value!r} must be a string")
@@ -97,6 +95,12 @@ def _check_types(obj: Any, limits: dict[str, float]) -> None:
 
 def _bound(limit: float) -> str:
     return str(limit) if isinstance(limit, int) else f"{limit:g}"
+
+
+def _beyond(name: str, value: int | float, limits: dict[str, float]) -> ValueError:
+    """The error of a value past any number the setting could take (an infinity, an integer of 19+ digits)."""
+    bound = f": give at most {_bound(limits[name])}" if name in limits and value > 0 else ""
+    return ValueError(f"{name}={_shown(value)} is too {'large' if value > 0 else 'small'}{bound}")
 
 
 def _finite(value: int | float) -> bool:

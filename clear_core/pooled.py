@@ -119,7 +119,7 @@ def pool_last_layer(model: nn.Module) -> bool:
     except TypeError:
         return False
     last = stack[-1]
-    if type(last) in _POOLED_CLASSES.values():
+    if hasattr(type(last), "_pooled_original"):  # pooled already
         return True
     if not _bert_block(last):
         return False

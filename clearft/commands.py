@@ -153,7 +153,7 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
         except ValueError:
             value = raw
         (clear if section == "clear" else training)[name] = value
-    top = {k: getattr(args, k) for k in ("validation_fraction",) if getattr(args, k, None) is not None}
+    top = {"validation_fraction": args.validation_fraction}
     for section, values in (("clear", clear), ("training", training), ("job", top)):
         for name, value in values.items():
             if not _json_number_ok(value):

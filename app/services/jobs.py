@@ -11,13 +11,13 @@ from sqlalchemy.orm import Bundle, Session, aliased
 from app.errors import Conflict, InvalidInput, NotFound, Unavailable, shown
 from app.models import JOB_STATUSES, Dataset, Job, JobEvent, utcnow
 from app.services.configs import resolve_base_model, resolve_configs
-from clear_core.labels import held_out_per_class  # no torch behind it
 from app.services.models import check_model_method
 from app.services.datasets import get_dataset
 from app.services.pagination import Page, decode_cursor, encode_cursor, newest_first
 from app.services.quotas import Quotas, check_job_quotas
 from app.services.transitions import add_event, transition
 from app.settings import Settings
+from clear_core.labels import held_out_per_class  # no torch behind it
 
 Enqueue = Callable[[str], None]
 SOURCE_JOB = aliased(Job, name="source_job")  # made once: building an alias of the table costs every column

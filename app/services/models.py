@@ -139,8 +139,7 @@ def catalogue(settings: Settings) -> list[dict[str, Any]]:
     """Every base model a job may name, in ``available_models`` order: ``id``, ``default`` (the one a job
     naming none gets) and what :func:`clear_core.architectures.method_support` says (``architecture``,
     ``decoder``, ``layers``, ``hidden_size``, ``parameters``, ``max_length``, ``methods``, ``refused``,
-    ``lora_modules``), or
-    ``error`` for a folder that holds no usable model."""
+    ``lora_modules``, ``layer_stack``), or ``error`` for a folder that holds no usable model."""
     names = available_models(settings)
     entries = _entries(settings, names)
     default = settings.default_base_model

@@ -95,14 +95,11 @@ def _batch_size(raw: str | None) -> int | None:
 
 
 async def _from_upload(request: Request, principal, session, settings, store, enqueue, job_id: str):
-    # the form's file lives until the form is closed (ScratchFile): everything that reads it stays in the block
-    # a few file parts are parsed (past MAX_FILE_PARTS: Starlette's 400); a second one named 'file' is a 422
-    request.state.form_fields = frozenset(FORM_FIELDS | {"file"})  # an unknown part is refused as it arrives
+    # the form's file lives until the form is closed (ScratchFile): everything that reads it stays in the block.
+    # The parser refuses, as a 422 naming the part, an unknown part as it arrives, a repeated one, a text field
+    # named 'file' and a part past MAX_FILE_PARTS (app.api.multipart)
+    request.state.form_fields = frozenset(FORM_FIELDS | {"file"})
     async with request.form(max_files=MAX_FILE_PARTS, max_fields=len(FORM_FIELDS) + 1) as form:
-        unknown = sorted(set(form.keys()) - FORM_FIELDS - {"file"})
-        if unknown:
-            raise InvalidInput(f"unknown form field(s) {unknown}: use file, {', '.join(sorted(FORM_FIELDS))}",
-                               param=unknown[0])
         files = form.getlist("file")  # at most one: a second part named 'file' stopped the parse (multipart.py)
         if len(files) != 1 or not isinstance(files[0], UploadFile):
             raise InvalidInput("send exactly one file in the form field 'file' (CSV, JSONL or Parquet), or a JSON "
