@@ -369,7 +369,7 @@ class TrainingConfig:
     pass_precision: str = field(
         default="auto",
         metadata={"help": "The routing pass (the per-row losses behind p_clean, before each routed epoch): 'auto' "
-                  "(on a CPU that trains without bf16 autocast, a dynamic int8 copy of the network, 2.7-3x faster; "
+                  "(on a CPU that trains without bf16 autocast, a dynamic int8 copy of the network, 1.4-3x faster; "
                   "elsewhere as the training), 'int8' (that copy on any CPU; ignored on CUDA) or 'same' (the "
                   "training's precision). Evaluation, held-out rows and the final pass behind the noise report "
                   "always run in the training's precision (clear_core.int8)."},
