@@ -90,6 +90,11 @@ class JobProgress(TrainerCallback):
         else:
             self._decide(self.lease.check(), control)
 
+    def on_save(self, state: TrainerState, control: TrainerControl, checkpoint_path: Any) -> None:
+        """Write progress at every checkpoint, throttle or not: a worker that stops here hands the job back at this
+        step, and the job's row then shows the step the next attempt resumes from (not the last throttled one)."""
+        self._write(state, control)
+
     def _announced_stages(self) -> set[str]:
         """The stages of the ``warning`` events the job already has (an earlier attempt may have posted one after
         the checkpoint this attempt resumes from); empty if the database cannot be read now."""
