@@ -88,8 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "comma-separated")
     p.add_argument("--pass-batch-size", type=int, default=None, help="training suite: rows per pass batch")
     p.add_argument("--demo-variants", default=None,
-                   help="training suite: which of before, 'after fp32', after, 'after fp32 exact-pass' to train "
-                        "(default all), comma-separated")
+                   help="training suite: which of before, 'after fp32', after, 'after fp32 exact-pass', "
+                        "'after full-block', 'after pass-every-2', 'after unrouted' to train (default all), "
+                        "comma-separated")
+    p.add_argument("--demo-epochs", type=int, default=None,
+                   help="training suite: epochs of the demo's job (default 2, 1 of them warm-up); more than 2 "
+                        "makes 'after pass-every-2' differ from 'after'")
     p.add_argument("--cadence-epochs", type=int, default=None,
                    help="training suite: epochs of one longer run measuring how far p_clean moves (0 = skip)")
     return p

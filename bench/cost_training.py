@@ -50,7 +50,13 @@ BEFORE = dict(length_bucketing=False, merge_for_pass=False, pass_cache_tokens=0,
 # a CPU without native bf16; "after fp32 exact-pass" is the same without that copy: what it pulls, same results or not
 VARIANTS = {"before": BEFORE, "after fp32": dict(precision="fp32"), "after": {},
             "after fp32 exact-pass": dict(precision="fp32", pass_precision="same"),
-            "after full-block": dict(pooled_last_layer=False)}  # the defaults but the full last block: same results?
+            "after full-block": dict(pooled_last_layer=False),  # the defaults but the full last block: same results?
+            "after pass-every-2": {}, "after unrouted": {}}
+# the cadence question end to end (--demo-epochs E > 2): the defaults with a routing pass every second routed epoch
+# (ClearConfig.pass_every_epochs=2), and plain LoRA without routing, the denominator of "routed ÷ unrouted"
+CLEAR_VARIANTS = {"after pass-every-2": dict(pass_every_epochs=2)}
+UNROUTED_VARIANTS = frozenset({"after unrouted"})
+DEFAULT_DEMO_VARIANTS = ("before", "after fp32", "after", "after fp32 exact-pass", "after full-block")
 
 
 def lora_model(routed: bool, names: list[str], max_length: int, model_path) -> tuple[ClearModel, torch.optim.Optimizer]:
@@ -214,12 +220,17 @@ class _Clock(TrainerCallback):
 
 def demo_run(train_data, test_data, gold_noisy: np.ndarray, *, seed: int, variant: str, model_path,
              epochs: int, routed: bool = True) -> dict[str, Any]:
-    """One training of the demo's job; its wall time, accuracy on the test rows and report scores."""
+    """One training of the demo's job; its wall time, accuracy on the test rows and report scores. ``variant``
+    names its TrainingConfig changes (``VARIANTS``), ClearConfig changes (``CLEAR_VARIANTS``) and whether it
+    is routed (not when in ``UNROUTED_VARIANTS``)."""
     extra = VARIANTS[variant]
+    routed = routed and variant not in UNROUTED_VARIANTS
     training = TrainingConfig(epochs=epochs, batch_size=DEMO["batch_size"], max_length=DEMO["max_length"],
                               learning_rate=DEMO["learning_rate"], seed=seed, **extra)
     clock = _Clock()
-    result = train(train_data, clear=ClearConfig(method="lora", routed=routed, warmup_epochs=DEMO["warmup_epochs"]),
+    clear = ClearConfig(method="lora", routed=routed, warmup_epochs=DEMO["warmup_epochs"],
+                        **CLEAR_VARIANTS.get(variant, {}))
+    result = train(train_data, clear=clear,
                    training=training, model_path=model_path, callbacks=[clock])
     logits = result.model.predict_logits(list(test_data.texts), batch_size=128)
     accuracy = float(np.mean(np.array(result.label_names)[logits.argmax(axis=1)] == np.array(test_data.labels)))
@@ -234,15 +245,18 @@ def demo_run(train_data, test_data, gold_noisy: np.ndarray, *, seed: int, varian
 
 
 def demo(seeds: list[int], train_data, test_data, gold_noisy, model_path, log, *, runs: list | None = None,
-         after_each=None, variants: list[str] | None = None) -> list[dict[str, Any]]:
+         after_each=None, variants: list[str] | None = None, epochs: int | None = None) -> list[dict[str, Any]]:
     """Every variant of the demo's job per seed (before, after with fp32, after with the defaults), the order
     reversed every other seed; each run is appended to ``runs`` and ``after_each()`` called."""
     runs = [] if runs is None else runs
-    names = [v for v in VARIANTS if v in (variants or VARIANTS)]
+    unknown = sorted(set(variants or ()) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"unknown demo variant(s) {unknown}: choose among {list(VARIANTS)}")
+    names = [v for v in VARIANTS if v in (variants or DEFAULT_DEMO_VARIANTS)]
     for i, seed in enumerate(seeds):
         for variant in (names if i % 2 == 0 else names[::-1]):
             run = demo_run(train_data, test_data, gold_noisy, seed=seed, variant=variant, model_path=model_path,
-                           epochs=DEMO["epochs"])
+                           epochs=epochs or DEMO["epochs"])
             runs.append(run)
             log(f"demo seed {seed} {variant}: {run['train_wall_s']:.1f} s, accuracy {run['test_accuracy']:.3f}, "
                 f"precision {run['precision']:.3f}, recall {run['recall']:.3f}")
@@ -282,6 +296,19 @@ def tables(parts: list[dict], runs: list[dict], cadence: dict | None) -> dict[st
             [[v, mean_std([r["train_wall_s"] for r in rs], 1), mean_std([r["test_accuracy"] for r in rs]),
               mean_std([r["precision"] for r in rs]), mean_std([r["recall"] for r in rs]),
               mean_std(ratio(v), 2) if v != "before" else ""] for v, rs in by.items() if rs])
+    if any(by[v] for v in UNROUTED_VARIANTS):  # routed ÷ unrouted, per seed, on the same data and epochs
+        plain = [r for v in UNROUTED_VARIANTS for r in by[v]]
+
+        def over_plain(v):
+            return [a["train_wall_s"] / b["train_wall_s"] for a in by[v] for b in plain if a["seed"] == b["seed"]]
+
+        out["demo_vs_unrouted"] = markdown_table(
+            ["variant", "epochs", "training wall s", "test accuracy", "report precision", "report recall",
+             "÷ unrouted (per seed)"],
+            [[v, rs[0]["epochs"], mean_std([r["train_wall_s"] for r in rs], 1),
+              mean_std([r["test_accuracy"] for r in rs]), mean_std([r["precision"] for r in rs]),
+              mean_std([r["recall"] for r in rs]), mean_std(over_plain(v), 3)]
+             for v, rs in by.items() if rs])
     if cadence:
         out["cadence"] = markdown_table(
             ["pass → next pass", "mean |Δ p_clean|", "rows crossing 0.5"],
@@ -326,7 +353,7 @@ def run_suite(args, splits, env, log, save=None) -> dict[str, Any]:
     gold_noisy = (pool["label"].astype(int) != pool["gt"].astype(int)).to_numpy()
     if args.seeds:
         demo(args.seeds, train_data, test_data, gold_noisy, args.model, log, runs=runs, after_each=checkpoint,
-             variants=args.demo_variants)
+             variants=args.demo_variants, epochs=args.demo_epochs)
     if args.cadence_epochs:
         log(f"cadence run: {args.cadence_epochs} epochs ...")
         cadence = demo_run(train_data, test_data, gold_noisy, seed=args.seeds[0] if args.seeds else 0,
