@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pass-batch-size", type=int, default=None, help="training suite: rows per pass batch")
     p.add_argument("--demo-variants", default=None,
                    help="training suite: which of before, 'after fp32', after, 'after fp32 exact-pass', "
-                        "'after full-block', 'after pass-every-2', 'after unrouted' to train (default all), "
+                        "'after full-block', 'after pass-every-2', 'after unrouted' to train (default: the first five), "
                         "comma-separated")
     p.add_argument("--demo-epochs", type=int, default=None,
                    help="training suite: epochs of the demo's job (default 2, 1 of them warm-up); more than 2 "
