@@ -45,6 +45,20 @@ class InvalidInput(ServiceError):
     code = "invalid_input"
 
 
+class BadRequest(ServiceError):
+    """The body cannot be read as what the route takes (400): a multipart body cut off, a part without a name, a
+    boundary that does not match, JSON that cannot be decoded. The message says what to send instead."""
+
+    code = "bad_request"
+
+
+class UnsupportedMediaType(ServiceError):
+    """The body's ``Content-Type`` is not one the route accepts (415); ``param`` is ``"Content-Type"`` and the
+    message names the accepted types."""
+
+    code = "unsupported_media_type"
+
+
 class PayloadTooLarge(ServiceError):
     """The upload exceeds the configured size."""
 

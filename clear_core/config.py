@@ -32,6 +32,9 @@ RELABEL_MODES = ("off", "hard", "soft")  # ClearConfig.relabel; the policy is cl
 DEFAULT_ROUTING_CAP = 1.0
 DEFAULT_DISTILL_WEIGHT = 0.0
 MIN_TEMPERATURE = 0.01  # the soft-target CE's logits / T: below it fp32 logits of a few tens overflow
+# The smallest lora_alpha: below it the delta (scaled by alpha / r) is zero in effect, in bf16 or fp32 alike (1e-300
+# was accepted and trained an adapter that changes nothing); LoRA's alpha is 1-64 in practice.
+MIN_LORA_ALPHA = 1e-3
 # Upper bounds that catch typos and abuse (1e308 epochs) before a job is queued.
 CLEAR_LIMITS = {
     "warmup_epochs": 1000, "distill_weight": 100.0, "distill_ramp_epochs": 1000, "temperature": 100.0,
@@ -144,7 +147,7 @@ class ClearConfig:
         ValueError: on an unknown method, inference mode, report score or relabel mode, a value
             out of its range (the message quotes the value and the accepted range), or
             ``relabel`` other than ``"off"``, or ``pass_every_epochs`` other than 1, on an unrouted run (plain
-            PEFT, full fine-tuning); an empty ``lora_target_modules`` list, ``lora_alpha <= 0``, a
+            PEFT, full fine-tuning); an empty ``lora_target_modules`` list, ``lora_alpha`` below ``MIN_LORA_ALPHA`` (1e-3), a
             ``temperature`` outside [0.01, 100], or a number too large for a float (every message starts
             with ``field=``).
     """
@@ -232,7 +235,7 @@ class ClearConfig:
     )
     # method hyperparameters
     lora_r: int = field(default=8, metadata={"help": "LoRA rank r >= 1."})
-    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha > 0 (scaling = alpha / r)."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha in [0.001, 1e4] (scaling = alpha / r)."})
     lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA input, in [0, 1)."})
     lora_target_modules: list[str] | None = field(
         default=None, metadata={"help": "Module names LoRA wraps (non-empty; each must name linear layers in the "
@@ -271,6 +274,10 @@ class ClearConfig:
             )
         if self.lora_alpha <= 0:
             raise ValueError(f"lora_alpha={self.lora_alpha!r} must be > 0 (the LoRA delta is scaled by alpha / r)")
+        if self.lora_alpha < MIN_LORA_ALPHA:
+            raise ValueError(f"lora_alpha={self.lora_alpha!r} is too small: the LoRA delta is scaled by alpha / r, so "
+                             f"it would change nothing; give a value in [{MIN_LORA_ALPHA:g}, "
+                             f"{CLEAR_LIMITS['lora_alpha']:g}] (16 by default)")
         if self.lora_target_modules is not None and not self.lora_target_modules:
             raise ValueError("lora_target_modules=[] names no module: give module names (e.g. ['query', 'value']) "
                              "or leave it out (null) for the model's default targets")

@@ -236,6 +236,7 @@ def test_learning_rate_defaults_per_method():
     (lambda: TrainingConfig(seed=-1), r"seed=-1 must be an integer in \[0, 4294967295\]"),
     (lambda: ClearConfig(lora_target_modules=[]), r"lora_target_modules=\[\] names no module"),
     (lambda: ClearConfig(lora_alpha=-16), "lora_alpha=-16 must be > 0"),
+    (lambda: ClearConfig(lora_alpha=1e-300), "lora_alpha=1e-300 is too small"),
     (lambda: ClearConfig(temperature=1e-300), "temperature=1e-300 is too small"),
 ])
 def test_config_rejects_wrong_types_and_absurd_values(make, match):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import sqlalchemy.exc as sa_exc
@@ -11,20 +12,23 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match, Mount
 from starlette.staticfiles import StaticFiles
 
-from app.errors import (Conflict, Forbidden, InvalidInput, NotFound, Overloaded, PayloadTooLarge, ServiceError,
-                        TooManyRequests, Unauthorized, Unavailable)
+from app.errors import (BadRequest, Conflict, Forbidden, InvalidInput, NotFound, Overloaded, PayloadTooLarge,
+                        ServiceError, TooManyRequests, Unauthorized, Unavailable, UnsupportedMediaType)
 from app.faults import is_transient
 
 logger = logging.getLogger(__name__)
 STATUS_BY_ERROR: dict[type[ServiceError], int] = {
+    BadRequest: 400,
     Unauthorized: 401,
     Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
     PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
     InvalidInput: 422,
     TooManyRequests: 429,
     Unavailable: 503,
@@ -138,11 +142,36 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     wrapped = getattr(exc, "error", None)  # app.api.multipart.FormServiceError: the service's own error
     if isinstance(wrapped, ServiceError):
         return await _service_error(request, wrapped)
+    if exc.status_code == 400 and exc.detail == FASTAPI_BODY_ERROR:
+        return await _service_error(request, body_parse_error(exc.__cause__))
     code = CODE_BY_STATUS.get(exc.status_code, "http_error")
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
         headers["Allow"] = allowed_methods(request)
     return envelope(exc.status_code, code, str(exc.detail), headers=headers)
+
+
+FASTAPI_BODY_ERROR = "There was an error parsing the body"  # FastAPI's 400 when decoding the body raised
+
+
+def body_parse_error(cause: BaseException | None) -> BadRequest:
+    """The 400 for a body FastAPI could not decode, saying why (FastAPI's own says only "There was an error
+    parsing the body"): ``cause`` is the exception it chained (``raise ... from e``), or ``None``.
+
+    A JSON number of more than ``sys.get_int_max_str_digits()`` (4,300) digits: Python's JSON parser refuses
+    to convert it; a body that is not UTF-8; a body cut off by the client; anything else is named by its type.
+    """
+    if isinstance(cause, ValueError) and "integer string conversion" in str(cause):
+        return BadRequest(f"a number in the JSON body has more than {sys.get_int_max_str_digits()} digits: every "
+                          "numeric setting has a range (see the route's documentation); send a number within it",
+                          param="body")
+    if isinstance(cause, UnicodeDecodeError):
+        return BadRequest("the JSON body is not UTF-8 text: send it encoded as UTF-8", param="body")
+    if isinstance(cause, ClientDisconnect):
+        return BadRequest("the request body was cut off before its end: send it again", param="body")
+    name = type(cause).__name__ if cause is not None else "unknown error"
+    return BadRequest(f"the body could not be parsed ({name}): send a JSON object as the route's documentation "
+                      "describes, with Content-Type: application/json", param="body")
 
 
 def allowed_methods(request: Request) -> str:

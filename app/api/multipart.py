@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from fastapi import Request
+from fastapi import Request, params
 from fastapi.routing import APIRoute
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from app.api.limits import MULTIPART_SLACK
-from app.errors import InvalidInput, PayloadTooLarge
+from app.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from app.services.quotas import upload_too_large
 from app.services.uploads import StoredUpload, process_folder
 
@@ -170,6 +170,7 @@ class ScratchMultiPartParser(MultiPartParser):
         self.allowed = allowed  # the route's part names, when it gives them: any other is refused as it arrives
         self.file_limit, self.over_limit = file_limit, over_limit
         self._names: set[str] = set()
+        self._open_part: str | None = None  # the name of the part whose headers ended and whose end has not come
 
     def on_headers_finished(self) -> None:
         """As Starlette's, but a file part's ``UploadFile`` is backed by a ``ScratchFile``. A 422 stops the parse at
@@ -195,6 +196,7 @@ class ScratchMultiPartParser(MultiPartParser):
                                               "per request", param="file"))
             raise _OverLimit(InvalidInput(f"form field {name!r} is given more than once: give it once", param=name))
         self._names.add(name)
+        self._open_part = name
         if name == "file" and part.file is None:
             raise _OverLimit(InvalidInput("the form field 'file' must be a file (CSV, JSONL or Parquet), sent with "
                                           "a file name: curl -F file=@data.csv", param="file"))
@@ -230,17 +232,29 @@ class ScratchMultiPartParser(MultiPartParser):
     def on_part_end(self) -> None:
         """As Starlette's; a file part's descriptor is closed (its file stays until the form is closed)."""
         super().on_part_end()
+        self._open_part = None
         if self._current_part.file is not None:
             self._current_part.file.file.finish()
 
     async def parse(self) -> FormData:
         """Starlette's parse; then the files of parts that never ended are deleted (they are not in the form,
-        so closing the form would not reach them)."""
+        so closing the form would not reach them), and a body that ended inside a part is refused.
+
+        Raises:
+            _OverLimit: wrapping a ``BadRequest`` (400) naming the part the body ended inside (the upload was cut
+                off: the client stopped, or sent a ``Content-Length`` shorter than the body), every file deleted.
+        """
         form = await super().parse()
         kept = {id(value.file) for _, value in form.multi_items() if isinstance(value, UploadFile)}
         for scratch in self._files_to_close_on_error:
             if id(scratch) not in kept:
                 scratch.close()
+        if self._open_part is not None:
+            await form.close()
+            raise _OverLimit(BadRequest(
+                f"the body ended inside the form's part {self._open_part!r}, before the multipart body's closing "
+                "boundary: the upload was cut off (or its Content-Length is shorter than the body); send the whole "
+                "file again", param=self._open_part or "body"))
         return form
 
 
@@ -266,10 +280,35 @@ class ScratchFormRequest(Request):
         except _OverLimit as exc:
             raise FormServiceError(exc.error) from None
         except MultiPartException as exc:
-            raise HTTPException(status_code=400, detail=exc.message) from exc
+            raise FormServiceError(multipart_error(exc.message, self.headers.get("Content-Type", ""))) from exc
         finally:
             await stream.aclose()
         return self._form
+
+
+def unsupported_media_type(media: str, accepted: str) -> UnsupportedMediaType:
+    """The 415 for a body of Content-Type ``media`` (its media type only, lower-cased; ``""`` when absent) on a
+    route that takes ``accepted`` (words for the message)."""
+    given = f"Content-Type {media!r}" if media else "a body without a Content-Type"
+    return UnsupportedMediaType(f"{given} is not accepted here: send {accepted}", param="Content-Type")
+
+
+def multipart_error(message: str, content_type: str) -> BadRequest:
+    """The 400 for a multipart body Starlette's parser refused with ``message``, saying what to fix: a part
+    without a name (``param="body"``), a body that is not delimited by the boundary ``content_type`` names or a
+    Content-Type without one (``param="Content-Type"``); any other message is passed on as it is."""
+    how = "let the HTTP client build the body and its Content-Type (curl -F file=@data.csv)"
+    if '"name" must be provided' in message:
+        return BadRequest("a part of the multipart body has no name in its Content-Disposition header: send the "
+                          f"file as the form field 'file' and each setting under its own name; {how}", param="body")
+    if message.startswith("Invalid multipart data"):
+        _, options = parse_options_header(content_type)
+        boundary = options.get(b"boundary", b"").decode("latin-1")
+        return BadRequest(f"the body is not multipart data delimited by the boundary its Content-Type names "
+                          f"({boundary!r}): {how}", param="Content-Type")
+    if message.startswith("Missing boundary"):
+        return BadRequest(f"the Content-Type multipart/form-data names no boundary: {how}", param="Content-Type")
+    return BadRequest(message, param="body")
 
 
 async def check_before_body(request: Request) -> None:
@@ -303,12 +342,23 @@ class ScratchUploadRoute(APIRoute):
     ``route_class``."""
 
     def get_route_handler(self):
-        """The route's handler, called with the request re-wrapped as a ``ScratchFormRequest``."""
+        """The route's handler, called with the request re-wrapped as a ``ScratchFormRequest``. A route whose body
+        is a form only (``/v1/datasets``) answers a POST of any other Content-Type with 415, after authenticating
+        (FastAPI would say "file: Field required", a 422 that does not name the cause)."""
         handler = super().get_route_handler()
+        form_only = self.body_field is not None and isinstance(self.body_field.field_info, params.Form)
 
         async def scratch_handler(request: Request):
             scratch = ScratchFormRequest(request.scope, request.receive)
             await check_before_body(scratch)
+            if form_only and request.method == "POST":
+                media, _ = parse_options_header(request.headers.get("content-type"))
+                if media != b"multipart/form-data":
+                    from app.api.auth import authenticate_before_body
+
+                    await run_in_threadpool(authenticate_before_body, scratch)
+                    raise unsupported_media_type(media.decode("latin-1"), "a multipart/form-data upload with the "
+                                                 "file in the part 'file' (curl -F file=@data.csv)")
             return await handler(scratch)
 
         return scratch_handler

@@ -484,9 +484,53 @@ def test_a_body_that_ends_inside_a_file_leaves_no_file(client, settings):
     for headers in ({}, {"Authorization": "Bearer clear_sk_" + "x" * 40}):
         response = client.post("/v1/datasets", content=truncated,
                                headers={"Content-Type": "multipart/form-data; boundary=BOUND", **headers})
-        assert response.status_code in (401, 422), response.text
+        assert response.status_code == (400 if not headers else 401), response.text
+        if not headers:  # says the upload was cut off (it used to be "file: Field required")
+            error = response.json()["error"]
+            assert error["code"] == "bad_request" and error["param"] == "file" and "cut off" in error["message"]
         assert _spooled(settings) == []
     assert table_counts(settings.database_url)["datasets"] == 0
+
+
+def test_a_malformed_multipart_body_is_a_400_that_names_what_to_fix(client, settings):
+    """Starlette's own messages ("Invalid multipart data.", a bare 400 without a param) said nothing a caller could
+    act on: a nameless part names the body, a boundary that does not match names the Content-Type."""
+    content = b"text,label\nx,a\n"
+    nameless = (b'--BOUND\r\nContent-Disposition: form-data; filename="a.csv"\r\n\r\n' + content +
+                b"\r\n--BOUND--\r\n")
+    cases = [(nameless, "multipart/form-data; boundary=BOUND", "body", "no name"),
+             (_multipart([("file", "a.csv", content)]), "multipart/form-data; boundary=OTHER", "Content-Type",
+              "'OTHER'"),
+             (_multipart([("file", "a.csv", content)]), "multipart/form-data", "Content-Type", "no boundary")]
+    for body, content_type, param, said in cases:
+        response = client.post("/v1/datasets", content=body, headers={"Content-Type": content_type})
+        error = response.json()["error"]
+        assert response.status_code == 400 and error["param"] == param and said in error["message"], response.text
+        assert _spooled(settings) == []
+    assert table_counts(settings.database_url)["datasets"] == 0
+
+
+def test_an_upload_that_is_not_multipart_is_a_415_after_the_key(client, settings):
+    for kwargs in ({"data": {"name": "x"}}, {"json": {"file": "a.csv"}}, {"content": b"text,label\nx,a\n"}):
+        response = client.post("/v1/datasets", **kwargs)
+        error = response.json()["error"]
+        assert response.status_code == 415 and error["code"] == "unsupported_media_type", response.text
+        assert error["param"] == "Content-Type" and "multipart/form-data" in error["message"]
+    # the key is checked first: a caller without one learns that, not the media type
+    bad_key = client.post("/v1/datasets", data={"name": "x"}, headers={"Authorization": "Bearer clr_00000000_" + "x" * 43})
+    assert bad_key.status_code == 401, bad_key.text
+    assert table_counts(settings.database_url)["datasets"] == 0
+
+
+def test_a_json_body_the_parser_refuses_says_why(client, settings):
+    """FastAPI answers "There was an error parsing the body" for any error of the JSON decoder but a syntax error:
+    a number past Python's 4,300-digit int-string limit, a body that is not UTF-8."""
+    huge = b'{"dataset_id": "ds_x", "training": {"epochs": ' + b"9" * 5000 + b"}}"
+    for body, said in ((huge, "more than 4300 digits"), (b'{"dataset_id": "\xe9"}', "not UTF-8")):
+        response = client.post("/v1/jobs", content=body, headers={"Content-Type": "application/json"})
+        error = response.json()["error"]
+        assert response.status_code == 400 and error["param"] == "body" and said in error["message"], response.text
+    assert table_counts(settings.database_url)["jobs"] == 0
 
 
 def test_an_upload_that_stalls_mid_file_is_408_and_leaves_no_file(settings, auth):

@@ -74,6 +74,7 @@ BAD_JOBS = [
     ({"clear": {"lora_target_modules": ["query", "nonexistent"]}}, "clear.lora_target_modules"),
     ({"clear": {"lora_target_modules": ["classifier"]}}, "clear.lora_target_modules"),  # outside the blocks
     ({"clear": {"lora_alpha": 0}}, "clear.lora_alpha"),
+    ({"clear": {"lora_alpha": 1e-300}}, "clear.lora_alpha"),
     ({"clear": {"temperature": 1e-300}}, "clear.temperature"),
     ({"routed": "yes"}, "routed"),
     ({"routed": 1}, "routed"),

@@ -163,8 +163,10 @@ def test_uploads_are_validated_like_datasets_and_a_rejected_one_stores_nothing(c
     empty_text.loc[5, "text"] = ""
     bad_rows = _upload(client, job_id, empty_text, "parquet")
     assert bad_rows.status_code == 422 and bad_rows.json()["error"]["details"][0]["code"] == "empty_text"
-    assert client.post(f"/v1/jobs/{job_id}/predictions", content=b"x", headers={"Content-Type": "text/plain"}
-                       ).status_code == 422
+    for media in ("text/plain", "application/x-www-form-urlencoded"):  # 415, not a 422 (the status is the media type)
+        refused = client.post(f"/v1/jobs/{job_id}/predictions", content=b"x=1", headers={"Content-Type": media})
+        assert refused.status_code == 415 and refused.json()["error"]["code"] == "unsupported_media_type"
+        assert refused.json()["error"]["param"] == "Content-Type" and media in refused.json()["error"]["message"]
     assert client.post(f"/v1/jobs/{job_id}/predictions", json={"dataset": "x"}).status_code == 422
     assert _runs(settings) == 0 and _files(settings) == []
     labelled = _upload(client, job_id, toy_frame(12), "parquet", batch_size="8")  # the 'label' column is found

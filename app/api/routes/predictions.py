@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from app.api.auth import PrincipalDep
-from app.api.multipart import ScratchUploadRoute, stored_upload
+from app.api.multipart import ScratchUploadRoute, stored_upload, unsupported_media_type
 from app.api.deps import CursorQuery, EnqueueDep, IdempotencyKeyHeader, LimitQuery, SessionDep, SettingsDep, StoreDep
 from app.errors import InvalidInput, PayloadTooLarge
 from app.schemas import ErrorResponse
@@ -157,9 +157,8 @@ async def create_prediction(request: Request, principal: PrincipalDep, session: 
             session, store, job_id, body.dataset_id, tenant_id=principal.tenant_id, settings=settings,
             enqueue=enqueue, quotas=principal.quotas, batch_size=body.batch_size, label_check=body.label_check))
     else:
-        raise InvalidInput(f"Content-Type {media!r} is not accepted: send JSON {{\"dataset_id\": ...}} or a "
-                           "multipart/form-data upload with a file", param="Content-Type",
-                           code="unsupported_media_type")
+        raise unsupported_media_type(media, "JSON {\"dataset_id\": ...} (application/json) or a multipart/form-data "
+                                     "upload with the file in the part 'file'")
     return PredictionPublic.from_run(run)
 
 
