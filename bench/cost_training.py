@@ -287,27 +287,23 @@ def tables(parts: list[dict], runs: list[dict], cadence: dict | None) -> dict[st
         pulls += [[c["max_length"], k, f"{v:.2f}×"] for k, v in c["pulls"].items()]
     out["pulls"] = markdown_table(["max_length", "change", "speed-up"], pulls)
     by = {v: [r for r in runs if r["variant"] == v] for v in VARIANTS}
-    if by["before"]:
-        def ratio(v):
-            return [a["train_wall_s"] / b["train_wall_s"] for a in by[v] for b in by["before"] if a["seed"] == b["seed"]]
+    def per_seed(v, base):  # wall time of variant v ÷ that of the base runs, seed by seed
+        return [a["train_wall_s"] / b["train_wall_s"] for a in by[v] for b in base if a["seed"] == b["seed"]]
 
+    if by["before"]:
         out["demo"] = markdown_table(
             ["variant", "training wall s", "test accuracy", "report precision", "report recall", "÷ before (per seed)"],
             [[v, mean_std([r["train_wall_s"] for r in rs], 1), mean_std([r["test_accuracy"] for r in rs]),
               mean_std([r["precision"] for r in rs]), mean_std([r["recall"] for r in rs]),
-              mean_std(ratio(v), 2) if v != "before" else ""] for v, rs in by.items() if rs])
+              mean_std(per_seed(v, by["before"]), 2) if v != "before" else ""] for v, rs in by.items() if rs])
     if any(by[v] for v in UNROUTED_VARIANTS):  # routed ÷ unrouted, per seed, on the same data and epochs
         plain = [r for v in UNROUTED_VARIANTS for r in by[v]]
-
-        def over_plain(v):
-            return [a["train_wall_s"] / b["train_wall_s"] for a in by[v] for b in plain if a["seed"] == b["seed"]]
-
         out["demo_vs_unrouted"] = markdown_table(
             ["variant", "epochs", "training wall s", "test accuracy", "report precision", "report recall",
              "÷ unrouted (per seed)"],
             [[v, rs[0]["epochs"], mean_std([r["train_wall_s"] for r in rs], 1),
               mean_std([r["test_accuracy"] for r in rs]), mean_std([r["precision"] for r in rs]),
-              mean_std([r["recall"] for r in rs]), mean_std(over_plain(v), 3)]
+              mean_std([r["recall"] for r in rs]), mean_std(per_seed(v, plain), 3)]
              for v, rs in by.items() if rs])
     if cadence:
         out["cadence"] = markdown_table(

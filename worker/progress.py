@@ -45,6 +45,7 @@ class JobProgress(TrainerCallback):
         self.soft_deadline = soft_deadline
         self.stop_reason: str | None = None
         self._last = float("-inf")
+        self._written_step: int | None = None  # the global step of the last progress written
         self._announced: set[str] = set()  # warning stages the job's log already has
 
     def _progress(self, state: TrainerState, **fields: Any) -> dict[str, Any]:
@@ -63,7 +64,7 @@ class JobProgress(TrainerCallback):
 
     def _write(self, state: TrainerState, control: TrainerControl, **fields: Any) -> None:
         self._decide(self.lease.renew(**self._progress(state, **fields)), control)
-        self._last = self.clock()
+        self._last, self._written_step = self.clock(), state.global_step
 
     def on_train_begin(self, state: TrainerState, control: TrainerControl) -> None:
         """Record the step budget, or, for a resumed attempt, where it resumes (a ``resumed`` event: the job's
@@ -92,8 +93,10 @@ class JobProgress(TrainerCallback):
 
     def on_save(self, state: TrainerState, control: TrainerControl, checkpoint_path: Any) -> None:
         """Write progress at every checkpoint, throttle or not: a worker that stops here hands the job back at this
-        step, and the job's row then shows the step the next attempt resumes from (not the last throttled one)."""
-        self._write(state, control)
+        step, and the job's row then shows the step the next attempt resumes from (not the last throttled one).
+        Nothing is written when this step's progress already was (the epoch-end checkpoint follows ``on_evaluate``)."""
+        if state.global_step != self._written_step:
+            self._write(state, control)
 
     def _announced_stages(self) -> set[str]:
         """The stages of the ``warning`` events the job already has (an earlier attempt may have posted one after

@@ -167,3 +167,29 @@ def test_a_resumed_attempt_does_not_post_a_warning_the_job_already_has(client, s
     for stage in ("after_warmup", "end", "end"):
         progress.on_warning(state, control, {"stage": stage, "message": f"not learned ({stage})", "reliability": {}})
     assert [t for t, _ in posted] == ["resumed", "warning"] and posted[1][1]["stage"] == "end"
+
+
+def test_progress_is_written_at_a_checkpoint_once_per_step():
+    """A checkpoint writes the job's progress (a stopping worker hands the job back at it), but the epoch-end one
+    follows ``on_evaluate``, which already wrote that step: no second UPDATE of the same progress."""
+    from types import SimpleNamespace
+
+    from worker.progress import JobProgress
+
+    renewed = []
+    lease = SimpleNamespace(attempt=1, renew=lambda **fields: renewed.append(fields["global_step"]) or "running",
+                            check=lambda: "running", post=lambda *_a, **_kw: None)
+    progress = JobProgress(lease, min_interval_s=3600.0)
+    state = SimpleNamespace(global_step=0, epoch=0, max_steps=40, progress=0.0, phase="warmup", loss=1.0,
+                            num_epochs=2)
+    control = SimpleNamespace(should_training_stop=False)
+    progress.on_train_begin(state, control)
+    for step in (1, 2, 3):
+        state.global_step = step
+        progress.on_step_end(state, control)  # throttled: nothing written
+    progress.on_save(state, control, checkpoint_path=None)  # a mid-epoch checkpoint: written
+    state.global_step = 4
+    progress.on_step_end(state, control)
+    progress.on_evaluate(state, control, metrics={"eval_accuracy": 0.5})
+    progress.on_save(state, control, checkpoint_path=None)  # the epoch-end checkpoint: already written
+    assert renewed == [0, 3, 4], renewed
