@@ -24,4 +24,4 @@ COPY migrations ./migrations
 RUN useradd --create-home clear && mkdir -p /data && chown clear /data
 USER clear
 EXPOSE 8000
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--timeout-graceful-shutdown", "5"]

@@ -29,6 +29,7 @@ from clearft import local
 
 ROOT = Path(__file__).resolve().parent.parent
 STOP_TIMEOUT_S = 60.0
+API_GRACE_S = 5  # whole seconds (uvicorn's --timeout-graceful-shutdown)
 
 
 def migrate(settings: Settings) -> None:
@@ -46,7 +47,10 @@ def _children(settings: Settings, listening: socket.socket, worker: bool) -> lis
     env = dict(os.environ, CLEAR_DATA_DIR=str(settings.data_dir.resolve()), CLEAR_DATABASE_URL=settings.database_url,
                CLEAR_BROKER_URL=settings.broker_url, CLEAR_ARTIFACT_URL=settings.artifact_url)
     fd = listening.fileno()  # the API serves on serve's own bound socket
-    api = [sys.executable, "-m", "uvicorn", "app.main:app", "--fd", str(fd), "--log-level", "warning"]
+    # a stopping API waits at most API_GRACE_S for its open requests (a client stalled mid-upload held a stop for
+    # the whole body idle timeout, 60 s), then cancels them: nothing half-stored, their spooled files removed
+    api = [sys.executable, "-m", "uvicorn", "app.main:app", "--fd", str(fd), "--log-level", "warning",
+           "--timeout-graceful-shutdown", str(API_GRACE_S)]
     procs = [subprocess.Popen(api, env=env, cwd=ROOT, pass_fds=(fd,))]
     if worker:
         celery = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--concurrency", "1",

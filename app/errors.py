@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 
@@ -10,6 +11,16 @@ def shown(value: object, limit: int = 80) -> str:
     a huge input whole (a 300 KB id in a 404)."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def too_many_digits(exc: BaseException | None) -> str | None:
+    """What to tell a caller whose JSON held an integer past Python's int-string limit
+    (``sys.get_int_max_str_digits()``, 4,300 digits by default: ``json.loads`` raises a bare ``ValueError``,
+    which was a 500), as words to follow "the body" / "line 3"; None for any other exception."""
+    if isinstance(exc, ValueError) and "integer string conversion" in str(exc):
+        return (f"holds an integer of more than {sys.get_int_max_str_digits()} digits, which is not read: every "
+                "number the service takes has a range; send one within it")
+    return None
 
 
 class ServiceError(Exception):

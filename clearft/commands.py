@@ -66,10 +66,12 @@ def describe_verdict(summary: dict[str, Any]) -> list[str]:
 
 
 def describe_report(summary: dict[str, Any]) -> str:
-    """``noise report: 12 of 60 rows flagged (48 train, 12 validation); estimated noise rate 0.183``."""
+    """``noise report: 12 of 60 rows flagged (the 60: 48 trained on, 12 held out); estimated noise rate 0.183``
+    (the split sizes are of every row, not of the flagged ones)."""
     parts = []
     if summary.get("train_rows") is not None and summary.get("validation_rows") is not None:
-        parts.append(f" ({summary['train_rows']} train, {summary['validation_rows']} validation)")
+        parts.append(f" (the {summary.get('rows', 0)}: {summary['train_rows']} trained on, "
+                     f"{summary['validation_rows']} held out)")
     if summary.get("flags_withheld"):
         parts.append("; flags withheld: the report is not reliable")
     noise = f"; estimated noise rate {_number(summary['estimated_noise_rate'])}" \
@@ -93,8 +95,9 @@ def _show_job(job: Job) -> None:
         print(describe_report(job.report_summary))
         for line in describe_verdict(job.report_summary):
             print(line)
-    for message in warnings:
-        print(describe_warning(message))
+    for message in warnings:  # posted while training, at the stage it names; the verdict is on the final model
+        later = " (posted during training; the verdict above is on the final model)" if job.report_summary else ""
+        print(describe_warning(message) + later)
     if job.error:
         print(f"error: {job.error.code}: {job.error.message}")
     if job.comparison:

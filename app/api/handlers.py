@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
 import sqlalchemy.exc as sa_exc
@@ -17,7 +16,8 @@ from starlette.routing import Match, Mount
 from starlette.staticfiles import StaticFiles
 
 from app.errors import (BadRequest, Conflict, Forbidden, InvalidInput, NotFound, Overloaded, PayloadTooLarge,
-                        ServiceError, TooManyRequests, Unauthorized, Unavailable, UnsupportedMediaType)
+                        ServiceError, TooManyRequests, Unauthorized, Unavailable, UnsupportedMediaType,
+                        too_many_digits)
 from app.faults import is_transient
 
 logger = logging.getLogger(__name__)
@@ -123,6 +123,37 @@ def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
     return ".".join(parts) or None
 
 
+JSON_MEDIA = "application/json"
+# pydantic's error types for a body that is missing or not a JSON object (a form's bytes, a list, a number)
+NOT_AN_OBJECT = frozenset({"missing", "model_attributes_type", "dict_type", "model_type"})
+
+
+def whole_body_error(request: Request, first: dict[str, Any]) -> ServiceError | None:
+    """The error for a JSON body FastAPI refused as a whole, from its first validation error ``first``, or None
+    when the error is about a field (then the usual 422 names it). FastAPI's own answers named no field or the
+    character position as one (``"param": "14"`` for ``{"dataset_id":``):
+
+    - JSON that does not parse: 400 ``bad_request`` with the parser's reason and position, ``param="body"``;
+    - a body of another Content-Type (a form, text) on a JSON route: 415 ``unsupported_media_type``;
+    - no body, or JSON that is not an object: 422 ``invalid_request`` with ``param="body"``.
+    """
+    loc = tuple(first.get("loc", ()))
+    if first.get("type") == "json_invalid":
+        where = f" (at character {loc[1]})" if len(loc) > 1 and isinstance(loc[1], int) else ""
+        reason = (first.get("ctx") or {}).get("error") or first.get("msg")
+        return BadRequest(f"the body is not valid JSON: {reason}{where}; send a JSON object as the route's "
+                           "documentation describes", param="body")
+    if loc != ("body",) or first.get("type") not in NOT_AN_OBJECT:  # a model validator's own error: as it says
+        return None
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media and media != JSON_MEDIA and not media.endswith("+json"):
+        return UnsupportedMediaType(f"Content-Type {media!r} is not accepted here: send a JSON object with "
+                                    f"Content-Type: {JSON_MEDIA}", param="Content-Type")
+    what = "no body" if first.get("type") == "missing" else "a JSON body that is not an object"
+    return InvalidInput(f"the request has {what}: send a JSON object as the route's documentation describes "
+                        f"(Content-Type: {JSON_MEDIA})", param="body", code="invalid_request")
+
+
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     from app.api.reads import authentication_error  # the routes that authenticate inside: the key comes first
 
@@ -131,6 +162,9 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         return await _service_error(request, refused)
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    whole_body = whole_body_error(request, first)
+    if whole_body is not None:
+        return await _service_error(request, whole_body)
     param = _loc_to_param(tuple(first.get("loc", ())))
     message = f"{param}: {first['msg']}" if param else str(first["msg"])
     details = [{"param": _loc_to_param(tuple(e.get("loc", ()))), "message": e["msg"], "type": e.get("type")}
@@ -158,13 +192,11 @@ def body_parse_error(cause: BaseException | None) -> BadRequest:
     """The 400 for a body FastAPI could not decode, saying why (FastAPI's own says only "There was an error
     parsing the body"): ``cause`` is the exception it chained (``raise ... from e``), or ``None``.
 
-    A JSON number of more than ``sys.get_int_max_str_digits()`` (4,300) digits: Python's JSON parser refuses
+    A JSON integer of more than ``sys.get_int_max_str_digits()`` (4,300) digits: Python's JSON parser refuses
     to convert it; a body that is not UTF-8; a body cut off by the client; anything else is named by its type.
     """
-    if isinstance(cause, ValueError) and "integer string conversion" in str(cause):
-        return BadRequest(f"a number in the JSON body has more than {sys.get_int_max_str_digits()} digits: every "
-                          "numeric setting has a range (see the route's documentation); send a number within it",
-                          param="body")
+    if (said := too_many_digits(cause)) is not None:
+        return BadRequest(f"the JSON body {said}", param="body")
     if isinstance(cause, UnicodeDecodeError):
         return BadRequest("the JSON body is not UTF-8 text: send it encoded as UTF-8", param="body")
     if isinstance(cause, ClientDisconnect):

@@ -171,6 +171,7 @@ class ScratchMultiPartParser(MultiPartParser):
         self.file_limit, self.over_limit = file_limit, over_limit
         self._names: set[str] = set()
         self._open_part: str | None = None  # the name of the part whose headers ended and whose end has not come
+        self._ended = False  # the closing boundary ("--<boundary>--") was read
 
     def on_headers_finished(self) -> None:
         """As Starlette's, but a file part's ``UploadFile`` is backed by a ``ScratchFile``. A 422 stops the parse at
@@ -229,6 +230,10 @@ class ScratchMultiPartParser(MultiPartParser):
         part.file.file.append(data[start:end])
         part.file.size = part.file.file.size
 
+    def on_end(self) -> None:
+        """The closing boundary was read: the body is whole."""
+        self._ended = True
+
     def on_part_end(self) -> None:
         """As Starlette's; a file part's descriptor is closed (its file stays until the form is closed)."""
         super().on_part_end()
@@ -241,20 +246,25 @@ class ScratchMultiPartParser(MultiPartParser):
         so closing the form would not reach them), and a body that ended inside a part is refused.
 
         Raises:
-            _OverLimit: wrapping a ``BadRequest`` (400) naming the part the body ended inside (the upload was cut
-                off: the client stopped, or sent a ``Content-Length`` shorter than the body), every file deleted.
+            _OverLimit: wrapping a ``BadRequest`` (400) when the body ended before its closing boundary
+                (``--<boundary>--``): the upload was cut off (the client stopped, or sent a ``Content-Length``
+                shorter than the body), inside a part (named, as ``param``) or between parts; every file deleted.
+                python-multipart's ``finalize`` does not check this, and Starlette then returned the parts read so
+                far (a cut inside the file's headers was "file: Field required").
         """
         form = await super().parse()
         kept = {id(value.file) for _, value in form.multi_items() if isinstance(value, UploadFile)}
         for scratch in self._files_to_close_on_error:
             if id(scratch) not in kept:
                 scratch.close()
-        if self._open_part is not None:
+        if not self._ended:
             await form.close()
+            where = (f"inside the form's part {self._open_part!r}" if self._open_part is not None
+                     else "before its closing boundary")
             raise _OverLimit(BadRequest(
-                f"the body ended inside the form's part {self._open_part!r}, before the multipart body's closing "
-                "boundary: the upload was cut off (or its Content-Length is shorter than the body); send the whole "
-                "file again", param=self._open_part or "body"))
+                f"the multipart body ended {where}: the upload was cut off (or its Content-Length is shorter than "
+                "the body); send the whole body again, ending with its closing boundary",
+                param=self._open_part or "body"))
         return form
 
 
@@ -264,9 +274,11 @@ class ScratchFormRequest(Request):
 
     async def _get_form(self, *, max_files: int | float = 1000, max_fields: int | float = 1000,
                         max_part_size: int = 1024 * 1024) -> FormData:
-        content_type, _ = parse_options_header(self.headers.get("Content-Type"))
+        content_type, options = parse_options_header(self.headers.get("Content-Type"))
         if self._form is not None or content_type != b"multipart/form-data":
             return await super()._get_form(max_files=max_files, max_fields=max_fields, max_part_size=max_part_size)
+        if not options.get(b"boundary"):  # absent, or "boundary=" with nothing after it
+            raise FormServiceError(multipart_error("Missing boundary in multipart.", ""))
         directory = process_folder(self.app.state.settings.scratch("uploads"))
         quotas = getattr(self.state, "upload_quota", None)  # set by check_before_body for a tenant quota
         stream = self.stream()
@@ -344,12 +356,18 @@ class ScratchUploadRoute(APIRoute):
     def get_route_handler(self):
         """The route's handler, called with the request re-wrapped as a ``ScratchFormRequest``. A route whose body
         is a form only (``/v1/datasets``) answers a POST of any other Content-Type with 415, after authenticating
-        (FastAPI would say "file: Field required", a 422 that does not name the cause)."""
+        (FastAPI would say "file: Field required", a 422 that does not name the cause), and refuses a part its
+        parameters do not name (422 naming it)."""
         handler = super().get_route_handler()
         form_only = self.body_field is not None and isinstance(self.body_field.field_info, params.Form)
+        # a form-only route's parts are its form parameters: any other part is a 422 naming it as it arrives (a
+        # misspelt gold_label_colum was dropped without a word, the gold labels with it)
+        parts = frozenset(field.alias for field in self.dependant.body_params) if form_only else None
 
         async def scratch_handler(request: Request):
             scratch = ScratchFormRequest(request.scope, request.receive)
+            if parts is not None:
+                scratch.state.form_fields = parts
             await check_before_body(scratch)
             if form_only and request.method == "POST":
                 media, _ = parse_options_header(request.headers.get("content-type"))

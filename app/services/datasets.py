@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from sqlalchemy import delete, insert, select, text
 from sqlalchemy.orm import Session
 
-from app.errors import InvalidInput, NotFound, shown
+from app.errors import InvalidInput, NotFound, shown, too_many_digits
 from app.models import Dataset, DatasetRow
 from app.services.pagination import Page, newest_first
 from app.services.quotas import Quotas, check_stored_rows, lock_tenant
@@ -80,6 +80,11 @@ def parse_declared_labels(raw: str | None) -> list[str] | None:
         value = json.loads(raw) if raw.strip().startswith("[") else raw.split(",")
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"labels is not a valid JSON list: {exc.msg}", param="labels") from exc
+    except ValueError as exc:  # an integer past the int-string limit: a 500 before
+        said = too_many_digits(exc)
+        if said is None:
+            raise
+        raise InvalidInput(f"labels {said}", param="labels") from None
     if not isinstance(value, list):
         raise InvalidInput("labels must be a JSON list or comma-separated names", param="labels")
     labels = [str(v).strip() for v in value if str(v).strip()]

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from app.errors import InvalidInput, PayloadTooLarge
+from app.errors import InvalidInput, PayloadTooLarge, too_many_digits
 from app.services.uploads import CHUNK, open_binary, sniff
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -143,8 +143,14 @@ def _csv_chunks(path: Path, max_uncompressed: int, chunk_rows: int) -> Iterator[
     except pd.errors.EmptyDataError:
         raise _empty() from None
     except (pd.errors.ParserError, ValueError) as exc:
-        raise InvalidInput(f"the CSV file cannot be parsed: {str(exc).strip()}", param="file",
-                           code="parse_error", details=_csv_error_rows(str(exc), path, max_uncompressed)) from exc
+        details = _csv_error_rows(str(exc), path, max_uncompressed)
+        said = str(exc).strip()
+        if "EOF inside string" in said:  # what pandas' words mean, and the fix
+            where = f" on row {details[0]['row']} (line {details[0].get('line', '?')})" if details else ""
+            said = (f"a quoted field{where} is never closed: it runs to the end of the file; close its quote, or "
+                    f'write a quote inside a quoted field as two ("") ({said})')
+        raise InvalidInput(f"the CSV file cannot be parsed: {said}", param="file", code="parse_error",
+                           details=details) from exc
 
 
 def _csv_error_rows(message: str, path: Path, max_uncompressed: int) -> list[dict] | None:
@@ -266,6 +272,13 @@ def _jsonl_record(raw: bytes, line_no: int, row: int, path: Path, max_uncompress
         raise InvalidInput(f"line {line_no} is not valid JSON: {exc.msg}", param="file", code="parse_error",
                            details=[{"row": row, "line": line_no, "code": "parse_error", "column": None,
                                      "message": f"not valid JSON: {exc.msg} (column {exc.colno})"}]) from exc
+    except ValueError as exc:  # an integer past Python's int-string limit (sys.get_int_max_str_digits): a 500 before
+        said = too_many_digits(exc)
+        if said is None:
+            raise
+        raise InvalidInput(f"line {line_no} {said}", param="file", code="parse_error",
+                           details=[{"row": row, "line": line_no, "code": "parse_error", "column": None,
+                                     "message": said}]) from None
     if not isinstance(record, dict):
         raise InvalidInput(f"line {line_no} is not a JSON object", param="file", code="parse_error",
                            details=[{"row": row, "line": line_no, "code": "parse_error", "column": None,
@@ -399,8 +412,11 @@ def _arrow_csv_tables(path: Path, max_uncompressed: int, chunk_rows: int) -> Ite
             names = _csv_header(fh)
         check_unique_names(names, "the CSV header")
         gzipped = sniff(path) == "gzip"
+        odd = _odd_quotes(path, max_uncompressed)
     except Exception as exc:  # pandas' own read of the file reports it exactly
         _give_up(exc)
+    if odd:
+        raise FastPathUnusable("an odd number of quote characters: a quoted field may run to the end of the file")
     if not names or "" in names:  # pandas names an empty header cell "Unnamed: i"
         raise FastPathUnusable("an empty column name")
     source = open_binary(path, max_uncompressed) if gzipped else str(path)
@@ -418,6 +434,20 @@ def _arrow_csv_tables(path: Path, max_uncompressed: int, chunk_rows: int) -> Ite
     finally:
         if gzipped:
             source.close()
+
+
+def _odd_quotes(path: Path, max_uncompressed: int) -> bool:
+    """Whether the file holds an odd number of ``"`` characters. Arrow (``newlines_in_values``) reads a quoted
+    field that is never closed as running to the end of the file, silently: the rows after it became one cell,
+    refused as a class problem; pandas names the row ("EOF inside string starting at row N"). Quotes come in
+    pairs in a file without that fault (an escaped quote is two), so an odd count sends the file to pandas; so
+    does a bare quote inside an unquoted field (``5" screen``), which pandas then reads as Arrow would. A scan
+    at memory speed (``bytes.count``), one more read of the file."""
+    quotes = 0
+    with open_binary(path, max_uncompressed) as fh:
+        while block := fh.read(CHUNK):
+            quotes += block.count(b'"')
+    return quotes % 2 == 1
 
 
 def _give_up(exc: Exception) -> None:

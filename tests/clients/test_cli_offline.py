@@ -243,7 +243,7 @@ def test_jobs_get_of_a_reliable_report_prints_the_noise_rate_and_the_verdict(cap
                                              "report_reliable": True, "warnings": []})
     code, out, _ = run(capsys, lambda _: httpx.Response(200, json=body), "jobs", "get", "job_x")
     assert code == 0
-    assert "noise report: 9 of 60 rows flagged (48 train, 12 validation); estimated noise rate 0.120" in out, out
+    assert "noise report: 9 of 60 rows flagged (the 60: 48 trained on, 12 held out); estimated noise rate 0.120" in out, out
     assert "verdict: reliable (held-out agreement 0.850 vs majority 0.350 on 20 rows)" in out, out
     assert "withheld" not in out and "WARNING" not in out and "warnings" not in out
 
@@ -254,13 +254,14 @@ def test_jobs_get_of_a_report_that_is_not_reliable_says_why_and_that_flags_are_w
     code, out, _ = run(capsys, lambda _: httpx.Response(200, json=body), "jobs", "get", "job_x")
     assert code == 0
     lines = out.splitlines()
-    assert "noise report: 0 of 60 rows flagged (48 train, 12 validation); flags withheld: the report is not " \
+    assert "noise report: 0 of 60 rows flagged (the 60: 48 trained on, 12 held out); flags withheld: the report is not " \
            "reliable; estimated noise rate 0.120" in lines, out
     assert any(line.startswith("verdict: not reliable - flags withheld (held-out agreement 0.350") for line in lines)
     for text in fake_report.UNRELIABLE_REASONS:
         assert f"  reason: {text}" in lines, out
     assert f"  try: {fake_report.ADVICE}" in lines
-    assert f"WARNING: {fake_report.WARNING}" in lines
+    # a warning of the training, told apart from the verdict on the final model (the two may disagree)
+    assert f"WARNING: {fake_report.WARNING} (posted during training; the verdict above is on the final model)" in lines
     metrics_line = next(line for line in lines if line.startswith("metrics: "))
     assert "report_reliable False" in metrics_line and "warnings" not in metrics_line
 
@@ -290,7 +291,7 @@ def test_noise_report_prints_the_verdict_the_split_and_each_rows_reason(capsys):
                          "job_x", "--top", "4")
     assert code == 0 and err == "" and seen == [{}]
     lines = out.splitlines()
-    assert lines[0] == "noise report: 9 of 60 rows flagged (48 train, 12 validation); estimated noise rate 0.120"
+    assert lines[0] == "noise report: 9 of 60 rows flagged (the 60: 48 trained on, 12 held out); estimated noise rate 0.120"
     assert lines[1].startswith("verdict: reliable (held-out")
     assert "likeliest wrong" in lines[2] and "flagged rows first" in lines[2]
     header = lines[3].split()

@@ -501,13 +501,54 @@ def test_a_malformed_multipart_body_is_a_400_that_names_what_to_fix(client, sett
     cases = [(nameless, "multipart/form-data; boundary=BOUND", "body", "no name"),
              (_multipart([("file", "a.csv", content)]), "multipart/form-data; boundary=OTHER", "Content-Type",
               "'OTHER'"),
-             (_multipart([("file", "a.csv", content)]), "multipart/form-data", "Content-Type", "no boundary")]
+             (_multipart([("file", "a.csv", content)]), "multipart/form-data", "Content-Type", "no boundary"),
+             (_multipart([("file", "a.csv", content)]), "multipart/form-data; boundary=", "Content-Type",
+              "no boundary")]
     for body, content_type, param, said in cases:
         response = client.post("/v1/datasets", content=body, headers={"Content-Type": content_type})
         error = response.json()["error"]
         assert response.status_code == 400 and error["param"] == param and said in error["message"], response.text
         assert _spooled(settings) == []
     assert table_counts(settings.database_url)["datasets"] == 0
+
+
+def test_a_body_cut_off_anywhere_before_its_closing_boundary_is_a_400(client, settings):
+    """python-multipart does not check that the body reached its closing boundary: a cut inside the file part's
+    headers was "file: Field required" (a 422 saying no file was sent), and one right after a boundary was taken as
+    a whole body."""
+    whole = _multipart([("file", "a.csv", b"text,label\nx,a\ny,b\n")])
+    head = whole.index(b"\r\n\r\n")
+    for cut in (whole[:head - 10], whole[:head + 2], b"--BO", whole[:-len(b"BOUND--\r\n")] + b"BOUND\r\n", b""):
+        response = client.post("/v1/datasets", content=cut, headers={"Content-Type": "multipart/form-data; boundary=BOUND"})
+        error = response.json()["error"]
+        assert response.status_code == 400 and "cut off" in error["message"], (cut[-30:], response.text)
+        assert _spooled(settings) == []
+    assert table_counts(settings.database_url)["datasets"] == 0
+
+
+def test_an_unknown_part_is_refused_as_it_arrives(client, settings):
+    """A misspelt mapping field (gold_label_colum) was dropped without a word, and the gold labels with it."""
+    response = client.post("/v1/datasets", files={"file": ("a.csv", _frame(12).to_csv(index=False).encode())},
+                           data={"gold_label_colum": "gold"})
+    error = response.json()["error"]
+    assert response.status_code == 422 and error["param"] == "gold_label_colum", response.text
+    assert "gold_label_column" in error["message"]  # the accepted names are listed
+    assert _spooled(settings) == [] and table_counts(settings.database_url)["datasets"] == 0
+
+
+def test_an_integer_past_the_int_string_limit_is_a_422_not_a_500(client, settings):
+    """``json.loads`` raises a bare ValueError for an integer of more than 4,300 digits: a JSONL cell anywhere on a
+    line, or the declared ``labels`` list, was a 500."""
+    big = b"1" * 5000
+    jsonl = b'{"text": "a", "label": "x"}\n{"text": "b", "label": "y", "n": ' + big + b"}\n"
+    response = client.post("/v1/datasets", files={"file": ("a.jsonl", jsonl)})
+    error = response.json()["error"]
+    assert response.status_code == 422 and error["code"] == "parse_error", response.text
+    assert error["details"][0]["line"] == 2 and "4300 digits" in error["message"]
+    csv_bytes = _frame(12).to_csv(index=False).encode()
+    labels = client.post("/v1/datasets", files={"file": ("a.csv", csv_bytes)}, data={"labels": "[" + "1" * 5000 + "]"})
+    assert labels.status_code == 422 and labels.json()["error"]["param"] == "labels", labels.text
+    assert _spooled(settings) == [] and table_counts(settings.database_url)["datasets"] == 0
 
 
 def test_an_upload_that_is_not_multipart_is_a_415_after_the_key(client, settings):
@@ -526,10 +567,19 @@ def test_a_json_body_the_parser_refuses_says_why(client, settings):
     """FastAPI answers "There was an error parsing the body" for any error of the JSON decoder but a syntax error:
     a number past Python's 4,300-digit int-string limit, a body that is not UTF-8."""
     huge = b'{"dataset_id": "ds_x", "training": {"epochs": ' + b"9" * 5000 + b"}}"
-    for body, said in ((huge, "more than 4300 digits"), (b'{"dataset_id": "\xe9"}', "not UTF-8")):
+    for body, said in ((huge, "more than 4300 digits"), (b'{"dataset_id": "\xe9"}', "not UTF-8"),
+                       (b'{"dataset_id":', "not valid JSON")):  # its position was the param: "14"
         response = client.post("/v1/jobs", content=body, headers={"Content-Type": "application/json"})
         error = response.json()["error"]
         assert response.status_code == 400 and error["param"] == "body" and said in error["message"], response.text
+    # a body that is not a JSON object, or none: the body is named, not nothing
+    for kwargs, status, param in (({"data": {"dataset_id": "ds_x"}}, 415, "Content-Type"),
+                                  ({"content": b"dataset_id=ds_x", "headers": {"Content-Type": "text/plain"}}, 415,
+                                   "Content-Type"),
+                                  ({"headers": {"Content-Type": "application/json"}}, 422, "body"),
+                                  ({"json": ["ds_x"]}, 422, "body")):
+        response = client.post("/v1/jobs", **kwargs)
+        assert response.status_code == status and response.json()["error"]["param"] == param, response.text
     assert table_counts(settings.database_url)["jobs"] == 0
 
 

@@ -163,6 +163,9 @@ def test_uploads_are_validated_like_datasets_and_a_rejected_one_stores_nothing(c
     empty_text.loc[5, "text"] = ""
     bad_rows = _upload(client, job_id, empty_text, "parquet")
     assert bad_rows.status_code == 422 and bad_rows.json()["error"]["details"][0]["code"] == "empty_text"
+    for body in (b'{"dataset_id":', b'{"dataset_id": "x", "batch_size": ' + b"9" * 5000 + b"}"):  # as on /v1/jobs
+        refused = client.post(f"/v1/jobs/{job_id}/predictions", content=body, headers={"Content-Type": "application/json"})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "body", refused.text
     for media in ("text/plain", "application/x-www-form-urlencoded"):  # 415, not a 422 (the status is the media type)
         refused = client.post(f"/v1/jobs/{job_id}/predictions", content=b"x=1", headers={"Content-Type": media})
         assert refused.status_code == 415 and refused.json()["error"]["code"] == "unsupported_media_type"

@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect
 from app.api.auth import PrincipalDep
 from app.api.multipart import ScratchUploadRoute, stored_upload, unsupported_media_type
 from app.api.deps import CursorQuery, EnqueueDep, IdempotencyKeyHeader, LimitQuery, SessionDep, SettingsDep, StoreDep
-from app.errors import InvalidInput, PayloadTooLarge
+from app.errors import BadRequest, InvalidInput, PayloadTooLarge
 from app.schemas import ErrorResponse
 from app.schemas_predictions import (PredictionCreate, PredictionPublic, PredictionRowPublic, PredictionRowsPublic,
                                      PredictionsPublic)
@@ -58,6 +58,13 @@ def _json_body(raw: bytes) -> PredictionCreate:
         return PredictionCreate.model_validate_json(raw or b"null")
     except ValidationError as exc:
         first = exc.errors()[0]
+        if first.get("type") == "json_invalid":  # as on the other JSON routes (app.api.handlers): a 400 that says why
+            reason = (first.get("ctx") or {}).get("error") or first["msg"]
+            if reason.startswith("number out of range"):
+                raise BadRequest(f"the JSON body holds a number too large to read ({reason}): every number the "
+                                 "service takes has a range; send one within it", param="body") from None
+            raise BadRequest(f"the body is not valid JSON: {reason}; send {{\"dataset_id\": ...}} or a multipart "
+                             "upload with a file", param="body") from None
         param = ".".join(str(p) for p in first.get("loc", ())) or None
         raise InvalidInput(f"{param + ': ' if param else ''}{first['msg']}: send {{\"dataset_id\": ...}} or a "
                            "multipart upload with a file", param=param or "body", code="invalid_request",
