@@ -243,7 +243,7 @@ class ScratchMultiPartParser(MultiPartParser):
 
     async def parse(self) -> FormData:
         """Starlette's parse; then the files of parts that never ended are deleted (they are not in the form,
-        so closing the form would not reach them), and a body that ended inside a part is refused.
+        so closing the form would not reach them), and a body that ended before its closing boundary is refused.
 
         Raises:
             _OverLimit: wrapping a ``BadRequest`` (400) when the body ended before its closing boundary

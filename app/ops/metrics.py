@@ -4,6 +4,7 @@ this process's own requests, measured by ``RequestMetrics``."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterator
@@ -66,9 +67,14 @@ def make_registry(factory: sessionmaker[Session]) -> tuple[CollectorRegistry, Hi
     return registry, latency
 
 
+CANCELLED_STATUS = 499
+
+
 class RequestMetrics:
     """ASGI middleware: times every HTTP request into ``latency`` (labelled by the route's template, not
-    the raw path) and writes one JSON access-log line with the job id taken from the path."""
+    the raw path) and writes one JSON access-log line with the job id taken from the path. A request cancelled
+    before it answered (uvicorn cancels what is still open past ``--timeout-graceful-shutdown``) is recorded with
+    status 499 (``CANCELLED_STATUS``, nginx's "client closed request"), not as a 500."""
 
     def __init__(self, app: ASGIApp, latency: Histogram) -> None:
         self.app = app
@@ -79,15 +85,19 @@ class RequestMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start, status = time.perf_counter(), [500]
+        start, status, sent = time.perf_counter(), [500], [False]
 
         async def send_status(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status[0] = message["status"]
+                status[0], sent[0] = message["status"], True
             await send(message)
 
         try:
             await self.app(scope, receive, send_status)
+        except asyncio.CancelledError:
+            if not sent[0]:  # no answer went out: a request cancelled (at shutdown, past the grace), not a 500
+                status[0] = CANCELLED_STATUS
+            raise
         finally:
             self._record(scope, status[0], time.perf_counter() - start)
 

@@ -80,3 +80,35 @@ def test_the_json_formatter_takes_the_job_from_the_context():
     with job_context("job_abc"):
         line = json.loads(JsonFormatter().format(record))
     assert line["job_id"] == "job_abc" and line["message"] == "job x failed" and line["level"] == "ERROR"
+
+
+def test_a_request_cancelled_before_it_answers_is_logged_as_499_not_500(caplog):
+    """uvicorn cancels the requests still open past --timeout-graceful-shutdown: such a request answered nothing,
+    and counting it as a 500 would page someone for a clean stop."""
+    import asyncio
+
+    from app.ops.metrics import CANCELLED_STATUS, RequestMetrics, make_registry
+
+    _, latency = make_registry(lambda: None)
+    started = asyncio.Event()
+
+    async def stalled(scope, receive, send):
+        started.set()
+        await asyncio.sleep(3600)
+
+    async def run():
+        middleware = RequestMetrics(stalled, latency)
+        scope = {"type": "http", "method": "POST", "path": "/v1/datasets", "root_path": ""}
+        task = asyncio.create_task(middleware(scope, None, None))
+        await started.wait()
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return True
+        return False
+
+    with caplog.at_level("INFO", logger="clear.access"):
+        assert asyncio.run(run())
+    statuses = [r.status for r in caplog.records if r.name == "clear.access"]
+    assert statuses == [CANCELLED_STATUS] == [499], statuses
