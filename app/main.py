@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from urllib.parse import parse_qsl
 
 from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.auth import authenticate
-from app.api.handlers import envelope, install_error_handlers
+from app.api.handlers import NUL_MESSAGE, envelope, install_error_handlers
 from app.api.limits import install_request_guards
 from app.api.ratelimit import KeyRateLimiter
 from app.api.routes import datasets, docs, jobs, ops, report_stats, reports, stream, ui, ui_auth
@@ -42,6 +43,31 @@ class UploadLimit:
                 response = envelope(413, "payload_too_large",
                                     f"the request body is larger than the limit of {self.max_bytes} bytes",
                                     "file")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class RefuseNul:
+    """Refuse a request whose path or query holds a NUL character (``%00``): no id, label or filter value can
+    hold one (Postgres text cannot), and each such request was a 500 (a ``DataError`` from the query). The path:
+    400 ``bad_request`` with ``param="path"``; a query parameter: 422 naming it. Before authentication: the answer
+    says nothing about any resource."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check HTTP requests' path and query string, pass everything else through."""
+        if scope["type"] == "http":
+            response = None
+            if "\x00" in scope.get("path", ""):
+                response = envelope(400, "bad_request", f"the path {NUL_MESSAGE}", "path")
+            elif b"%00" in (query := scope.get("query_string", b"")).lower() or b"\x00" in query:
+                name = next((k for k, v in parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+                             if "\x00" in k or "\x00" in v), "query")
+                response = envelope(422, "invalid_request", f"{name} {NUL_MESSAGE}", name.replace("\x00", ""))
+            if response is not None:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -94,6 +120,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Enqueue | None = No
     app.mount(ui.STATIC_URL, StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
     install_request_guards(app, settings)  # streaming body cap and Idempotency-Key, inside UploadLimit
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(RefuseNul)
     app.add_middleware(RequestMetrics, latency=latency)
     return app
 

@@ -11,6 +11,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
 UtcDatetime = Annotated[datetime, AfterValidator(lambda d: d if d.tzinfo else d.replace(tzinfo=timezone.utc))]
 
 
+NO_NUL = r"^[^\x00]*$"  # text without a NUL character: Postgres text cannot hold one (a 500 before)
+
+
 class ErrorBody(BaseModel):
     """The content of the error envelope."""
 
@@ -62,8 +65,10 @@ class JobCreate(BaseModel):
     """What a job trains on and how; omitted settings take ``clear_core``'s defaults, echoed back."""
 
     model_config = ConfigDict(extra="forbid")
-    dataset_id: str
-    validation_dataset_id: str | None = Field(None, min_length=1, description="A held-out dataset scored each "
+    dataset_id: str = Field(pattern=NO_NUL, description="The dataset to train on (an id from "
+                            "POST /v1/datasets).")
+    validation_dataset_id: str | None = Field(None, min_length=1, pattern=NO_NUL,
+                                              description="A held-out dataset scored each "
                                               "epoch; leave it out (or null) for none.")
     validation_fraction: float | None = Field(None, ge=0, le=0.5, allow_inf_nan=False,
                                               description="Fraction of the rows held out of training (stratified by "
@@ -83,7 +88,7 @@ class JobCreate(BaseModel):
     soft_time_limit_s: int | None = Field(None, ge=1, le=10**9,
                                           description="Past this the trainer stops between steps and the job fails "
                                           "with code time_limit (default: 95% of time_limit_s).")
-    from_job: str | None = Field(None, max_length=40, pattern=r"^[^\x00]*$",
+    from_job: str | None = Field(None, max_length=40, pattern=NO_NUL,
                                  description="Retrain: take this earlier job's method, routed, base_model, clear and "
                                  "training settings, validation dataset and fraction and time limits; fields given "
                                  "here override them (clear and training merged key by key). The dataset's labels "

@@ -13,7 +13,8 @@ class PredictionCreate(BaseModel):
     """A run on one of the tenant's datasets (JSON body); to predict a file, send it as multipart instead."""
 
     model_config = ConfigDict(extra="forbid")
-    dataset_id: str = Field(min_length=1, max_length=100, description="A ready dataset; its labels are checked.")
+    dataset_id: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00]*$",
+                            description="A ready dataset; its labels are checked.")
     batch_size: int | None = Field(None, ge=1, le=1024, description="Rows per forward pass (default 64).")
     label_check: StrictBool = Field(True, description="Check the dataset's labels against the predictions (flags, "
                               "suggested labels); false predicts only, e.g. on labels the model does not know.")

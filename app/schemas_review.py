@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, model_validator
 
 from app.schemas import UtcDatetime
 
@@ -33,8 +33,14 @@ class DecisionIn(BaseModel):
 
 
 class DecisionRule(BaseModel):
-    """Which report rows a bulk decision covers: every condition given must hold (none given: every row).
-    ``min_suggested_confidence`` is in [0, 1]; labels are compared exactly."""
+    """Which report rows a bulk decision covers: every condition given must hold. A rule without a condition
+    covers every row of the report, and only with ``all_rows: true`` (an empty rule ``{}`` decided every row, a
+    slip a second request cannot take back). ``min_suggested_confidence`` is in [0, 1]; labels are compared
+    exactly.
+
+    Raises:
+        ValueError: no condition and no ``all_rows: true``; ``all_rows: true`` beside a condition.
+    """
 
     model_config = ConfigDict(extra="forbid")
     flagged: bool | None = None
@@ -42,6 +48,20 @@ class DecisionRule(BaseModel):
     given_label: Label | None = None
     suggested_label: Label | None = None
     split: Literal["train", "validation"] | None = None
+    all_rows: StrictBool = Field(False, description="true: the rule covers every row of the report (give no "
+                                 "condition then).")
+
+    @model_validator(mode="after")
+    def _some_rows(self) -> "DecisionRule":
+        conditions = [self.flagged, self.min_suggested_confidence, self.given_label, self.suggested_label, self.split]
+        given = any(c is not None for c in conditions)
+        if not given and not self.all_rows:
+            raise ValueError("the rule names no condition, so it would decide every row of the report: give a "
+                             "condition (flagged, min_suggested_confidence, given_label, suggested_label, split), or "
+                             "\"all_rows\": true to decide every row")
+        if given and self.all_rows:
+            raise ValueError("all_rows: true decides every row: give it without conditions, or drop it")
+        return self
 
 
 class DecisionsCreate(BaseModel):

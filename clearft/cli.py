@@ -151,6 +151,8 @@ def _review(group: argparse._SubParsersAction) -> None:
     decide.add_argument("--given-label", help="rule: only rows with this given label")
     decide.add_argument("--suggested-label", help="rule: only rows with this suggested label")
     decide.add_argument("--split", choices=("train", "validation"), help="rule: only these rows")
+    decide.add_argument("--all-rows", action="store_true",
+                        help="rule: every row of the report (needed for --action without a condition)")
     listing = group.add_parser("decisions", help="the job's review decisions in row order")
     listing.add_argument("id")
     listing.add_argument("--action", choices=("accept", "keep", "relabel", "drop"))

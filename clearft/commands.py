@@ -364,7 +364,13 @@ def jobs_decide(client: Client, args: argparse.Namespace) -> int:
         rule = {"flagged": True if args.flagged else False if args.unflagged else None,
                 "min_suggested_confidence": args.min_confidence, "given_label": args.given_label,
                 "suggested_label": args.suggested_label, "split": args.split}
-        counts = client.jobs.decide(args.id, rule={k: v for k, v in rule.items() if v is not None},
+        rule = {k: v for k, v in rule.items() if v is not None}
+        if not rule and not getattr(args, "all_rows", False):
+            raise UsageError("--action without a condition would decide every row of the report: add a condition "
+                             "(--flagged, --min-confidence, --given-label, --suggested-label, --split) or --all-rows")
+        if rule and getattr(args, "all_rows", False):
+            raise UsageError("--all-rows decides every row: give it without conditions")
+        counts = client.jobs.decide(args.id, rule={**rule, **({"all_rows": True} if not rule else {})},
                                     action=args.action)
     if args.json:
         _print_json(counts)

@@ -19,6 +19,7 @@ from app.errors import (BadRequest, Conflict, Forbidden, InvalidInput, NotFound,
                         ServiceError, TooManyRequests, Unauthorized, Unavailable, UnsupportedMediaType,
                         too_many_digits)
 from app.faults import is_transient
+from app.schemas import NO_NUL
 
 logger = logging.getLogger(__name__)
 STATUS_BY_ERROR: dict[type[ServiceError], int] = {
@@ -108,7 +109,15 @@ def overloaded(exc: Overloaded | None = None) -> JSONResponse:
                     retry_after_s=retry_after)
 
 
+def holds_nul(exc: BaseException) -> bool:
+    """True for the database refusing a NUL character in a text value (Postgres: "A string literal cannot contain
+    NUL (0x00) characters"): the caller's input, not the service's fault (it was a 500)."""
+    return isinstance(exc, (sa_exc.DataError, sa_exc.StatementError)) and "NUL (0x00)" in str(exc)
+
+
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if holds_nul(exc):  # the routes check the ids and names they take; this is the backstop for any value
+        return await _service_error(request, InvalidInput(f"a value of the request {NUL_MESSAGE}", param="body"))
     if is_pool_timeout(exc):
         logger.warning("database pool exhausted (answered 503 overloaded): %s", exc)
         return overloaded()
@@ -166,10 +175,20 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     if whole_body is not None:
         return await _service_error(request, whole_body)
     param = _loc_to_param(tuple(first.get("loc", ())))
-    message = f"{param}: {first['msg']}" if param else str(first["msg"])
-    details = [{"param": _loc_to_param(tuple(e.get("loc", ()))), "message": e["msg"], "type": e.get("type")}
+    message = f"{param}: {_said(first)}" if param else _said(first)
+    details = [{"param": _loc_to_param(tuple(e.get("loc", ()))), "message": _said(e), "type": e.get("type")}
                for e in errors]
     return envelope(422, "invalid_request", message, param, details)
+
+
+NUL_MESSAGE = "holds a NUL character (\\u0000, %00), which no id, name or label can hold: remove it"
+
+
+def _said(error: dict[str, Any]) -> str:
+    """pydantic's message of ``error``, in words a caller can act on where pydantic's say nothing (a pattern)."""
+    if error.get("type") == "string_pattern_mismatch" and (error.get("ctx") or {}).get("pattern") == NO_NUL:
+        return NUL_MESSAGE
+    return str(error["msg"])
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

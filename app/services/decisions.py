@@ -126,7 +126,8 @@ def apply_rule(session: Session, job: Job, rule: dict[str, Any], action: str, *,
                ) -> dict[str, Any]:
     """Decide ``action`` (``accept``, ``keep`` or ``drop``) on every report row of ``job`` matching ``rule``
     (keys ``flagged``, ``min_suggested_confidence``, ``given_label``, ``suggested_label``, ``split``; each given
-    one must hold), in one ``INSERT ... SELECT`` upsert. Committed.
+    one must hold; none given, as ``schemas_review.DecisionRule`` allows only with ``all_rows``: every row), in
+    one ``INSERT ... SELECT`` upsert. Committed.
 
     Returns:
         ``{"recorded": n, "by_action": {...}}`` with n the rows the rule matched (0 is not an error).

@@ -365,3 +365,19 @@ def test_a_conflict_without_row_details_prints_no_empty_table(capsys):
 
     code, _, err = run(capsys, handler, "datasets", "delete", "ds_0")
     assert code == 1 and "used by 2 versions" in err and "ROW" not in err and "add --cascade" in err
+
+
+def test_a_bulk_decision_without_a_condition_needs_all_rows(capsys):
+    """`jobs decide ID --action keep` with no condition decided every row of the report without a word."""
+    sent = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, json={"recorded": 60, "by_action": {"keep": 60}})
+
+    code, _, err = run(capsys, handler, "jobs", "decide", "job_x", "--action", "keep")
+    assert code == 2 and "--all-rows" in err and sent == [], err
+    code, _, err = run(capsys, handler, "jobs", "decide", "job_x", "--action", "keep", "--all-rows", "--flagged")
+    assert code == 2 and "without conditions" in err and sent == [], err
+    code, out, _ = run(capsys, handler, "jobs", "decide", "job_x", "--action", "keep", "--all-rows")
+    assert code == 0 and sent == [{"rule": {"all_rows": True}, "action": "keep"}] and "60 row(s) decided" in out

@@ -13,6 +13,7 @@ from app.models import Job
 from clear_core.config import ClearConfig, TrainingConfig, resolve_configs
 from app.services.transitions import transition
 from tests.service.conftest import table_counts
+from tests.service.helpers import create_job
 from tests.service.helpers import toy_frame, upload_frame
 
 
@@ -245,3 +246,24 @@ def test_results_of_an_unfinished_job_are_409(client, dataset):
         response = client.get(f"/v1/jobs/{job_id}/{path}")
         assert response.status_code == 409, path
         assert response.json()["error"]["code"] in ("report_not_ready", "adapter_not_ready")
+
+
+def test_a_nul_character_anywhere_in_a_request_is_a_4xx_naming_where(client, settings, dataset):
+    """Postgres text cannot hold NUL: a %00 in a path id, a query filter or a JSON id was a 500 (a DataError)."""
+    job_id = create_job(client, dataset["id"], {"epochs": 2})
+    for path in ("/v1/jobs/job_%00", f"/v1/jobs/{job_id}%00/events", "/v1/datasets/ds_%00", "/v1/predictions/p%00",
+                 "/ui/jobs/job_%00"):
+        response = client.get(path)
+        assert response.status_code == 400 and response.json()["error"]["param"] == "path", (path, response.text)
+    for query, name in (("given_label=%00", "given_label"), ("suggested_label=a%00b", "suggested_label")):
+        response = client.get(f"/v1/jobs/{job_id}/noise-report?{query}")
+        error = response.json()["error"]
+        assert response.status_code == 422 and error["param"] == name and "NUL" in error["message"], response.text
+    for body, param in (({"dataset_id": "ds_\x00"}, "dataset_id"),
+                        ({"dataset_id": dataset["id"], "validation_dataset_id": "ds_\x00"}, "validation_dataset_id")):
+        response = client.post("/v1/jobs", json=body)
+        error = response.json()["error"]
+        assert response.status_code == 422 and error["param"] == param and "NUL" in error["message"], response.text
+    response = client.post(f"/v1/jobs/{job_id}/predictions", json={"dataset_id": "ds_\x00"})
+    assert response.status_code == 422 and response.json()["error"]["param"] == "dataset_id", response.text
+    assert table_counts(settings.database_url)["jobs"] == 1

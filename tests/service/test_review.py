@@ -134,9 +134,14 @@ BAD = {
                               "relabel"),
     "unknown_action": ({"decisions": [{"row_index": 1, "action": "flip"}]}, "decisions.0.action", "accept"),
     "negative_row": ({"decisions": [{"row_index": -1, "action": "keep"}]}, "decisions.0.row_index", ""),
-    "both_forms": ({"decisions": [{"row_index": 1, "action": "keep"}], "rule": {}, "action": "keep"}, None,
+    "both_forms": ({"decisions": [{"row_index": 1, "action": "keep"}], "rule": {"flagged": True}, "action": "keep"},
+                   None,
                    "not both"),
     "rule_without_action": ({"rule": {"flagged": True}}, None, "action"),
+    # a rule without a condition decided every row (a slip no request takes back): only with all_rows
+    "empty_rule": ({"rule": {}, "action": "drop"}, "rule", "all_rows"),
+    "all_rows_and_a_condition": ({"rule": {"all_rows": True, "flagged": True}, "action": "drop"}, "rule",
+                                 "without conditions"),
     "rule_relabel": ({"rule": {"flagged": True}, "action": "relabel"}, "action", ""),
     "rule_unknown_label": ({"rule": {"given_label": "9"}, "action": "drop"}, "rule.given_label", "'9'"),
     "rule_bad_confidence": ({"rule": {"min_suggested_confidence": 1.5}, "action": "drop"},
@@ -224,7 +229,7 @@ def test_a_version_that_would_leave_a_class_too_small_stores_nothing(client, set
     assert error["code"] == "invalid_rows" and [d["code"] for d in error["details"]] == ["class_too_small"]
     assert "'0'" in error["details"][0]["message"]
     assert table_counts(settings.database_url) == before
-    _decide(client, job, {"rule": {}, "action": "drop"})
+    _decide(client, job, {"rule": {"all_rows": True}, "action": "drop"})
     before = table_counts(settings.database_url)
     response = client.post(f"/v1/datasets/{finished['dataset']}/versions", json={"from_job": job})
     assert {d["code"] for d in response.json()["error"]["details"]} == {"too_few_classes", "no_rows"}
