@@ -21,8 +21,12 @@ import sys
 import time
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from app.db import session_factory
 from app.errors import ServiceError
+from app.models import Tenant
+from app.ops.health import schema_problem
 from app.services import api_keys
 from app.settings import Settings, get_settings
 from clearft import local
@@ -211,8 +215,12 @@ def run_key_command(settings: Settings, args: argparse.Namespace) -> int:
             record = api_keys.revoke_key(session, args.prefix)
             print(f"revoked {record.prefix} (tenant {record.tenant_id})")
         else:
+            new_tenant = session.get(Tenant, args.tenant) is None
             tenant = api_keys.set_quotas(session, args.tenant, **{f"max_{k}": getattr(args, k) for k in (
                 "concurrent_jobs", "stored_rows", "upload_bytes", "jobs_per_hour")})
+            if new_tenant:  # a typo makes a tenant: say so
+                print(f"note: tenant {tenant.id} did not exist and was made; it has no API key yet (python -m "
+                      f"app.cli create-key --tenant {tenant.id})", file=sys.stderr)
             print(f"tenant {tenant.id}: " + ", ".join(f"{c} {getattr(tenant, c) or 'default'}"
                                                       for c in api_keys.QUOTA_COLUMNS))
     return 0
@@ -245,6 +253,13 @@ def main(argv: list[str] | None = None) -> int:
         return run_key_command(settings, args)
     except ServiceError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except SQLAlchemyError as exc:  # a raw traceback for a database nobody migrated: say what to run
+        with session_factory(settings.database_url)() as session:
+            problem = schema_problem(session)
+        if problem is None:
+            raise
+        print(f"error: {problem} ({type(exc).__name__})", file=sys.stderr)
         return 2
 
 

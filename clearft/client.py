@@ -65,11 +65,28 @@ def check_key(key: str) -> str:
     return key
 
 
+def check_url(url: str) -> str:
+    """``url`` if it starts with ``http://`` or ``https://``.
+
+    Raises:
+        UsageError: any other scheme, or none (``localhost:8000``: httpx said "unsupported protocol
+            'localhost://'"); the message gives the URL with ``http://``.
+    """
+    scheme = url.split("://", 1)[0].lower() if "://" in url else None
+    if scheme in ("http", "https"):
+        return url
+    if scheme is None:
+        raise UsageError(f"the service URL {url!r} has no scheme: give http://{url} (or https://)")
+    raise UsageError(f"the service URL {url!r} is not http:// or https://: give the API's address, e.g. "
+                     "http://127.0.0.1:8000")
+
+
 class Client:
     """A connection to the service.
 
     Args:
-        url: base URL of the service (default ``$CLEARFT_URL`` or ``http://127.0.0.1:8000``).
+        url: base URL of the service (default ``$CLEARFT_URL`` or ``http://127.0.0.1:8000``); ``UsageError``
+            without ``http://`` or ``https://``.
         key: API key sent as a bearer token (default: ``default_key()``; none if it finds none).
         timeout: seconds for connecting and for each read (event streams read longer).
         http: an ``httpx.Client`` to use instead of making one (e.g. a test client); ``url`` is then ignored.
@@ -77,7 +94,7 @@ class Client:
 
     def __init__(self, url: str | None = None, key: str | None = None, *, timeout: float = 60.0,
                  http: httpx.Client | None = None) -> None:
-        self.url = url or os.environ.get("CLEARFT_URL") or DEFAULT_URL
+        self.url = check_url(url or os.environ.get("CLEARFT_URL") or DEFAULT_URL)
         key = key if key is not None else default_key(self.url)
         key = check_key(key) or None if key else None
         headers = {"User-Agent": USER_AGENT, **({"Authorization": f"Bearer {key}"} if key else {})}

@@ -381,3 +381,11 @@ def test_a_bulk_decision_without_a_condition_needs_all_rows(capsys):
     assert code == 2 and "without conditions" in err and sent == [], err
     code, out, _ = run(capsys, handler, "jobs", "decide", "job_x", "--action", "keep", "--all-rows")
     assert code == 0 and sent == [{"rule": {"all_rows": True}, "action": "keep"}] and "60 row(s) decided" in out
+
+
+def test_a_service_url_without_http_says_what_to_give(capsys):
+    code = main(["--url", "localhost:8765", "jobs", "list"])
+    _, err = capsys.readouterr()
+    assert code == 2 and "give http://localhost:8765" in err, err
+    with pytest.raises(UsageError, match="not http:// or https://"):
+        Client("ftp://example.org", "clr_x")

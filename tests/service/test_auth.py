@@ -218,3 +218,27 @@ def test_the_embedded_key_file_is_private_even_when_it_existed(settings):
     key, written = ensure_local_key(settings.model_copy(update={"api_key_file": path}))
     assert key and written == path and path.read_text().strip() == key
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_database_nobody_migrated_is_not_ready_and_the_cli_says_what_to_run(settings, auth):
+    """A fresh Postgres database without `migrate`: /readyz said ready while every route was a 500, and create-key
+    printed an UndefinedTable traceback."""
+    from tests.service.conftest import create_pg_database, drop_pg_database, run_alembic
+
+    name, url = create_pg_database()
+    try:
+        bare = settings.model_copy(update={"database_url": url})
+        with TestClient(create_app(bare, enqueue=lambda _id: None)) as client:
+            response = client.get("/readyz")
+            error = response.json()["error"]
+            assert response.status_code == 503 and error["details"][0]["check"] == "database", response.text
+            assert "no schema" in error["message"] and "app.cli migrate" in error["message"]
+        made = admin(bare, "create-key", "--tenant", "acme")
+        assert made.returncode == 2 and "app.cli migrate" in made.stderr and "Traceback" not in made.stderr, made
+        run_alembic(url, "upgrade", "head")
+        with TestClient(create_app(bare, enqueue=lambda _id: None)) as client:
+            assert client.get("/readyz").status_code == 200
+        quotas = admin(bare, "set-quotas", "--tenant", "acme-typo", "--upload-bytes", "5")
+        assert quotas.returncode == 0 and "did not exist and was made" in quotas.stderr, quotas
+    finally:
+        drop_pg_database(name, url)

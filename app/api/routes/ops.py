@@ -24,13 +24,15 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"model": ErrorResponse}})
 def readyz(request: Request):
-    """Readiness: 200 if the database and the broker can be reached, else 503 naming what cannot. Its database
+    """Readiness: 200 if the database (migrated to this code's schema) and the broker can be reached, else 503
+    naming what cannot, and why (a database without the schema: run the migrations). Its database
     check takes a pooled connection directly (the overflow when every request session is busy), not a slot of the
     requests' session gate, so a busy API still reports ready."""
     checks = readiness(request.app.state.session_factory, request.app.state.settings.broker_url)
     failing = sorted(name for name, result in checks.items() if result != "ok")
     if failing:
-        return envelope(503, "not_ready", f"cannot reach the {' and the '.join(failing)}", None,
+        said = "; ".join(f"the {name}: {checks[name]}" for name in failing)
+        return envelope(503, "not_ready", f"not ready: {said}", None,
                         details=[{"check": name, "error": checks[name]} for name in failing])
     return {"status": "ready", "checks": checks}
 
