@@ -38,11 +38,13 @@ class UploadLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Check ``Content-Length`` of HTTP requests, pass everything else through."""
         if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length")
+            headers = dict(scope["headers"])
+            length = headers.get(b"content-length")
             if length and length.isdigit() and int(length) > self.max_bytes + MULTIPART_SLACK:
+                upload = headers.get(b"content-type", b"").lower().startswith(b"multipart/")
                 response = envelope(413, "payload_too_large",
                                     f"the request body is larger than the limit of {self.max_bytes} bytes",
-                                    "file")
+                                    "file" if upload else "body")
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from app.errors import InvalidInput
+from app.errors import InvalidInput, shown
 from app.models import REVIEW_ACTIONS, Dataset, Job, NoiseRow, ReviewDecision, utcnow
 from app.services.pagination import Page, decode_cursor, encode_cursor
 
@@ -181,7 +181,7 @@ def list_decisions(session: Session, job: Job, *, action: str | None, limit: int
     if cursor:
         after = decode_cursor(cursor, 1)[0]
         if not isinstance(after, int) or isinstance(after, bool):
-            raise InvalidInput(f"cursor={cursor!r} is not a decisions cursor", param="cursor")
+            raise InvalidInput(f"cursor={shown(cursor)} is not a decisions cursor", param="cursor")
         query = query.where(ReviewDecision.row_index > after)
     items = list(session.scalars(query.order_by(ReviewDecision.row_index).limit(limit + 1)))
     count = session.scalar(select(func.count()).select_from(ReviewDecision).where(*conditions)) or 0

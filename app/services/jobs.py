@@ -232,7 +232,7 @@ def list_events(session: Session, job_id: str, *, tenant_id: str, limit: int, cu
     try:
         after = decode_cursor(cursor, 1)[0] if cursor else 0
         if not isinstance(after, int):
-            raise InvalidInput(f"cursor={cursor!r} is not an events cursor", param="cursor")
+            raise InvalidInput(f"cursor={shown(cursor)} is not an events cursor", param="cursor")
     except InvalidInput:
         get_job(session, job_id, tenant_id=tenant_id)  # an unknown job is a 404 whatever the cursor
         raise

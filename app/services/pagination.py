@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Bundle, Session
 
-from app.errors import InvalidInput
+from app.errors import InvalidInput, shown
 
 
 @dataclass
@@ -59,7 +59,7 @@ def decode_cursor(cursor: str, length: int) -> list[Any]:
     except (binascii.Error, ValueError, UnicodeDecodeError):
         values = None
     if not isinstance(values, list) or len(values) != length or not all(map(_storable, values)):
-        raise InvalidInput(f"cursor={cursor!r} is not a cursor this service returned: pass next_cursor "
+        raise InvalidInput(f"cursor={shown(cursor)} is not a cursor this service returned: pass next_cursor "
                            "from the previous page, or omit it", param="cursor")
     return values
 
@@ -88,7 +88,7 @@ def newest_first(session: Session, model: Any, *, conditions: list[ColumnElement
         try:
             created = datetime.fromisoformat(created_raw)
         except (TypeError, ValueError) as exc:
-            raise InvalidInput(f"cursor={cursor!r} is malformed: pass next_cursor from the previous page",
+            raise InvalidInput(f"cursor={shown(cursor)} is malformed: pass next_cursor from the previous page",
                                param="cursor") from exc
         query = query.where(or_(model.created_at < created,
                                 and_(model.created_at == created, model.id < str(last_id))))

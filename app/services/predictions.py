@@ -362,7 +362,7 @@ def rows_page(session: Session, run: Job, *, flagged: bool | None = None, predic
     if cursor:
         (after,) = decode_cursor(cursor, 1)
         if not isinstance(after, int) or isinstance(after, bool):
-            raise InvalidInput(f"cursor={cursor!r} is not a prediction-rows cursor", param="cursor")
+            raise InvalidInput(f"cursor={shown(cursor)} is not a prediction-rows cursor", param="cursor")
     query = (select(PredictionRow).where(*conditions, PredictionRow.row_index > after)
              .order_by(PredictionRow.row_index).limit(limit + 1))
     rows = list(session.scalars(query))

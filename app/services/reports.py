@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from clear_core.csv_safety import csv_safe  # no torch or sklearn behind it
 
-from app.errors import Conflict, InvalidInput
+from app.errors import Conflict, InvalidInput, shown
 from app.models import DatasetRow, Job, NoiseRow, ReviewDecision
 from app.services.jobs import get_job
 from app.services.pagination import Page, decode_cursor, encode_cursor
@@ -65,7 +65,7 @@ def _after(query, cursor: str | None):
         return query
     rank, row_index = decode_cursor(cursor, 2)
     if not isinstance(rank, int) or not isinstance(row_index, int):
-        raise InvalidInput(f"cursor={cursor!r} is not a noise-report cursor", param="cursor")
+        raise InvalidInput(f"cursor={shown(cursor)} is not a noise-report cursor", param="cursor")
     return query.where(or_(NoiseRow.rank > rank, and_(NoiseRow.rank == rank, NoiseRow.row_index > row_index)))
 
 
