@@ -76,6 +76,7 @@ def _present(given: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def check_labels(
     given: np.ndarray, pred_probs: np.ndarray, label_names: Sequence[str], *,
     filter_by: str = "prune_by_noise_rate", quality: str = "self_confidence", withhold: bool = False,
+    source: str = "the passes' mean probabilities",
 ) -> LabelCheck:
     """Confident learning on ``pred_probs`` ``(N, K)`` against ``given`` ``(N,)``.
 
@@ -86,6 +87,8 @@ def check_labels(
         filter_by: cleanlab's rule (``FILTERS``).
         quality: cleanlab's label-quality method (``QUALITY_METHODS``).
         withhold: compute everything but flag nothing (an unreliable report); ``candidates`` keeps the rule's flags.
+        source: what ``pred_probs`` are, in words for a flagged row's reason (a training report: the passes'
+            mean; a prediction run: one model's probabilities).
 
     Raises:
         ValueError: on bad shapes, labels out of range, rows not summing to 1, or an unknown rule.
@@ -124,15 +127,16 @@ def check_labels(
         label_quality=np.clip(quality_scores, 0.0, 1.0), thresholds=thresholds, joint=joint,
         noise_rate=float(1.0 - np.trace(joint)), noise_rate_per_class=per_class, reasons=[], withheld=withhold,
     )
-    check.reasons = [_reason(check, probs, given, i, label_names) for i in rows]
+    check.reasons = [_reason(check, probs, given, i, label_names, source) for i in rows]
     return check
 
 
-def _reason(check: LabelCheck, probs: np.ndarray, given: np.ndarray, i: int, names: Sequence[str]) -> str:
+def _reason(check: LabelCheck, probs: np.ndarray, given: np.ndarray, i: int, names: Sequence[str],
+            source: str) -> str:
     g, s = int(given[i]), int(check.suggested[i])
     pg, ps, tg, ts = probs[i, g], probs[i, s], check.thresholds[g], check.thresholds[s]
     if check.candidates[i]:
-        evidence = (f"the passes' mean probabilities favour '{names[s]}' with {ps:.2f} (class threshold {ts:.2f}); "
+        evidence = (f"{source} favour '{names[s]}' with {ps:.2f} (class threshold {ts:.2f}); "
                     f"given '{names[g]}' has {pg:.2f} (class threshold {tg:.2f})")
         return ("flag withheld (the report is not reliable): " + evidence) if check.withheld else evidence
     if s == g:

@@ -309,7 +309,7 @@ class PredictionAttempt(Attempt):
         if inputs.labels is not None:
             index = {name: k for k, name in enumerate(labels)}
             check = check_labels(np.array([index[y] for y in inputs.labels], dtype=np.int64), probs, labels,
-                                 filter_by=FLAG_RULE, quality=QUALITY)
+                                 filter_by=FLAG_RULE, quality=QUALITY, source="the model's probabilities")
         summary = summarise(labels, probs, inputs.labels, check)
         columns = prediction_columns(inputs, labels, probs, check)
         if check is not None:

@@ -163,6 +163,10 @@ def _key_of(request: Request, credentials: HTTPAuthorizationCredentials | None) 
     # a cookie alone never writes: only the dashboard's own review POSTs, with its CSRF token (module docstring)
     if cookie and (request.method in READ_METHODS or _cookie_may_write(request, cookie)):
         return cookie
+    if cookie:  # signed in to the dashboard, but this write is not one of its own (or came without the token)
+        raise Unauthorized("the dashboard's sign-in authorises only its own review buttons, which send the page's "
+                           "X-CSRF-Token header: use the job page's buttons, or send 'Authorization: Bearer <key>' "
+                           "for this request", code="missing_api_key")
     raise Unauthorized("this route needs an API key: send 'Authorization: Bearer <key>' (the embedded service "
                        "writes its key to <data dir>/api-key; python -m app.cli create-key makes others)",
                        code="missing_api_key")

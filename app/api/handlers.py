@@ -188,6 +188,8 @@ def _said(error: dict[str, Any]) -> str:
     """pydantic's message of ``error``, in words a caller can act on where pydantic's say nothing (a pattern)."""
     if error.get("type") == "string_pattern_mismatch" and (error.get("ctx") or {}).get("pattern") == NO_NUL:
         return NUL_MESSAGE
+    if error.get("type") == "int_parsing_size":  # pydantic's words: "... exceeded maximum size"
+        return "is too large a number: give a whole number within the range the route's documentation gives"
     return str(error["msg"])
 
 

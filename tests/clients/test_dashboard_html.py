@@ -200,6 +200,7 @@ def test_the_dashboards_cookie_writes_only_with_the_pages_csrf_token(settings, a
         url, body = f"/v1/jobs/{job_id}/noise-report/decisions", {"decisions": [{"row_index": 1, "action": "drop"}]}
         refused = browser.post(url, json=body)  # the cookie alone: as before, no write
         assert refused.status_code == 401 and refused.json()["error"]["code"] == "missing_api_key"
+        assert "X-CSRF-Token" in refused.json()["error"]["message"]  # a signed-in caller learns why
         for headers in ({"X-CSRF-Token": "0" * 64}, {"X-CSRF-Token": csrf_token("another key")},
                         {"X-CSRF-Token": token, "Origin": "https://evil.example"},
                         {"X-CSRF-Token": token, "Sec-Fetch-Site": "cross-site"},

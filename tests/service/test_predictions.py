@@ -100,6 +100,7 @@ def test_a_run_on_a_labelled_dataset_predicts_every_row_and_flags_flipped_labels
     assert rows["count"] == 60 and [r["row_index"] for r in rows["data"]] == list(range(60))
     for row in rows["data"]:
         assert abs(sum(row["probabilities"].values()) - 1) < 1e-5 and row["flag_reason"]
+        assert "passes" not in row["flag_reason"]  # a prediction run has none: its reasons name the model's
         assert row["predicted_label"] == max(row["probabilities"], key=row["probabilities"].get)
         assert 0 <= row["label_quality"] <= 1 and row["given_label"] in ("0", "1", "2")
     flipped = {i for i in range(60) if frame["label"][i] != frame["gold"][i]}
