@@ -23,6 +23,14 @@ def too_many_digits(exc: BaseException | None) -> str | None:
     return None
 
 
+def until_succeeded(status: str, again: str = "train it again (POST /v1/jobs with from_job)") -> str:
+    """The end of a 409 for a result that exists once a job (or run) has succeeded, given its ``status``: wait
+    while it is queued or running; for one that ended failed or cancelled, that it never will, and ``again``."""
+    if status in ("failed", "cancelled"):
+        return f"it ended {status} and never will have it: {again}"
+    return "wait until it has succeeded (poll its status)"
+
+
 class ServiceError(Exception):
     """Base of every error a caller can act on: a stable ``code``, a message saying what to fix, a ``param``."""
 

@@ -494,6 +494,12 @@ def unmatched_target_modules(targets: list[str], block_modules: list[str], layer
     return [t for t in targets if not matched_target_modules(t, qualified)]
 
 
+def default_warmup(epochs: int) -> int:
+    """The warm-up a run of ``epochs`` (>= 1) gets when it names none: ``min(3, epochs - 1)`` epochs, so that a
+    routed run always routes (0 for a one-epoch run)."""
+    return min(DEFAULT_WARMUP_EPOCHS, max(0, int(epochs) - 1))
+
+
 def resolve_configs(clear: ClearConfig, training: TrainingConfig) -> tuple[ClearConfig, TrainingConfig]:
     """Both configs with every run-dependent default filled in: the ones a run actually uses.
 
@@ -506,8 +512,7 @@ def resolve_configs(clear: ClearConfig, training: TrainingConfig) -> tuple[Clear
             never start); the message starts with ``warmup_epochs=``.
     """
     if clear.warmup_epochs is None:
-        warmup = min(DEFAULT_WARMUP_EPOCHS, max(0, training.epochs - 1))
-        clear = dataclasses.replace(clear, warmup_epochs=warmup)
+        clear = dataclasses.replace(clear, warmup_epochs=default_warmup(training.epochs))
     elif clear.routed and clear.warmup_epochs >= training.epochs:
         raise ValueError(
             f"warmup_epochs={clear.warmup_epochs} is not below epochs={training.epochs}: CleaR routing would never "

@@ -115,7 +115,20 @@ def holds_nul(exc: BaseException) -> bool:
     return isinstance(exc, (sa_exc.DataError, sa_exc.StatementError)) and "NUL (0x00)" in str(exc)
 
 
+def missing_schema(exc: BaseException) -> bool:
+    """True for a query on a table the database does not have (Postgres ``UndefinedTable``, SQLite "no such
+    table"): a database nobody migrated, which every route met as a 500."""
+    text = str(exc)
+    return isinstance(exc, sa_exc.DBAPIError) and ("UndefinedTable" in text or "no such table" in text or
+                                                   ('relation "' in text and "does not exist" in text))
+
+
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if missing_schema(exc):
+        logger.error("the database has no schema (or an old one): %s", exc)
+        return envelope(503, "database_not_migrated", "the service's database has no schema yet (or an older one): "
+                        "its operator must run `python -m app.cli migrate`; retry after that",
+                        retry_after_s=_retry_after(request))
     if holds_nul(exc):  # the routes check the ids and names they take; this is the backstop for any value
         return await _service_error(request, InvalidInput(f"a value of the request {NUL_MESSAGE}", param="body"))
     if is_pool_timeout(exc):
@@ -175,17 +188,19 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     if whole_body is not None:
         return await _service_error(request, whole_body)
     param = _loc_to_param(tuple(first.get("loc", ())))
-    message = f"{param}: {_said(first)}" if param else _said(first)
-    details = [{"param": _loc_to_param(tuple(e.get("loc", ()))), "message": _said(e), "type": e.get("type")}
-               for e in errors]
+    message = f"{param}: {plain_message(first)}" if param else plain_message(first)
+    details = [{"param": _loc_to_param(tuple(e.get("loc", ()))), "message": plain_message(e),
+                "type": e.get("type")} for e in errors]
     return envelope(422, "invalid_request", message, param, details)
 
 
 NUL_MESSAGE = "holds a NUL character (\\u0000, %00), which no id, name or label can hold: remove it"
 
 
-def _said(error: dict[str, Any]) -> str:
-    """pydantic's message of ``error``, in words a caller can act on where pydantic's say nothing (a pattern)."""
+def plain_message(error: dict[str, Any]) -> str:
+    """pydantic's message of validation error ``error`` (one of ``ValidationError.errors()``), in words a caller
+    can act on where pydantic's say nothing: a NUL character against the ``NO_NUL`` pattern, an integer past its
+    size limit."""
     if error.get("type") == "string_pattern_mismatch" and (error.get("ctx") or {}).get("pattern") == NO_NUL:
         return NUL_MESSAGE
     if error.get("type") == "int_parsing_size":  # pydantic's words: "... exceeded maximum size"

@@ -30,10 +30,12 @@ def resolve_configs(method: str, routed: bool, clear: dict[str, Any], training: 
     Raises:
         InvalidInput: a bad or unknown setting; ``param`` names it, e.g. ``clear.routing_cap``.
     """
-    for key in ("method", "routed"):
-        if key in clear:
-            raise InvalidInput(f"set {key} at the top level of the job, not inside clear", param=f"clear.{key}")
-    clear_config = _build("clear", ClearConfig, {**clear, "method": method, "routed": routed})
+    top = {"method": method, "routed": routed}
+    for key in ("method", "routed"):  # a job echoes them inside clear too: sent back equal, they are taken
+        if key in clear and clear[key] != top[key]:
+            raise InvalidInput(f"clear.{key}={clear[key]!r} differs from the job's {key}={top[key]!r}: set {key} at "
+                               "the top level of the job (inside clear it may only repeat it)", param=f"clear.{key}")
+    clear_config = _build("clear", ClearConfig, {**clear, **top})
     training_config = _build("training", TrainingConfig, training)
     if training_config.device is not None:
         raise InvalidInput("training.device is chosen by the worker (CLEAR_WORKER_DEVICE), not by a job; "

@@ -89,7 +89,7 @@ def parse_declared_labels(raw: str | None) -> list[str] | None:
         raise InvalidInput("labels must be a JSON list or comma-separated names", param="labels")
     labels = [str(v).strip() for v in value if str(v).strip()]
     if len(set(labels)) != len(labels) or len(labels) < 2 or any(len(v) > LABEL_MAX or "\x00" in v for v in labels):
-        raise InvalidInput(f"labels={labels!r}: declare at least 2 distinct labels of at most {LABEL_MAX} "
+        raise InvalidInput(f"labels={shown(labels)}: declare at least 2 distinct labels of at most {LABEL_MAX} "
                            "characters", param="labels")
     return labels
 

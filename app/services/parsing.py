@@ -145,10 +145,10 @@ def _csv_chunks(path: Path, max_uncompressed: int, chunk_rows: int) -> Iterator[
     except (pd.errors.ParserError, ValueError) as exc:
         details = _csv_error_rows(str(exc), path, max_uncompressed)
         said = str(exc).strip()
-        if "EOF inside string" in said:  # what pandas' words mean, and the fix
+        if "EOF inside string" in said:  # what pandas' words mean, and the fix (its "row N" counts the header)
             where = f" on row {details[0]['row']} (line {details[0].get('line', '?')})" if details else ""
             said = (f"a quoted field{where} is never closed: it runs to the end of the file; close its quote, or "
-                    f'write a quote inside a quoted field as two ("") ({said})')
+                    'write a quote inside a quoted field as two ("")')
         raise InvalidInput(f"the CSV file cannot be parsed: {said}", param="file", code="parse_error",
                            details=details) from exc
 
@@ -451,8 +451,23 @@ def _closed_quotes(tables: Iterator[pa.Table], path: Path, max_uncompressed: int
         yield last
     if last is not None and last.num_rows:
         cells = last.slice(last.num_rows - 1).to_pylist()[0].values()
-        if any(isinstance(v, str) and ("\n" in v or "\r" in v) for v in cells) and _odd_quotes(path, max_uncompressed):
+        folded = any(isinstance(v, str) and ("\n" in v or "\r" in v) for v in cells)
+        # a quote opened in the very last field of a file without a final line break swallows no line: scan then too
+        if (folded or not _ends_with_line_break(path)) and _odd_quotes(path, max_uncompressed):
             raise FastPathUnusable("an odd number of quote characters: a quoted field may run to the end of the file")
+
+
+def _ends_with_line_break(path: Path) -> bool:
+    """Whether a plain file's last byte is a line break; False for a compressed file (unknown without reading
+    it all: the caller then scans it)."""
+    if sniff(path) == "gzip":
+        return False
+    with open(path, "rb") as fh:
+        fh.seek(0, 2)
+        if fh.tell() == 0:
+            return True
+        fh.seek(-1, 2)
+        return fh.read(1) in (b"\n", b"\r")
 
 
 def _odd_quotes(path: Path, max_uncompressed: int) -> bool:

@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from clear_core.csv_safety import csv_safe  # no torch or sklearn behind it
 
-from app.errors import Conflict, InvalidInput, NotFound, shown
+from app.errors import Conflict, InvalidInput, NotFound, shown, until_succeeded
 from app.models import Dataset, Job, JobEvent, PredictionRow, new_id
 from app.services.datasets import Limits, get_dataset
 from app.services.jobs import enqueue_committed, get_job, request_cancel, resolve_time_limits
@@ -90,7 +90,7 @@ def model_job(session: Session, job_id: str, *, tenant_id: str) -> Job:
     job = get_job(session, job_id, tenant_id=tenant_id)
     if job.status != "succeeded" or not job.adapter_uri:
         raise Conflict(f"job {job_id!r} is {job.status}: predictions need a job that has succeeded (and stored its "
-                       "adapter); wait until it has", param="job_id", code="model_not_ready")
+                       f"adapter); {until_succeeded(job.status)}", param="job_id", code="model_not_ready")
     return job
 
 
@@ -331,7 +331,8 @@ def finished_run(session: Session, run_id: str, *, tenant_id: str) -> Job:
     """The tenant's run, which must have succeeded (its rows exist then); ``NotFound`` / ``Conflict`` otherwise."""
     run = get_prediction(session, run_id, tenant_id=tenant_id)
     if run.status != "succeeded":
-        raise Conflict(f"prediction run {run_id!r} is {run.status}: its rows exist once it has succeeded",
+        raise Conflict(f"prediction run {run_id!r} is {run.status}: its rows exist once it has succeeded; "
+                       f"{until_succeeded(run.status, 'start another run (POST /v1/jobs/{job_id}/predictions)')}",
                        param="prediction_id", code="prediction_not_ready")
     return run
 

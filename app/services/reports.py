@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from clear_core.csv_safety import csv_safe  # no torch or sklearn behind it
 
-from app.errors import Conflict, InvalidInput, shown
+from app.errors import Conflict, InvalidInput, shown, until_succeeded
 from app.models import DatasetRow, Job, NoiseRow, ReviewDecision
 from app.services.jobs import get_job
 from app.services.pagination import Page, decode_cursor, encode_cursor
@@ -28,8 +28,8 @@ def report_job(session: Session, job_id: str, *, tenant_id: str) -> Job:
     """The tenant's job, which must have finished with a report; ``NotFound`` / ``Conflict`` otherwise."""
     job = get_job(session, job_id, tenant_id=tenant_id)
     if job.status != "succeeded" or job.report_summary is None:
-        raise Conflict(f"job {job_id!r} is {job.status}: its noise report exists once it has succeeded",
-                       param="job_id", code="report_not_ready")
+        raise Conflict(f"job {job_id!r} is {job.status}: its noise report exists once it has succeeded; "
+                       f"{until_succeeded(job.status)}", param="job_id", code="report_not_ready")
     return job
 
 

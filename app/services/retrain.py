@@ -2,7 +2,8 @@
 succeeded it is compared with it.
 
 Inherited: ``method``, ``routed``, ``base_model``, ``clear`` and ``training`` (merged key by key under the fields
-given), ``validation_dataset_id``, ``validation_fraction``, ``time_limit_s`` and ``soft_time_limit_s``. A field
+given; a warm-up that was the default for the earlier job's epoch count is derived again when the epochs
+change), ``validation_dataset_id``, ``validation_fraction``, ``time_limit_s`` and ``soft_time_limit_s``. A field
 given explicitly in the request (even as null) wins over the inherited one.
 
 The comparison (``JobPublic.comparison``) is ``{"from_job_id", "before", "after", "difference"}``: ``before`` and
@@ -25,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import InvalidInput
 from app.models import Dataset, Job
+from clear_core.config import default_warmup
 
 INHERITED = ("method", "routed", "base_model", "validation_dataset_id", "validation_fraction", "time_limit_s",
              "soft_time_limit_s")
@@ -67,9 +69,15 @@ def inherit_settings(session: Session, given: dict[str, Any], *, tenant_id: str)
     spec: dict[str, Any] = {name: getattr(old, name) for name in INHERITED}
     spec.update({k: v for k, v in given.items() if k in INHERITED})
     clear = {k: v for k, v in (old.clear_config or {}).items() if k not in ("method", "routed")}
-    clear.update(given.get("clear") or {})
     training = {k: v for k, v in (old.training_config or {}).items() if k != "validation_fraction"}
+    old_epochs = training.get("epochs")
     training.update(given.get("training") or {})
+    if (training.get("epochs") != old_epochs and "warmup_epochs" not in (given.get("clear") or {})
+            and old_epochs is not None and clear.get("warmup_epochs") == default_warmup(old_epochs)):
+        # the earlier warm-up was the default for its epoch count, not a choice: derive it again for the new one
+        # (epochs 3 resolved warmup 2; a retrain with epochs 2 was refused: "warmup_epochs=2 is not below epochs=2")
+        clear["warmup_epochs"] = None
+    clear.update(given.get("clear") or {})
     if "validation_fraction" not in given and "validation_fraction" in (given.get("training") or {}):
         spec["validation_fraction"] = None  # the caller's training.validation_fraction decides
     spec.update(dataset_id=given["dataset_id"], from_job=old.id, clear=clear, training=training)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from sqlalchemy import and_, case, func, insert, literal, or_, select
 from sqlalchemy.orm import Session
 
-from app.errors import Conflict, InvalidInput
+from app.errors import Conflict, InvalidInput, until_succeeded
 from app.models import Dataset, DatasetRow, Job, ReviewDecision
 from app.services.datasets import get_dataset, trust_dataset_rows
 from app.services.exports import rows_digest
@@ -43,7 +43,8 @@ def version_job(session: Session, parent: Dataset, job_id: str) -> Job:
                            f"{job.dataset_id!r}): use a job trained on this dataset", param="from_job")
     if job.status != "succeeded" or job.report_summary is None:
         raise Conflict(f"job {job_id!r} is {job.status}: a version needs the decisions on its noise report, which "
-                       "exists once it has succeeded", param="from_job", code="report_not_ready")
+                       f"exists once it has succeeded; {until_succeeded(job.status)}", param="from_job",
+                       code="report_not_ready")
     return job
 
 

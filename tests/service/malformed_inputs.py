@@ -147,6 +147,9 @@ def cases() -> dict[str, Case]:
         # row, which Arrow took silently (a class_too_small for the rows that were lost)
         "unterminated_quote_in_last_field": Case(csv(with_row(6, "text", '"never closed')), code="parse_error",
                                                  rows=[(6, "parse_error")], message="is never closed"),
+        # the same in the file's very last field, without a final line break: no line is swallowed (it was stored)
+        "unterminated_quote_at_the_end": Case(good + b'last,"never closed', code="parse_error",
+                                              rows=[(12, "parse_error")], message="is never closed"),
         "embedded_newline_then_ragged_row": Case(csv(with_row(1, '"two\nlines"', "a") + [("x", "b", "extra")]),
                                                  code="parse_error", rows=[(12, "parse_error")]),
         "embedded_quotes_and_empty_label": Case(csv(with_row(7, '"say ""hi"""', ""))

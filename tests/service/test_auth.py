@@ -233,6 +233,9 @@ def test_a_database_nobody_migrated_is_not_ready_and_the_cli_says_what_to_run(se
             error = response.json()["error"]
             assert response.status_code == 503 and error["details"][0]["check"] == "database", response.text
             assert "no schema" in error["message"] and "app.cli migrate" in error["message"]
+            # a well-formed key: its lookup meets the missing table (a 500 "internal_error" before)
+            jobs = client.get("/v1/jobs", headers={"Authorization": "Bearer clr_00000000_" + "x" * 43})
+            assert jobs.status_code == 503 and jobs.json()["error"]["code"] == "database_not_migrated", jobs.text
         made = admin(bare, "create-key", "--tenant", "acme")
         assert made.returncode == 2 and "app.cli migrate" in made.stderr and "Traceback" not in made.stderr, made
         run_alembic(url, "upgrade", "head")

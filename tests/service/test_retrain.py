@@ -107,3 +107,23 @@ def test_a_retrain_of_a_job_from_the_fake_results_compares_its_metrics(client, s
     comparison = client.get(f"/v1/jobs/{again}").json()["comparison"]
     assert comparison["difference"] == pytest.approx({"eval_accuracy": -0.05, "estimated_noise_rate": 0.0})
     assert comparison["before"]["eval_loss"] == 0.8 and "eval_loss" not in comparison["after"]
+
+
+def test_a_derived_warmup_is_derived_again_when_the_epochs_change(client, settings):
+    """A job of 3 epochs resolves warmup_epochs=2 (the default); a retrain with epochs 2 inherited that 2 and was
+    refused ("warmup_epochs=2 is not below epochs=2"), though the caller never chose a warm-up. One chosen stays."""
+    dataset = upload_frame(client, toy_frame(N))
+
+    def job(body):
+        response = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "base_model": "tiny-bert", **body})
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    derived = job({"training": {"epochs": 3}})
+    assert derived["clear"]["warmup_epochs"] == 2
+    retrain = job({"from_job": derived["id"], "training": {"epochs": 2}})
+    assert retrain["clear"]["warmup_epochs"] == 1 and retrain["training"]["epochs"] == 2
+    chosen = job({"training": {"epochs": 4}, "clear": {"warmup_epochs": 2}})  # 3 would be the default
+    kept = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "from_job": chosen["id"],
+                                         "training": {"epochs": 2}})
+    assert kept.status_code == 422 and kept.json()["error"]["param"] == "clear.warmup_epochs", kept.text

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from app.api.auth import PrincipalDep
+from app.api.handlers import plain_message
 from app.api.multipart import ScratchUploadRoute, stored_upload, unsupported_media_type
 from app.api.deps import CursorQuery, EnqueueDep, IdempotencyKeyHeader, LimitQuery, SessionDep, SettingsDep, StoreDep
 from app.errors import BadRequest, InvalidInput, PayloadTooLarge
@@ -66,10 +67,12 @@ def _json_body(raw: bytes) -> PredictionCreate:
             raise BadRequest(f"the body is not valid JSON: {reason}; send {{\"dataset_id\": ...}} or a multipart "
                              "upload with a file", param="body") from None
         param = ".".join(str(p) for p in first.get("loc", ())) or None
-        raise InvalidInput(f"{param + ': ' if param else ''}{first['msg']}: send {{\"dataset_id\": ...}} or a "
-                           "multipart upload with a file", param=param or "body", code="invalid_request",
+        hint = "" if param else ": send {\"dataset_id\": ...} or a multipart upload with a file"  # the body's shape
+        raise InvalidInput(f"{param + ': ' if param else ''}{plain_message(first)}{hint}", param=param or "body",
+                           code="invalid_request",
                            details=[{"param": ".".join(str(p) for p in e.get("loc", ())) or None,
-                                     "message": e["msg"], "type": e.get("type")} for e in exc.errors()]) from None
+                                     "message": plain_message(e), "type": e.get("type")}
+                                    for e in exc.errors()]) from None
 
 
 def _form_text(form, name: str, default: str | None = None) -> str | None:

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from app.api.auth import PrincipalDep
 from app.api.deps import CursorQuery, LimitQuery, SessionDep, StoreDep
-from app.errors import Conflict
+from app.errors import Conflict, until_succeeded
 from app.schemas import ErrorResponse, NoiseReportPublic, NoiseRowPublic
 from app.services import reports as service
 from app.services.jobs import get_job
@@ -91,8 +91,8 @@ def adapter(principal: PrincipalDep, session: SessionDep, store: StoreDep, job_i
     """The trained adapter as a .tar.gz (peft files, label map, CleaR config, tokenizer)."""
     job = get_job(session, job_id, tenant_id=principal.tenant_id)
     if job.status != "succeeded" or not job.adapter_uri:
-        raise Conflict(f"job {job_id!r} is {job.status}: its adapter exists once it has succeeded",
-                       param="job_id", code="adapter_not_ready")
+        raise Conflict(f"job {job_id!r} is {job.status}: its adapter exists once it has succeeded; "
+                       f"{until_succeeded(job.status)}", param="job_id", code="adapter_not_ready")
     key = job.adapter_uri
 
     def chunks():
