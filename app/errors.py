@@ -78,6 +78,13 @@ class UnsupportedMediaType(ServiceError):
     code = "unsupported_media_type"
 
 
+def unsupported_media_type(media: str, accepted: str) -> UnsupportedMediaType:
+    """The 415 for a body of Content-Type ``media`` (its media type only, lower-cased; ``""`` when absent) on a
+    route that takes ``accepted`` (words for the message)."""
+    given = f"Content-Type {media!r}" if media else "a body without a Content-Type"
+    return UnsupportedMediaType(f"{given} is not accepted here: send {accepted}", param="Content-Type")
+
+
 class PayloadTooLarge(ServiceError):
     """The upload exceeds the configured size."""
 

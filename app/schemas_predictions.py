@@ -6,14 +6,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from app.schemas import JobError, UtcDatetime
+from app.schemas import NO_NUL, JobError, UtcDatetime
 
 
 class PredictionCreate(BaseModel):
     """A run on one of the tenant's datasets (JSON body); to predict a file, send it as multipart instead."""
 
     model_config = ConfigDict(extra="forbid")
-    dataset_id: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00]*$",
+    dataset_id: str = Field(min_length=1, max_length=100, pattern=NO_NUL,
                             description="A ready dataset; its labels are checked.")
     batch_size: int | None = Field(None, ge=1, le=1024, description="Rows per forward pass (default 64).")
     label_check: StrictBool = Field(True, description="Check the dataset's labels against the predictions (flags, "

@@ -7,11 +7,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, model_validator
 
-from app.schemas import UtcDatetime
+from app.schemas import NO_NUL, UtcDatetime
 
 ROW_INDEX_MAX = 2**31 - 1  # the column is a 32-bit INTEGER
 MAX_DECISIONS = 50_000
-Label = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
 
 
 class DecisionIn(BaseModel):
@@ -114,5 +114,5 @@ class VersionCreate(BaseModel):
     followed by " (reviewed)"."""
 
     model_config = ConfigDict(extra="forbid")
-    from_job: str = Field(min_length=1, max_length=40, pattern=r"^[^\x00]*$")
+    from_job: str = Field(min_length=1, max_length=40, pattern=NO_NUL)
     name: str | None = Field(None, max_length=1000)

@@ -365,10 +365,10 @@ def jobs_decide(client: Client, args: argparse.Namespace) -> int:
                 "min_suggested_confidence": args.min_confidence, "given_label": args.given_label,
                 "suggested_label": args.suggested_label, "split": args.split}
         rule = {k: v for k, v in rule.items() if v is not None}
-        if not rule and not getattr(args, "all_rows", False):
+        if not rule and not args.all_rows:
             raise UsageError("--action without a condition would decide every row of the report: add a condition "
                              "(--flagged, --min-confidence, --given-label, --suggested-label, --split) or --all-rows")
-        if rule and getattr(args, "all_rows", False):
+        if rule and args.all_rows:
             raise UsageError("--all-rows decides every row: give it without conditions")
         counts = client.jobs.decide(args.id, rule={**rule, **({"all_rows": True} if not rule else {})},
                                     action=args.action)

@@ -17,7 +17,7 @@ from starlette.staticfiles import StaticFiles
 
 from app.errors import (BadRequest, Conflict, Forbidden, InvalidInput, NotFound, Overloaded, PayloadTooLarge,
                         ServiceError, TooManyRequests, Unauthorized, Unavailable, UnsupportedMediaType,
-                        too_many_digits)
+                        too_many_digits, unsupported_media_type)
 from app.faults import is_transient
 from app.schemas import NO_NUL
 
@@ -150,6 +150,11 @@ JSON_MEDIA = "application/json"
 NOT_AN_OBJECT = frozenset({"missing", "model_attributes_type", "dict_type", "model_type"})
 
 
+def invalid_json(reason: str, send: str = "a JSON object as the route's documentation describes") -> BadRequest:
+    """The 400 for a body that does not parse as JSON: the parser's ``reason`` (and position), and what to ``send``."""
+    return BadRequest(f"the body is not valid JSON: {reason}; send {send}", param="body")
+
+
 def whole_body_error(request: Request, first: dict[str, Any]) -> ServiceError | None:
     """The error for a JSON body FastAPI refused as a whole, from its first validation error ``first``, or None
     when the error is about a field (then the usual 422 names it). FastAPI's own answers named no field or the
@@ -163,14 +168,12 @@ def whole_body_error(request: Request, first: dict[str, Any]) -> ServiceError | 
     if first.get("type") == "json_invalid":
         where = f" (at character {loc[1]})" if len(loc) > 1 and isinstance(loc[1], int) else ""
         reason = (first.get("ctx") or {}).get("error") or first.get("msg")
-        return BadRequest(f"the body is not valid JSON: {reason}{where}; send a JSON object as the route's "
-                           "documentation describes", param="body")
+        return invalid_json(f"{reason}{where}")
     if loc != ("body",) or first.get("type") not in NOT_AN_OBJECT:  # a model validator's own error: as it says
         return None
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media and media != JSON_MEDIA and not media.endswith("+json"):
-        return UnsupportedMediaType(f"Content-Type {media!r} is not accepted here: send a JSON object with "
-                                    f"Content-Type: {JSON_MEDIA}", param="Content-Type")
+        return unsupported_media_type(media, f"a JSON object with Content-Type: {JSON_MEDIA}")
     what = "no body" if first.get("type") == "missing" else "a JSON body that is not an object"
     return InvalidInput(f"the request has {what}: send a JSON object as the route's documentation describes "
                         f"(Content-Type: {JSON_MEDIA})", param="body", code="invalid_request")

@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from app.api.limits import MULTIPART_SLACK
-from app.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from app.errors import BadRequest, InvalidInput, PayloadTooLarge, unsupported_media_type
 from app.services.quotas import upload_too_large
 from app.services.uploads import StoredUpload, process_folder
 
@@ -296,13 +296,6 @@ class ScratchFormRequest(Request):
         finally:
             await stream.aclose()
         return self._form
-
-
-def unsupported_media_type(media: str, accepted: str) -> UnsupportedMediaType:
-    """The 415 for a body of Content-Type ``media`` (its media type only, lower-cased; ``""`` when absent) on a
-    route that takes ``accepted`` (words for the message)."""
-    given = f"Content-Type {media!r}" if media else "a body without a Content-Type"
-    return UnsupportedMediaType(f"{given} is not accepted here: send {accepted}", param="Content-Type")
 
 
 def multipart_error(message: str, content_type: str) -> BadRequest:

@@ -423,7 +423,7 @@ def _arrow_csv_tables(path: Path, max_uncompressed: int, chunk_rows: int) -> Ite
                                  convert_options=pa_csv.ConvertOptions(column_types={n: pa.string() for n in names}))
         if reader.schema.names != names:
             raise FastPathUnusable(f"Arrow reads the header as {reader.schema.names}, pandas as {names}")
-        yield from _closed_quotes(_exact_chunks(reader, reader.schema, chunk_rows), path, max_uncompressed)
+        yield from _closed_quotes(_exact_chunks(reader, reader.schema, chunk_rows), path, max_uncompressed, gzipped)
     except FastPathUnusable:
         raise
     except Exception as exc:  # a ragged row, a bad byte, a broken gzip stream, ...: pandas says which
@@ -433,7 +433,7 @@ def _arrow_csv_tables(path: Path, max_uncompressed: int, chunk_rows: int) -> Ite
             source.close()
 
 
-def _closed_quotes(tables: Iterator[pa.Table], path: Path, max_uncompressed: int) -> Iterator[pa.Table]:
+def _closed_quotes(tables: Iterator[pa.Table], path: Path, max_uncompressed: int, gzipped: bool) -> Iterator[pa.Table]:
     """``tables``, and once they are all given, a check that no quoted field ran to the end of the file.
 
     Arrow (``newlines_in_values``) reads a quoted field that is never closed as running to the end of the file,
@@ -452,16 +452,14 @@ def _closed_quotes(tables: Iterator[pa.Table], path: Path, max_uncompressed: int
     if last is not None and last.num_rows:
         cells = last.slice(last.num_rows - 1).to_pylist()[0].values()
         folded = any(isinstance(v, str) and ("\n" in v or "\r" in v) for v in cells)
-        # a quote opened in the very last field of a file without a final line break swallows no line: scan then too
-        if (folded or not _ends_with_line_break(path)) and _odd_quotes(path, max_uncompressed):
+        # a quote opened in the very last field of a file without a final line break swallows no line: scan then
+        # too, and a compressed file, whose last byte is not known without reading it all
+        if (folded or gzipped or not _ends_with_line_break(path)) and _odd_quotes(path, max_uncompressed):
             raise FastPathUnusable("an odd number of quote characters: a quoted field may run to the end of the file")
 
 
 def _ends_with_line_break(path: Path) -> bool:
-    """Whether a plain file's last byte is a line break; False for a compressed file (unknown without reading
-    it all: the caller then scans it)."""
-    if sniff(path) == "gzip":
-        return False
+    """Whether a plain (not compressed) file's last byte is a line break (True for an empty file)."""
     with open(path, "rb") as fh:
         fh.seek(0, 2)
         if fh.tell() == 0:

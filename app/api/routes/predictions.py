@@ -16,10 +16,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from app.api.auth import PrincipalDep
-from app.api.handlers import plain_message
-from app.api.multipart import ScratchUploadRoute, stored_upload, unsupported_media_type
+from app.api.handlers import invalid_json, plain_message
+from app.api.multipart import ScratchUploadRoute, stored_upload
 from app.api.deps import CursorQuery, EnqueueDep, IdempotencyKeyHeader, LimitQuery, SessionDep, SettingsDep, StoreDep
-from app.errors import BadRequest, InvalidInput, PayloadTooLarge
+from app.errors import BadRequest, InvalidInput, PayloadTooLarge, unsupported_media_type
 from app.schemas import ErrorResponse
 from app.schemas_predictions import (PredictionCreate, PredictionPublic, PredictionRowPublic, PredictionRowsPublic,
                                      PredictionsPublic)
@@ -64,8 +64,7 @@ def _json_body(raw: bytes) -> PredictionCreate:
             if reason.startswith("number out of range"):
                 raise BadRequest(f"the JSON body holds a number too large to read ({reason}): every number the "
                                  "service takes has a range; send one within it", param="body") from None
-            raise BadRequest(f"the body is not valid JSON: {reason}; send {{\"dataset_id\": ...}} or a multipart "
-                             "upload with a file", param="body") from None
+            raise invalid_json(reason, "{\"dataset_id\": ...} or a multipart upload with a file") from None
         param = ".".join(str(p) for p in first.get("loc", ())) or None
         hint = "" if param else ": send {\"dataset_id\": ...} or a multipart upload with a file"  # the body's shape
         raise InvalidInput(f"{param + ': ' if param else ''}{plain_message(first)}{hint}", param=param or "body",
