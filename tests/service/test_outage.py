@@ -205,7 +205,9 @@ def test_a_30_s_postgres_outage_mid_epoch_loses_no_event_and_no_checkpoint_recor
         job = wait_for(lambda: (j := _job(settings, job_id)).checkpoint_step == 12 and j, 20, "the buffered records")
         store = ArtifactStore(settings.artifact_url)
         assert job.checkpoint_uri == checkpoint_key(job_id, 12) and store.exists(job.checkpoint_uri)
-        assert not store.exists(checkpoint_key(job_id, 8)) and not store.exists(checkpoint_key(job_id, 6))
+        # the checkpoints it replaced are deleted just after that commit (CheckpointSync._recorded): wait for it
+        wait_for(lambda: not store.exists(checkpoint_key(job_id, 8)) and not store.exists(checkpoint_key(job_id, 6)),
+                 10, "the replaced checkpoints removed")
         back.release.set()
         thread.join(120)
     finally:  # on a failure, let the attempt end before the fixtures go
